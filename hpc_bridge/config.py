@@ -1,0 +1,155 @@
+"""Site configuration: one validated object, loaded once and passed explicitly (never a global).
+
+Relative paths in a config file are resolved against the directory of that file, so a site can
+keep its config next to its own templates and the service can be started from any directory.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(Exception):
+    """A site configuration that cannot be used; the message says which field and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Organization(_Strict):
+    name: str
+    url: str
+
+
+class ServiceSettings(_Strict):
+    """What service-info advertises about this deployment."""
+
+    id: str = "org.example.hpc-bridge"
+    name: str = "hpc-bridge"
+    description: str = "GA4GH TES/WES on Slurm with Apptainer"
+    organization: Organization = Organization(name="Example site", url="https://example.org")
+    contact_url: str | None = None
+    documentation_url: str | None = None
+    environment: str = "dev"
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    threads: Annotated[int, Field(ge=1, le=256)] = 8
+
+
+class SlurmSettings(_Strict):
+    """How to reach Slurm and which site defaults apply to every job."""
+
+    bin_dir: Path | None = None
+    submit_as: str | None = None
+    partitions: list[str] = Field(default_factory=list)
+    default_partition: str | None = None
+    account: str | None = None
+    command_timeout: Annotated[float, Field(gt=0)] = 30.0
+    template_dirs: list[Path] = Field(default_factory=list)
+
+    @field_validator("submit_as")
+    @classmethod
+    def _user_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                pwd.getpwnam(value)
+            except KeyError:
+                raise ValueError(f"Unix user {value!r} does not exist") from None
+        return value
+
+
+class ApptainerSettings(_Strict):
+    binary: Path = Path("apptainer")
+    image_dirs: list[Path] = Field(default_factory=list)
+
+
+class StorageSettings(_Strict):
+    work_root: Path = Path("/tmp/hpc-bridge/work")
+    data_roots: list[Path] = Field(default_factory=list)
+
+
+class SiteConfig(_Strict):
+    service: ServiceSettings = ServiceSettings()
+    server: ServerSettings = ServerSettings()
+    database: Path = Path("hpc-bridge.sqlite")
+    slurm: SlurmSettings = SlurmSettings()
+    apptainer: ApptainerSettings = ApptainerSettings()
+    storage: StorageSettings = StorageSettings()
+    backend_parameters: list[str] = Field(
+        default_factory=lambda: [
+            "account", "qos", "partition", "time", "gres", "gpus", "constraint", "nodes", "exclusive",
+        ]
+    )
+
+    @property
+    def template_search_path(self) -> list[Path]:
+        """Site overrides first, then the templates shipped with the package (wheel or source tree)."""
+        shipped = [PACKAGE_DIR / "slurm_templates", PACKAGE_DIR.parent / "slurm_templates"]
+        return [*self.slurm.template_dirs, *(p for p in shipped if p.is_dir())]
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    """Make relative filesystem settings absolute against the config file's directory.
+
+    A bare program name (``binary: apptainer``) is left alone so that it is looked up on PATH.
+    """
+
+    def fix(value: object) -> str:
+        text = str(value)
+        return text if os.path.isabs(text) else str((base / text).resolve())
+
+    raw = dict(raw)
+    if "database" in raw:
+        raw["database"] = fix(raw["database"])
+    for section, keys in _PATH_KEYS.items():
+        sub = raw.get(section)
+        if not isinstance(sub, dict):
+            continue
+        sub = dict(sub)
+        for key in keys:
+            value = sub.get(key)
+            if isinstance(value, list):
+                sub[key] = [fix(v) for v in value]
+            elif value is not None and (key != "binary" or "/" in str(value)):
+                sub[key] = fix(value)
+        raw[section] = sub
+    return raw
+
+
+_PATH_KEYS = {
+    "slurm": ("bin_dir", "template_dirs"),
+    "apptainer": ("binary", "image_dirs"),
+    "storage": ("work_root", "data_roots"),
+}
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site config file; every problem becomes one readable ConfigError."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read site config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"site config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"site config {path} must be a mapping at the top level")
+    try:
+        return SiteConfig.model_validate(_resolve_paths(raw, path.resolve().parent))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"site config {path}: {problems}") from exc

@@ -1,0 +1,147 @@
+"""The only place that talks to Slurm: its command-line tools, called with argv lists (never a shell).
+
+The CLI is used rather than pyslurm because the CLI is stable across Slurm releases while pyslurm
+is tied to one major version. Everything here takes and returns plain values, so the rest of the
+code never parses Slurm output, and unit tests can swap the command runner for a fake.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+# One squeue call covers every job; '|' ends each field. Comment is last because it is free text.
+_QUEUE_FIELDS = ("JobID", "State", "Reason", "exit_code", "Name", "Comment")
+_QUEUE_FORMAT = ",".join(f"{field}:|" for field in _QUEUE_FIELDS)
+
+
+class SlurmError(Exception):
+    """A Slurm command failed; `unavailable` means the controller could not be reached (retry later)."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What the controller knows of one job. `exit_code`/`signal` are meaningful once it has ended."""
+
+    job_id: str
+    state: str
+    reason: str
+    name: str
+    comment: str
+    exit_code: int | None
+    signal: int | None
+
+
+class SlurmClient(Protocol):
+    def submit(self, script: Path, *, workdir: Path) -> str: ...
+
+    def queue(self) -> list[JobStatus]: ...
+
+    def cancel(self, job_ids: Sequence[str]) -> None: ...
+
+    def ping(self) -> bool: ...
+
+
+def parse_queue(output: str) -> list[JobStatus]:
+    """Parse `squeue -O` output produced with `_QUEUE_FORMAT` (pure, for tests)."""
+    jobs = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        job_id, state, reason, raw_exit, name, rest = line.split("|", 5)
+        comment = rest[:-1] if rest.endswith("|") else rest
+        exit_code = signal = None
+        if raw_exit.strip().isdigit():
+            status = int(raw_exit)
+            exit_code, signal = status >> 8, status & 0x7F
+        jobs.append(JobStatus(job_id.strip(), state.strip(), reason.strip(), name.strip(),
+                              "" if comment.strip() == "(null)" else comment.strip(), exit_code, signal))
+    return jobs
+
+
+def _is_unreachable(stderr: str) -> bool:
+    text = stderr.lower()
+    return any(s in text for s in ("unable to contact slurm controller", "connection refused",
+                                   "socket timed out", "communication connection failure",
+                                   "slurm_load_jobs error: unable", "zero bytes were transmitted"))
+
+
+class CliSlurmClient:
+    """SlurmClient over `sbatch`, `squeue`, `scancel` and `scontrol`.
+
+    `submit_as` names the Unix user jobs belong to: when the daemon runs as root (dev cluster) the
+    submission goes through `runuser`, so jobs never run as root; otherwise it must be the daemon's
+    own user.
+    """
+
+    def __init__(self, *, bin_dir: Path | None = None, submit_as: str | None = None,
+                 timeout: float = 30.0, runner: Runner = subprocess.run) -> None:
+        self._bin_dir = bin_dir
+        self._timeout = timeout
+        self._run = runner
+        self._submit_prefix = _submit_prefix(submit_as)
+
+    def _cmd(self, name: str) -> str:
+        return str(self._bin_dir / name) if self._bin_dir else name
+
+    def _call(self, argv: list[str]) -> str:
+        try:
+            proc = self._run(argv, capture_output=True, text=True, timeout=self._timeout, check=False,
+                             stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise SlurmError(f"Slurm command not found: {argv[0]}", unavailable=True) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise SlurmError(f"{Path(argv[0]).name} timed out after {self._timeout:g}s",
+                             unavailable=True) from exc
+        if proc.returncode != 0:
+            stderr = proc.stderr.strip()
+            raise SlurmError(f"{Path(argv[0]).name} failed ({proc.returncode}): {stderr}",
+                             unavailable=_is_unreachable(stderr))
+        return proc.stdout
+
+    def submit(self, script: Path, *, workdir: Path) -> str:
+        """Submit a batch script; returns the job id. The script's own #SBATCH lines carry the options."""
+        out = self._call([*self._submit_prefix, self._cmd("sbatch"), "--parsable",
+                          f"--chdir={workdir}", str(script)])
+        job_id = out.strip().split(";", 1)[0]
+        if not job_id.isdigit():
+            raise SlurmError(f"sbatch returned no job id: {out.strip()!r}")
+        return job_id
+
+    def queue(self) -> list[JobStatus]:
+        """Every job the controller still knows, finished ones included (one call, whatever the count)."""
+        return parse_queue(self._call([self._cmd("squeue"), "--noheader", "--states=all",
+                                       f"--Format={_QUEUE_FORMAT}"]))
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            self._call([self._cmd("scancel"), *job_ids])
+
+    def ping(self) -> bool:
+        try:
+            self._call([self._cmd("scontrol"), "ping"])
+        except SlurmError:
+            return False
+        return True
+
+
+def _submit_prefix(submit_as: str | None) -> list[str]:
+    if submit_as is None:
+        return []
+    if os.geteuid() == 0:
+        return ["runuser", "-u", submit_as, "--"]
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if me != submit_as:
+        raise SlurmError(f"configured to submit as {submit_as!r} but running as {me!r} (not root)")
+    return []

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from hpc_bridge.config import ConfigError, load_config
+
+from ..conftest import ROOT
+
+
+def test_dev_config_resolves_relative_paths_against_its_file() -> None:
+    cfg = load_config(ROOT / "site_config" / "dev.yaml")
+    assert cfg.database == ROOT / "var" / "hpc-bridge.sqlite"
+    assert cfg.apptainer.binary.is_absolute()
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load_config(ROOT / "site_config" / "example.yaml")
+    assert cfg.service.environment == "prod"
+
+
+def test_bare_binary_name_is_left_for_path_lookup(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("apptainer:\n  binary: apptainer\n  image_dirs: [img]\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.apptainer.binary == Path("apptainer")
+    assert cfg.apptainer.image_dirs == [tmp_path / "img"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("server: {port: 0}\n", "server.port"),
+        ("slurm: {partitions: debug, unknown_key: 1}\n", "slurm.partitions"),
+        ("slurm: {unknown_key: 1}\n", "slurm.unknown_key"),
+        ("slurm: {submit_as: no-such-user-hpcb}\n", "does not exist"),
+        ("[1, 2]\n", "mapping"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")

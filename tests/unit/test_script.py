@@ -1,0 +1,86 @@
+"""Rendering of slurm_templates/task.sh.j2, including running the rendered script with bash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpc_bridge.containers.apptainer import UnsafeValue
+from hpc_bridge.slurm.script import ExecutorScript, JobScript, render, sbatch_value, shell_quote
+
+from ..conftest import ROOT
+
+TEMPLATES = [ROOT / "slurm_templates"]
+
+
+def _records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "record.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("value", ["a b", "x\ny", "$(id)", "--x;y", "'", ""])
+def test_sbatch_value_refuses_anything_but_plain_tokens(value: str) -> None:
+    with pytest.raises(UnsafeValue):
+        sbatch_value(value)
+
+
+def test_sbatch_value_accepts_slurm_syntax() -> None:
+    for value in ("1-00:00:00", "gpu:a100:2", "debug", "4096M", "task-abc_1.x", "/scratch/x/out"):
+        assert sbatch_value(value) == value
+
+
+def test_shell_quote_refuses_nul() -> None:
+    with pytest.raises(UnsafeValue):
+        shell_quote("a\0b")
+
+
+def test_bad_option_names_are_refused() -> None:
+    job = JobScript(name="t", workdir="/w", executors=[], options=[("mem\n#SBATCH --x", "1")])
+    with pytest.raises(UnsafeValue):
+        render(job, TEMPLATES)
+
+
+def test_rendered_script_runs_hostile_argv_literally(tmp_path: Path) -> None:
+    """The script is real bash: hostile strings must arrive as single literal arguments."""
+    canary = tmp_path / "canary"
+    hostile = ["$(touch " + str(canary) + ")", "`touch " + str(canary) + "`", "a'b\"c", "x\ny; z", "*"]
+    job = JobScript(
+        name="t1", workdir=str(tmp_path), options=[("mem", "100M"), ("exclusive", None)],
+        executors=[ExecutorScript(argv=["printf", "[%s]\n", *hostile])],
+    )
+    script = tmp_path / "job.sh"
+    script.write_text(render(job, TEMPLATES))
+    text = script.read_text()
+    assert "#SBATCH --mem=100M\n" in text and "#SBATCH --exclusive\n" in text
+    proc = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not canary.exists()
+    out = (tmp_path / "executor-0.stdout").read_text()
+    assert out == "".join(f"[{h}]\n" for h in hostile)
+    events = [r["event"] for r in _records(tmp_path)]
+    assert events == ["job_start", "executor_start", "executor_end", "job_end"]
+
+
+def test_failing_executor_stops_the_job_unless_ignored(tmp_path: Path) -> None:
+    job = JobScript(name="t2", workdir=str(tmp_path), executors=[
+        ExecutorScript(argv=["sh", "-c", "exit 4"], ignore_error=True),
+        ExecutorScript(argv=["sh", "-c", "echo second; exit 5"], stdout=str(tmp_path / "second.txt")),
+        ExecutorScript(argv=["touch", str(tmp_path / "third-ran")]),
+    ])
+    script = tmp_path / "job.sh"
+    script.write_text(render(job, TEMPLATES))
+    proc = subprocess.run(["bash", str(script)], cwd=tmp_path)
+    assert proc.returncode == 5
+    assert (tmp_path / "second.txt").read_text() == "second\n"
+    assert not (tmp_path / "third-ran").exists()
+    ends = [(r["executor"], r["exit_code"]) for r in _records(tmp_path) if r["event"] == "executor_end"]
+    assert ends == [(0, 4), (1, 5)]
+    assert _records(tmp_path)[-1] == {**_records(tmp_path)[-1], "event": "job_end", "exit_code": 5}
+
+
+def test_site_template_dir_overrides_the_shipped_one(tmp_path: Path) -> None:
+    (tmp_path / "task.sh.j2").write_text("#!/bin/sh\n# site {{ job.name | sbatch }}\n")
+    job = JobScript(name="t3", workdir="/w", executors=[])
+    assert render(job, [tmp_path, *TEMPLATES]) == "#!/bin/sh\n# site t3\n"
