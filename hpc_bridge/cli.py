@@ -39,19 +39,37 @@ def main() -> None:
 @click.option("--host", help="Listen address (default: server.host of the config).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: server.port).")
 def serve(config_path: Path, host: str | None, port: int | None) -> None:
-    """Run the API server (waitress) for the configured site."""
+    """Run the API (waitress) and, if no other daemon holds this database, the daemon loop."""
+    import threading
+
     import waitress
 
     from hpc_bridge.app import create_app
+    from hpc_bridge.daemon import Daemon, DaemonLock
+    from hpc_bridge.slurm.client import CliSlurmClient
+    from hpc_bridge.store import Store
 
     config = _load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = Store(config.database)
+    lock = DaemonLock(config.database)
+    daemon = Daemon(config, store, CliSlurmClient(bin_dir=config.slurm.bin_dir,
+                                                  submit_as=config.slurm.submit_as,
+                                                  timeout=config.slurm.command_timeout))
+    if lock.acquire():
+        threading.Thread(target=daemon.run, name="hpc-bridge-daemon", daemon=True).start()
+    else:
+        err.print(f"another daemon holds {lock.path}: serving the API only", highlight=False)
     host = host or config.server.host
     port = port or config.server.port
     err.print(f"hpc-bridge serving [bold]http://{host}:{port}/ga4gh/tes/v1[/bold] "
-              f"(config {config_path})", highlight=False)
-    waitress.serve(create_app(config), host=host, port=port, threads=config.server.threads,
-                   ident="hpc-bridge")
+              f"(config {config_path}, database {config.database})", highlight=False)
+    try:
+        waitress.serve(create_app(config, store=store, on_change=daemon.wake), host=host, port=port,
+                       threads=config.server.threads, ident="hpc-bridge")
+    finally:
+        daemon.stop()
+        lock.release()
 
 
 @main.group()

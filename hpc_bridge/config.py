@@ -48,6 +48,31 @@ class ServerSettings(_Strict):
     threads: Annotated[int, Field(ge=1, le=256)] = 8
 
 
+class PreemptibleSettings(_Strict):
+    """Where `resources.preemptible: true` tasks go; unset means the request is ignored with a log line."""
+
+    qos: str | None = None
+    partition: str | None = None
+
+
+class LimitSettings(_Strict):
+    """Site maxima per task (None: Slurm's own limits apply) and the default time limit."""
+
+    max_cpu_cores: Annotated[int, Field(ge=1)] | None = None
+    max_ram_gb: Annotated[float, Field(gt=0)] | None = None
+    max_disk_gb: Annotated[float, Field(gt=0)] | None = None
+    default_time: str | None = None
+
+
+class MonitorSettings(_Strict):
+    """The daemon's cycle: fast while tasks start, backing off to `idle_interval` when nothing moves."""
+
+    min_interval: Annotated[float, Field(gt=0)] = 0.5
+    idle_interval: Annotated[float, Field(gt=0)] = 5.0
+    submit_batch: Annotated[int, Field(ge=1)] = 200
+    retry_max_delay: Annotated[float, Field(gt=0)] = 60.0
+
+
 class SlurmSettings(_Strict):
     """How to reach Slurm and which site defaults apply to every job."""
 
@@ -58,6 +83,7 @@ class SlurmSettings(_Strict):
     account: str | None = None
     command_timeout: Annotated[float, Field(gt=0)] = 30.0
     template_dirs: list[Path] = Field(default_factory=list)
+    preemptible: PreemptibleSettings = PreemptibleSettings()
 
     @field_validator("submit_as")
     @classmethod
@@ -78,6 +104,7 @@ class ApptainerSettings(_Strict):
 class StorageSettings(_Strict):
     work_root: Path = Path("/tmp/hpc-bridge/work")
     data_roots: list[Path] = Field(default_factory=list)
+    log_tail_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
 
 
 class SiteConfig(_Strict):
@@ -87,6 +114,8 @@ class SiteConfig(_Strict):
     slurm: SlurmSettings = SlurmSettings()
     apptainer: ApptainerSettings = ApptainerSettings()
     storage: StorageSettings = StorageSettings()
+    limits: LimitSettings = LimitSettings()
+    monitor: MonitorSettings = MonitorSettings()
     backend_parameters: list[str] = Field(
         default_factory=lambda: [
             "account", "qos", "partition", "time", "gres", "gpus", "constraint", "nodes", "exclusive",

@@ -1,35 +1,72 @@
-"""Flask blueprint for /ga4gh/tes/v1: parses and validates requests, then calls the service layer."""
+"""Flask blueprint for /ga4gh/tes/v1: parse the request, call TaskService, shape the response."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hpc_bridge import __version__
-from hpc_bridge.config import SiteConfig
-from hpc_bridge.tes.models import ServiceInfo, ServiceOrganization
+from hpc_bridge.errors import BadRequest
+from hpc_bridge.tes.models import CreateTaskResponse, ServiceInfo
+from hpc_bridge.tes.service import TaskService, parse_view
 
 bp = Blueprint("tes", __name__, url_prefix="/ga4gh/tes/v1")
 
 
-def service_info(config: SiteConfig, started_at: str) -> ServiceInfo:
-    svc = config.service
-    return ServiceInfo(
-        id=svc.id,
-        name=svc.name,
-        description=svc.description,
-        organization=ServiceOrganization(name=svc.organization.name, url=svc.organization.url),
-        contact_url=svc.contact_url,
-        documentation_url=svc.documentation_url,
-        environment=svc.environment,
-        version=__version__,
-        updated_at=started_at,
-        storage=[root.as_uri() for root in config.storage.data_roots],
-        backend_parameters=list(config.backend_parameters),
-    )
+def _service() -> TaskService:
+    return current_app.extensions["hpc_bridge.tasks"]
+
+
+def _owner() -> str:
+    """The caller's identity; until authentication exists every caller is the same local user."""
+    return current_app.config["DEFAULT_OWNER"]
+
+
+def _int_arg(name: str) -> int | None:
+    value = request.args.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"{name}: must be an integer") from None
 
 
 @bp.get("/service-info")
 def get_service_info() -> ResponseReturnValue:
-    info = service_info(current_app.config["SITE"], current_app.config["STARTED_AT"])
+    info = ServiceInfo.for_site(current_app.config["SITE"], __version__, current_app.config["STARTED_AT"])
     return jsonify(info.to_json())
+
+
+@bp.post("/tasks")
+def create_task() -> ResponseReturnValue:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("body: a JSON tesTask is required (Content-Type: application/json)")
+    task_id = _service().create(body, _owner())
+    return jsonify(CreateTaskResponse(id=task_id).to_json())
+
+
+@bp.get("/tasks")
+def list_tasks() -> ResponseReturnValue:
+    return jsonify(_service().list(
+        _owner(),
+        view=parse_view(request.args.get("view")),
+        page_size=_int_arg("page_size"),
+        page_token=request.args.get("page_token") or None,
+        name_prefix=request.args.get("name_prefix") or None,
+        state=request.args.get("state") or None,
+        tag_keys=request.args.getlist("tag_key"),
+        tag_values=request.args.getlist("tag_value"),
+    ))
+
+
+@bp.get("/tasks/<task_id>")
+def get_task(task_id: str) -> ResponseReturnValue:
+    return jsonify(_service().get(task_id, _owner(), parse_view(request.args.get("view"))))
+
+
+@bp.post("/tasks/<task_id>:cancel")
+def cancel_task(task_id: str) -> ResponseReturnValue:
+    _service().cancel(task_id, _owner())
+    return jsonify({})

@@ -1,16 +1,172 @@
-"""TES 1.1 API models (pydantic). Serialized with `by_alias` and without unset/None fields, because
-clients such as py-tes reject keys the spec does not define."""
+"""TES 1.1 API models (pydantic) and the task views.
+
+Requests are parsed strictly: an unknown field is a 400 naming it, so a typo never silently drops a
+setting. Responses carry only spec fields (py-tes rejects unknown keys) and leave out None values.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from hpc_bridge.config import SiteConfig
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class State(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    QUEUED = "QUEUED"
+    INITIALIZING = "INITIALIZING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    COMPLETE = "COMPLETE"
+    EXECUTOR_ERROR = "EXECUTOR_ERROR"
+    SYSTEM_ERROR = "SYSTEM_ERROR"
+    CANCELED = "CANCELED"
+    CANCELING = "CANCELING"
+    PREEMPTED = "PREEMPTED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {State.COMPLETE, State.EXECUTOR_ERROR, State.SYSTEM_ERROR, State.CANCELED, State.PREEMPTED}
+
+
+class View(StrEnum):
+    MINIMAL = "MINIMAL"
+    BASIC = "BASIC"
+    FULL = "FULL"
+
+
+class FileType(StrEnum):
+    FILE = "FILE"
+    DIRECTORY = "DIRECTORY"
+
+
+AbsPath = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^/")]
+
+
+class Input(_Model):
+    name: str | None = None
+    description: str | None = None
+    url: str | None = None
+    path: AbsPath
+    type: FileType | None = None
+    content: str | None = None
+    streamable: bool | None = None
+
+
+class Output(_Model):
+    name: str | None = None
+    description: str | None = None
+    url: str
+    path: AbsPath
+    path_prefix: str | None = None
+    type: FileType | None = None
+
+
+class Resources(_Model):
+    cpu_cores: Annotated[int, Field(ge=1)] | None = None
+    preemptible: bool | None = None
+    ram_gb: Annotated[float, Field(gt=0)] | None = None
+    disk_gb: Annotated[float, Field(gt=0)] | None = None
+    zones: list[str] | None = None
+    backend_parameters: dict[str, str] | None = None
+    backend_parameters_strict: bool | None = None
+
+
+class Executor(_Model):
+    image: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    command: Annotated[list[str], Field(min_length=1)]
+    workdir: AbsPath | None = None
+    stdin: AbsPath | None = None
+    stdout: AbsPath | None = None
+    stderr: AbsPath | None = None
+    env: dict[str, str] | None = None
+    ignore_error: bool | None = None
+
+
+class ExecutorLog(_Model):
+    start_time: str | None = None
+    end_time: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    exit_code: int
+
+
+class OutputFileLog(_Model):
+    url: str
+    path: str
+    size_bytes: str
+
+
+class TaskLog(_Model):
+    logs: list[ExecutorLog] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    outputs: list[OutputFileLog] = Field(default_factory=list)
+    system_logs: list[str] | None = None
+
+
+class Task(_Model):
+    """A task as submitted (server-owned fields are refused on input by `TaskRequest`)."""
+
+    id: str | None = None
+    state: State | None = None
+    name: str | None = None
+    description: str | None = None
+    inputs: list[Input] | None = None
+    outputs: list[Output] | None = None
+    resources: Resources | None = None
+    executors: Annotated[list[Executor], Field(min_length=1)]
+    volumes: list[AbsPath] | None = None
+    tags: dict[str, str] | None = None
+    logs: list[TaskLog] | None = None
+    creation_time: str | None = None
+
+
+class TaskRequest(Task):
+    """POST /tasks body. id, state, logs and creation_time are the server's; clients that echo them
+    back (py-tes sends `state`/`id` as null) are accepted, but any value they carry is ignored."""
+
+
+class CreateTaskResponse(_Model):
+    id: str
+
+
+class ListTasksResponse(_Model):
+    tasks: list[dict[str, Any]]
+    next_page_token: str | None = None
+
+
+def apply_view(task: dict[str, Any], view: View) -> dict[str, Any]:
+    """Cut a FULL task document down to a view, as the spec defines MINIMAL and BASIC."""
+    if view is View.MINIMAL:
+        return {k: task[k] for k in ("id", "state") if k in task}
+    if view is View.FULL:
+        return task
+    basic = dict(task)
+    if "inputs" in basic:
+        basic["inputs"] = [{k: v for k, v in i.items() if k != "content"} for i in basic["inputs"]]
+    if "logs" in basic:
+        basic["logs"] = [
+            {**{k: v for k, v in log.items() if k != "system_logs"},
+             "logs": [{k: v for k, v in e.items() if k not in ("stdout", "stderr")}
+                      for e in log.get("logs", [])]}
+            for log in basic["logs"]
+        ]
+    return basic
 
 
 class ServiceType(_Model):
@@ -38,3 +194,15 @@ class ServiceInfo(_Model):
     version: str
     storage: list[str] = Field(default_factory=list)
     backend_parameters: list[str] = Field(default_factory=list, alias="tesResources_backend_parameters")
+
+    @classmethod
+    def for_site(cls, config: SiteConfig, version: str, started_at: str) -> ServiceInfo:
+        svc = config.service
+        return cls(
+            id=svc.id, name=svc.name, description=svc.description,
+            organization=ServiceOrganization(name=svc.organization.name, url=svc.organization.url),
+            contact_url=svc.contact_url, documentation_url=svc.documentation_url,
+            environment=svc.environment, version=version, updated_at=started_at,
+            storage=[root.as_uri() for root in config.storage.data_roots],
+            backend_parameters=list(config.backend_parameters),
+        )

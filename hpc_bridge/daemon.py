@@ -1,0 +1,279 @@
+"""The loop that owns every side effect: submit queued tasks, watch their jobs, finish them.
+
+One cycle = one `squeue` for all jobs, whatever their number; then each active task's state is
+derived from that snapshot plus, where Slurm alone cannot tell, the job's own record file. The
+same snapshot adopts jobs a previous daemon submitted but did not get to record (crash between
+`sbatch` and the store update), so a restart never submits a task twice. Exactly one daemon runs
+per database: `DaemonLock` guards it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pwd
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
+from hpc_bridge.slurm.record import JobRecord, parse_record
+from hpc_bridge.slurm.script import render
+from hpc_bridge.slurm.states import map_state, still_active
+from hpc_bridge.store import Store, TaskRow
+from hpc_bridge.store.tasks import now_iso
+from hpc_bridge.tes.jobspec import InvalidTask, plan_job, task_id_from_comment
+from hpc_bridge.tes.models import State, Task
+
+log = logging.getLogger(__name__)
+
+ACTIVE = [State.QUEUED, State.INITIALIZING, State.RUNNING, State.PAUSED, State.CANCELING]
+
+
+class DaemonLock:
+    """An exclusive lock file next to the database; a second daemon cannot take it."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".daemon.lock")
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh:
+            self._fh.close()
+            self._fh = None
+
+
+def read_record(workdir: str | None) -> JobRecord | None:
+    if not workdir:
+        return None
+    try:
+        return parse_record(Path(workdir, "record.jsonl").read_text(errors="replace"))
+    except FileNotFoundError:
+        return None
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - limit))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Daemon:
+    def __init__(self, config: SiteConfig, store: Store, slurm: SlurmClient) -> None:
+        self.config = config
+        self.store = store
+        self.slurm = slurm
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cancel_sent: set[str] = set()
+        self._job_user = pwd.getpwnam(config.slurm.submit_as) if config.slurm.submit_as else None
+        self.cycles = 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        mon = self.config.monitor
+        interval = mon.min_interval
+        log.info("daemon started (cycle %.1fs..%.1fs)", mon.min_interval, mon.idle_interval)
+        while not self._stop.is_set():
+            try:
+                busy = self.cycle()
+            except Exception:  # a bug must not kill the loop: log it, back off, go on
+                log.exception("daemon cycle failed")
+                busy = False
+            interval = mon.min_interval if busy else min(interval * 2, mon.idle_interval)
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def cycle(self) -> bool:
+        """One pass; returns True while something is moving (the next cycle comes sooner)."""
+        self.cycles += 1
+        active = self.store.tasks.in_states(ACTIVE)
+        if not active:
+            return False
+        try:
+            jobs = self.slurm.queue()
+        except SlurmError as exc:
+            log.warning("Slurm unavailable, tasks stay as they are: %s", exc)
+            return False
+        by_id = {j.job_id: j for j in jobs}
+        by_task = {tid: j for j in jobs if (tid := task_id_from_comment(j.comment))}
+        busy = False
+        to_cancel: list[str] = []
+        to_submit: list[TaskRow] = []
+        for row in active:
+            if row.job_id is None:
+                adopted = by_task.get(row.id)
+                if adopted is not None:
+                    self._adopt(row, adopted.job_id)
+                    busy = True
+                elif row.cancel_requested:
+                    self.store.tasks.update(row.id, state=State.CANCELED, end_time=now_iso(),
+                                            message="cancelled before submission")
+                else:
+                    to_submit.append(row)
+                continue
+            status = by_id.get(row.job_id)
+            if row.cancel_requested and status is not None and still_active(status.state) \
+                    and row.job_id not in self._cancel_sent:
+                to_cancel.append(row.job_id)
+            busy |= self._update(row, status)
+        if to_cancel:
+            try:
+                self.slurm.cancel(to_cancel)
+                self._cancel_sent.update(to_cancel)
+            except SlurmError as exc:
+                log.warning("scancel failed, retrying next cycle: %s", exc)
+            busy = True
+        busy |= self._submit(to_submit)
+        return busy
+
+    # -- submission -------------------------------------------------------------------------
+
+    def _submit(self, rows: list[TaskRow]) -> bool:
+        now = time.time()
+        due = [r for r in rows if r.next_attempt_at <= now][: self.config.monitor.submit_batch]
+        for row in due:
+            if self._stop.is_set():
+                break
+            self._submit_one(row)
+        return bool(rows)
+
+    def _submit_one(self, row: TaskRow) -> None:
+        workdir = self.config.storage.work_root / row.id
+        try:
+            plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
+                            config=self.config)
+        except InvalidTask as exc:  # valid at POST, not any more (e.g. image removed since)
+            self._fail(row, f"cannot run task: {exc}")
+            return
+        try:
+            self._prepare_workdir(workdir, plan.directories, plan.files)
+            script = workdir / "job.sh"
+            script.write_text(render(plan.script, self.config.template_search_path))
+            self._chown(script)
+        except OSError as exc:
+            self._fail(row, f"cannot prepare work directory {workdir}: {exc}")
+            return
+        self.store.tasks.update(row.id, workdir=str(workdir), submit_attempts=row.submit_attempts + 1)
+        try:
+            job_id = self.slurm.submit(script, workdir=workdir)
+        except SlurmError as exc:
+            if exc.unavailable:
+                delay = min(self.config.monitor.retry_max_delay, 2.0 ** row.submit_attempts)
+                self.store.tasks.update(row.id, next_attempt_at=time.time() + delay)
+                log.warning("task %s: Slurm unavailable, retrying in %.0fs: %s", row.id, delay, exc)
+            else:
+                self._fail(row, f"Slurm refused the job: {exc}")
+            return
+        logs = [*row.system_logs, *plan.warnings]
+        self.store.tasks.update(row.id, job_id=job_id, system_logs=logs,
+                                message=f"submitted as Slurm job {job_id}")
+
+    def _adopt(self, row: TaskRow, job_id: str) -> None:
+        log.info("task %s: adopting Slurm job %s submitted before a restart", row.id, job_id)
+        self.store.tasks.update(row.id, job_id=job_id,
+                                workdir=str(self.config.storage.work_root / row.id),
+                                message=f"adopted Slurm job {job_id} after a restart")
+
+    def _prepare_workdir(self, workdir: Path, directories: list[str], files: dict[str, str]) -> None:
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._chown(workdir)
+        for d in directories:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            self._chown(Path(d))
+        for name, content in files.items():
+            path = Path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._chown(path.parent)
+            path.write_text(content)
+            self._chown(path)
+
+    def _chown(self, path: Path) -> None:
+        if self._job_user is not None and os.geteuid() == 0:
+            os.chown(path, self._job_user.pw_uid, self._job_user.pw_gid)
+
+    def _fail(self, row: TaskRow, message: str) -> None:
+        log.warning("task %s: %s", row.id, message)
+        self.store.tasks.update(row.id, state=State.SYSTEM_ERROR, end_time=now_iso(),
+                                system_logs=[*row.system_logs, message], message=message)
+
+    # -- monitoring -------------------------------------------------------------------------
+
+    def _update(self, row: TaskRow, status: JobStatus | None) -> bool:
+        needs_record = status is None or status.state not in ("PENDING", "CONFIGURING") \
+            and not (status.state == "RUNNING" and row.state == State.RUNNING)
+        record = read_record(row.workdir) if needs_record else None
+        ignore = [bool(e.get("ignore_error")) for e in row.task["executors"]]
+        mapped = map_state(status.state if status else None, status.reason if status else "",
+                           record, ignore_error=ignore, cancel_requested=bool(row.cancel_requested))
+        logs = list(row.system_logs)
+        if mapped.log and mapped.log not in logs:
+            logs.append(mapped.log)
+        changes: dict = {}
+        if logs != row.system_logs:
+            changes["system_logs"] = logs
+        if record and record.start_time and not row.start_time:
+            changes["start_time"] = record.start_time
+        if State(mapped.state).terminal:
+            changes["end_time"] = (record.end_time if record and record.end_time else None) or now_iso()
+            changes["executor_logs"] = self._executor_logs(row, record)
+            self._cancel_sent.discard(row.job_id or "")
+        elif mapped.state == State.RUNNING and record:
+            changes["executor_logs"] = self._executor_logs(row, record, tails=False)
+        if mapped.state == row.state and not changes:
+            return False
+        self.store.tasks.update(row.id, state=mapped.state, message=mapped.log, **changes)
+        return mapped.state != row.state
+
+    def _executor_logs(self, row: TaskRow, record: JobRecord | None, tails: bool = True) -> list[dict]:
+        if record is None:
+            return []
+        out = []
+        limit = self.config.storage.log_tail_bytes
+        workdir = Path(row.workdir or "")
+        for index, ex in sorted(record.executors.items()):
+            entry: dict = {"exit_code": ex.exit_code if ex.exit_code is not None else -1}
+            if ex.start_time:
+                entry["start_time"] = ex.start_time
+            if ex.end_time:
+                entry["end_time"] = ex.end_time
+            if tails:
+                spec = row.task["executors"][index]
+                entry["stdout"] = _tail(self._stream_path(row, workdir, index, spec, "stdout"), limit)
+                entry["stderr"] = _tail(self._stream_path(row, workdir, index, spec, "stderr"), limit)
+            out.append(entry)
+        return out
+
+    def _stream_path(self, row: TaskRow, workdir: Path, index: int, spec: dict, stream: str) -> Path:
+        """Where the job wrote an executor's stdout/stderr: its own file, or the TES-requested path."""
+        if spec.get(stream) is None:
+            return workdir / f"executor-{index}.{stream}"
+        plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
+                        config=self.config)
+        return Path(getattr(plan.script.executors[index], stream))

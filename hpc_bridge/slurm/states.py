@@ -1,0 +1,80 @@
+"""Slurm job state + the job's own record -> TES state (pure; the one place this mapping lives).
+
+Slurm alone cannot say whether a task succeeded: a COMPLETED job only means the batch script
+exited 0. The job's record says which executors ran and how they ended, so both are needed.
+Returns plain strings, so this module does not depend on the TES models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpc_bridge.slurm.record import JobRecord
+
+QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
+PAUSED_STATES = {"SUSPENDED", "STOPPED"}
+SYSTEM_FAILURES = {"NODE_FAIL": "the node running the job failed",
+                   "BOOT_FAIL": "the node could not boot",
+                   "DEADLINE": "the job reached its deadline before it could run"}
+LIMIT_FAILURES = {"OUT_OF_MEMORY": "the task ran out of memory (Slurm OUT_OF_MEMORY): raise resources.ram_gb",
+                  "TIMEOUT": "the task reached its time limit (Slurm TIMEOUT): raise the 'time' backend parameter"}
+# Reasons that only say "waiting for your turn"; anything else is worth a system log line.
+ORDINARY_REASONS = {"None", "Priority", "Resources", "BeginTime", "Dependency", ""}
+
+
+def still_active(slurm_state: str) -> bool:
+    """True while the job holds or waits for resources (a cancel still has something to stop)."""
+    state = slurm_state.split()[0].rstrip("+") if slurm_state else ""
+    return state in QUEUED_STATES | RUNNING_STATES | PAUSED_STATES | {"CONFIGURING"}
+
+
+@dataclass(frozen=True)
+class Mapped:
+    state: str
+    log: str | None = None
+
+
+def map_state(slurm_state: str | None, reason: str, record: JobRecord | None, *,
+              ignore_error: list[bool], cancel_requested: bool) -> Mapped:
+    """`slurm_state` None means the job is no longer known to the controller."""
+    state = (slurm_state or "").split()[0].rstrip("+") if slurm_state else None
+    if state in QUEUED_STATES:
+        log = None if reason in ORDINARY_REASONS else f"Slurm: job pending ({reason})"
+        return Mapped("CANCELING" if cancel_requested else "QUEUED", log)
+    if state == "CONFIGURING":
+        return Mapped("CANCELING" if cancel_requested else "INITIALIZING")
+    if state in RUNNING_STATES:
+        if cancel_requested:
+            return Mapped("CANCELING")
+        return Mapped("RUNNING" if record and record.started_executing else "INITIALIZING")
+    if state in PAUSED_STATES:
+        return Mapped("PAUSED", f"Slurm: job {state.lower()}")
+    if state == "PREEMPTED":
+        return Mapped("PREEMPTED", "Slurm: job preempted")
+    if state in SYSTEM_FAILURES:
+        return Mapped("SYSTEM_ERROR", f"Slurm {state}: {SYSTEM_FAILURES[state]}")
+    if state in LIMIT_FAILURES:
+        return Mapped("EXECUTOR_ERROR", LIMIT_FAILURES[state])
+    if state in ("CANCELLED", "REVOKED") or cancel_requested:
+        if cancel_requested:
+            return Mapped("CANCELED")
+        return Mapped("SYSTEM_ERROR", "Slurm: the job was cancelled outside hpc-bridge (scancel or admin)")
+    # COMPLETED, FAILED, or gone from the queue: the job's own record decides.
+    return _from_record(state, record, ignore_error)
+
+
+def _from_record(state: str | None, record: JobRecord | None, ignore_error: list[bool]) -> Mapped:
+    if record is None or record.start_time is None:
+        what = "left the queue" if state is None else f"ended {state}"
+        return Mapped("SYSTEM_ERROR", f"Slurm job {what} without a record of running the task")
+    for index, ignore in enumerate(ignore_error):
+        ex = record.executors.get(index)
+        if ex is None or ex.exit_code is None:
+            if record.finished or state is not None:
+                return Mapped("SYSTEM_ERROR", f"executor {index} did not run to the end"
+                              + (f" (job {state})" if state else ""))
+            return Mapped("SYSTEM_ERROR", "Slurm job left the queue before the task finished")
+        if ex.exit_code != 0 and not ignore:
+            return Mapped("EXECUTOR_ERROR", f"executor {index} exited with code {ex.exit_code}")
+    return Mapped("COMPLETE")

@@ -1,0 +1,102 @@
+"""Opening the database: WAL, busy timeout, one connection per thread, versioned migrations.
+
+Each thread gets its own connection because sqlite3 connections must not be shared between the
+WSGI worker threads and the daemon thread; WAL lets readers run beside the daemon's short writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["tasks"].create(
+        {
+            "seq": int, "id": str, "owner": str, "name": str, "state": str,
+            "created_at": str, "updated_at": str, "task": str, "tags": str,
+            "job_id": str, "workdir": str, "cancel_requested": int,
+            "submit_attempts": int, "next_attempt_at": float,
+            "start_time": str, "end_time": str, "executor_logs": str, "system_logs": str,
+        },
+        pk="seq",
+        not_null={"id", "owner", "state", "created_at", "updated_at", "task", "tags",
+                  "cancel_requested", "submit_attempts", "next_attempt_at", "executor_logs",
+                  "system_logs"},
+        defaults={"tags": "{}", "cancel_requested": 0, "submit_attempts": 0, "next_attempt_at": 0.0,
+                  "executor_logs": "[]", "system_logs": "[]"},
+    )
+    db["tasks"].create_index(["id"], unique=True)
+    db["tasks"].create_index(["state"])
+    db["tasks"].create_index(["job_id"])
+    db["events"].create(
+        {"seq": int, "task_id": str, "time": str, "state": str, "message": str},
+        pk="seq", not_null={"task_id", "time", "state"},
+    )
+    db["events"].create_index(["task_id"])
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1}
+
+
+class Store:
+    """Entry point of the data layer: `Store(path).tasks` is the task table's API."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+        from hpc_bridge.store.tasks import TaskStore
+
+        self.tasks = TaskStore(self)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """BEGIN IMMEDIATE so that writers queue on the lock instead of failing on upgrade."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        db = self.db
+        db.enable_wal()
+        current = db.execute("PRAGMA user_version").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(f"database {self.path} has schema {current}, newer than this "
+                               f"hpc-bridge ({SCHEMA_VERSION}): upgrade hpc-bridge")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                MIGRATIONS[version](db)
+                db.execute(f"PRAGMA user_version = {version}")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

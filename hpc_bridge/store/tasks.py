@@ -1,0 +1,170 @@
+"""The task table: rows in, rows out, every state change recorded in `events` in the same transaction."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hpc_bridge.store.db import Store
+
+_JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class TaskRow:
+    seq: int
+    id: str
+    owner: str
+    name: str | None
+    state: str
+    created_at: str
+    updated_at: str
+    task: dict[str, Any]
+    tags: dict[str, str]
+    job_id: str | None
+    workdir: str | None
+    cancel_requested: int
+    submit_attempts: int
+    next_attempt_at: float
+    start_time: str | None
+    end_time: str | None
+    executor_logs: list[dict[str, Any]]
+    system_logs: list[str]
+
+    @classmethod
+    def from_db(cls, row: dict[str, Any]) -> TaskRow:
+        return cls(**{k: json.loads(v) if k in _JSON_COLUMNS else v for k, v in row.items()})
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    owner: str | None = None
+    name_prefix: str | None = None
+    state: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def encode_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"t{seq}".encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> int:
+    """Page tokens are opaque to clients; a forged or corrupt one is a ValueError (-> 400)."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        if raw[0] != "t" or not raw[1:].isdigit():
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        raise ValueError(f"invalid page_token: {token!r}") from None
+
+
+class TaskStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @property
+    def _table(self):  # noqa: ANN202 - sqlite_utils.Table
+        return self._store.db["tasks"]
+
+    def create(self, *, id: str, owner: str, name: str | None, task: dict[str, Any],
+               tags: dict[str, str], state: str = "QUEUED") -> TaskRow:
+        stamp = now_iso()
+        with self._store.transaction() as db:
+            db["tasks"].insert({
+                "id": id, "owner": owner, "name": name, "state": state, "created_at": stamp,
+                "updated_at": stamp, "task": json.dumps(task), "tags": json.dumps(tags),
+            })
+            db["events"].insert({"task_id": id, "time": stamp, "state": state, "message": "created"})
+        row = self.get(id)
+        assert row is not None
+        return row
+
+    def get(self, task_id: str, owner: str | None = None) -> TaskRow | None:
+        where, params = "id = ?", [task_id]
+        if owner is not None:
+            where, params = where + " AND owner = ?", [*params, owner]
+        rows = list(self._table.rows_where(where, params, limit=1))
+        return TaskRow.from_db(rows[0]) if rows else None
+
+    def list(self, flt: TaskFilter, *, before_seq: int | None, limit: int) -> list[TaskRow]:
+        """Newest first, keyset-paginated on `seq` (stable under concurrent inserts)."""
+        clauses, params = [], []
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(before_seq)
+        if flt.owner is not None:
+            clauses.append("owner = ?")
+            params.append(flt.owner)
+        if flt.name_prefix:
+            clauses.append("substr(name, 1, ?) = ?")
+            params += [len(flt.name_prefix), flt.name_prefix]
+        if flt.state:
+            clauses.append("state = ?")
+            params.append(flt.state)
+        for key, value in flt.tags.items():
+            if value == "":
+                clauses.append("EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE json_each.key = ?)")
+                params.append(key)
+            else:
+                clauses.append("EXISTS (SELECT 1 FROM json_each(tasks.tags) "
+                               "WHERE json_each.key = ? AND json_each.value = ?)")
+                params += [key, value]
+        where = " AND ".join(clauses) or None
+        rows = self._table.rows_where(where, params, order_by="seq desc", limit=limit)
+        return [TaskRow.from_db(r) for r in rows]
+
+    def in_states(self, states: Iterable[str]) -> list[TaskRow]:
+        states = list(states)
+        marks = ",".join("?" for _ in states)
+        return [TaskRow.from_db(r) for r in
+                self._table.rows_where(f"state IN ({marks})", states, order_by="seq")]
+
+    def update(self, task_id: str, *, state: str | None = None, message: str | None = None,
+               **fields: Any) -> None:
+        """Change columns; a new state (or a message) also appends to the task's history."""
+        stamp = now_iso()
+        values = {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()}
+        values["updated_at"] = stamp
+        with self._store.transaction() as db:
+            current = db.execute("SELECT state FROM tasks WHERE id = ?", [task_id]).fetchone()
+            if current is None:
+                raise KeyError(task_id)
+            if state is not None:
+                values["state"] = state
+            db["tasks"].update(self._seq(db, task_id), values)
+            if (state is not None and state != current[0]) or message:
+                db["events"].insert({"task_id": task_id, "time": stamp,
+                                     "state": state or current[0], "message": message})
+
+    def request_cancel(self, task_id: str, *, final_states: Iterable[str]) -> str:
+        """Atomically mark a task for cancellation unless it already ended; returns its state."""
+        with self._store.transaction() as db:
+            row = db.execute("SELECT state, job_id FROM tasks WHERE id = ?", [task_id]).fetchone()
+            if row is None:
+                raise KeyError(task_id)
+            state, job_id = row
+            if state in set(final_states) | {"CANCELING"}:
+                return state
+            stamp = now_iso()
+            db["tasks"].update(self._seq(db, task_id), {"cancel_requested": 1, "state": "CANCELING",
+                                                       "updated_at": stamp})
+            db["events"].insert({"task_id": task_id, "time": stamp, "state": "CANCELING",
+                                 "message": "cancel requested"})
+            return "CANCELING"
+
+    def events(self, task_id: str) -> list[dict[str, Any]]:
+        return list(self._store.db["events"].rows_where("task_id = ?", [task_id], order_by="seq"))
+
+    @staticmethod
+    def _seq(db: Any, task_id: str) -> int:
+        return db.execute("SELECT seq FROM tasks WHERE id = ?", [task_id]).fetchone()[0]

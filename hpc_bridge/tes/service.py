@@ -1,0 +1,124 @@
+"""TES operations on the store: create, get, list, cancel. No Slurm, no task filesystem here:
+the daemon does the side effects; this layer validates, records and reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from itertools import zip_longest
+from typing import Any
+
+from pydantic import ValidationError
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.errors import BadRequest, NotFound
+from hpc_bridge.store import Store, TaskFilter, TaskRow
+from hpc_bridge.store.tasks import decode_token, encode_token
+from hpc_bridge.tes.jobspec import InvalidTask, plan_job
+from hpc_bridge.tes.models import FileType, State, Task, TaskRequest, View, apply_view
+
+DEFAULT_PAGE_SIZE = 256
+MAX_PAGE_SIZE = 2047
+SERVER_FIELDS = ("id", "state", "logs", "creation_time")
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        parts.append(f"{loc or 'body'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_view(value: str | None, default: View = View.MINIMAL) -> View:
+    if value is None:
+        return default
+    try:
+        return View(value)
+    except ValueError:
+        raise BadRequest(f"view: must be one of {', '.join(v.value for v in View)}") from None
+
+
+class TaskService:
+    def __init__(self, store: Store, config: SiteConfig, on_change: Callable[[], None] = lambda: None) -> None:
+        self._store = store
+        self._config = config
+        self._on_change = on_change
+
+    def create(self, body: Any, owner: str) -> str:
+        if not isinstance(body, dict):
+            raise BadRequest("body: must be a JSON object (a tesTask)")
+        try:
+            task = TaskRequest.model_validate(body)
+        except ValidationError as exc:
+            raise BadRequest(validation_message(exc)) from None
+        task_id = str(uuid.uuid4())
+        try:  # the same planning the daemon does later, so bad values fail now, with a 400
+            plan_job(task, task_id=task_id, workdir=str(self._config.storage.work_root / task_id),
+                     config=self._config)
+        except InvalidTask as exc:
+            raise BadRequest(str(exc)) from None
+        for item in task.inputs or []:
+            if item.content is not None and item.type is None:
+                item.type = FileType.FILE
+        document = task.model_dump(mode="json", exclude_none=True, exclude=set(SERVER_FIELDS))
+        self._store.tasks.create(id=task_id, owner=owner, name=task.name, task=document,
+                                 tags=task.tags or {})
+        self._on_change()
+        return task_id
+
+    def get(self, task_id: str, owner: str | None, view: View) -> dict[str, Any]:
+        return apply_view(self.document(self._row(task_id, owner)), view)
+
+    def list(self, owner: str | None, *, view: View, page_size: int | None, page_token: str | None,
+             name_prefix: str | None, state: str | None, tag_keys: list[str],
+             tag_values: list[str]) -> dict[str, Any]:
+        size = DEFAULT_PAGE_SIZE if page_size is None else page_size
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise BadRequest(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
+        if state is not None and state not in State.__members__:
+            raise BadRequest(f"state: unknown state {state!r}")
+        if len(tag_values) > len(tag_keys):
+            raise BadRequest("tag_value: more values than tag_key parameters")
+        try:
+            before = decode_token(page_token) if page_token else None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        tags = dict(zip_longest(tag_keys, tag_values, fillvalue=""))
+        rows = self._store.tasks.list(TaskFilter(owner=owner, name_prefix=name_prefix, state=state,
+                                                 tags=tags), before_seq=before, limit=size + 1)
+        result: dict[str, Any] = {"tasks": [apply_view(self.document(r), view) for r in rows[:size]]}
+        if len(rows) > size:
+            result["next_page_token"] = encode_token(rows[size - 1].seq)
+        return result
+
+    def cancel(self, task_id: str, owner: str | None) -> None:
+        row = self._row(task_id, owner)
+        if State(row.state).terminal:
+            return
+        self._store.tasks.request_cancel(row.id, final_states=[s.value for s in State if s.terminal])
+        self._on_change()
+
+    def _row(self, task_id: str, owner: str | None) -> TaskRow:
+        row = self._store.tasks.get(task_id, owner)
+        if row is None:
+            raise NotFound(f"task {task_id!r} not found")
+        return row
+
+    @staticmethod
+    def document(row: TaskRow) -> dict[str, Any]:
+        """The FULL view of a task: what was submitted plus what the server knows."""
+        doc: dict[str, Any] = {"id": row.id, "state": row.state, **row.task,
+                               "creation_time": row.created_at}
+        if row.job_id or row.system_logs or row.executor_logs:
+            log: dict[str, Any] = {"logs": row.executor_logs, "outputs": []}
+            if row.job_id:
+                log["metadata"] = {"slurm_job_id": row.job_id}
+            if row.start_time:
+                log["start_time"] = row.start_time
+            if row.end_time:
+                log["end_time"] = row.end_time
+            if row.system_logs:
+                log["system_logs"] = row.system_logs
+            doc["logs"] = [log]
+        return doc
