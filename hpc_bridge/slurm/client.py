@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +92,13 @@ class CliSlurmClient:
         self._timeout = timeout
         self._run = runner
         self._submit_prefix = _submit_prefix(submit_as)
+        self.calls: Counter[str] = Counter()  # commands run, by name: what the benchmarks report
 
     def _cmd(self, name: str) -> str:
         return str(self._bin_dir / name) if self._bin_dir else name
 
     def _call(self, argv: list[str]) -> str:
+        self.calls[Path(argv[len(self._submit_prefix)] if argv[0] == "runuser" else argv[0]).name] += 1
         try:
             proc = self._run(argv, capture_output=True, text=True, timeout=self._timeout, check=False,
                              stdin=subprocess.DEVNULL)

@@ -8,12 +8,17 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.slurm.client import CliSlurmClient, JobStatus
@@ -62,3 +67,88 @@ def wait_for_job(slurm: CliSlurmClient) -> Callable[[str, float], JobStatus]:
         pytest.fail(f"job {job_id} did not finish within {timeout}s")
 
     return wait
+
+
+class ServerProcess:
+    """`hpc-bridge serve` as a real process (API + daemon) on its own database and port."""
+
+    def __init__(self, config_path: Path, port: int) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config_path.with_suffix(".log")
+
+    def start(self) -> ServerProcess:
+        exe = Path(sys.executable).parent / "hpc-bridge"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([str(exe), "serve", "--config", str(self.config_path),
+                                          "--port", str(self.port)], stdout=out, stderr=out)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ga4gh/tes/v1/service-info", timeout=2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"server did not start:\n{self.log.read_text()}")
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(config: SiteConfig, directory: Path, **overrides: object) -> Path:
+    """A copy of the dev config with its own database (and any section overridden)."""
+    data = config.model_dump(mode="json")
+    data["database"] = str(directory / "hpc-bridge.sqlite")
+    for key, value in overrides.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    path = directory / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture()
+def server_factory(dev_config: SiteConfig, tmp_path: Path, slurm: CliSlurmClient) -> Iterator[
+        Callable[..., ServerProcess]]:
+    """Start servers on a fresh database; every one still running is stopped afterwards."""
+    started: list[ServerProcess] = []
+
+    def make(**overrides: object) -> ServerProcess:
+        server = ServerProcess(write_config(dev_config, tmp_path, **overrides), free_port())
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture()
+def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
+    return server_factory()
+
+
+@pytest.fixture()
+def tes_client(server: ServerProcess):
+    import tes
+
+    return tes.HTTPClient(server.url, timeout=10)
