@@ -97,8 +97,10 @@ class CliSlurmClient:
     def _cmd(self, name: str) -> str:
         return str(self._bin_dir / name) if self._bin_dir else name
 
-    def _call(self, argv: list[str]) -> str:
-        self.calls[Path(argv[len(self._submit_prefix)] if argv[0] == "runuser" else argv[0]).name] += 1
+    def _call(self, argv: list[str], *, as_job_user: bool = False) -> str:
+        self.calls[Path(argv[0]).name] += 1
+        if as_job_user:
+            argv = [*self._submit_prefix, *argv]
         try:
             proc = self._run(argv, capture_output=True, text=True, timeout=self._timeout, check=False,
                              stdin=subprocess.DEVNULL)
@@ -115,8 +117,8 @@ class CliSlurmClient:
 
     def submit(self, script: Path, *, workdir: Path) -> str:
         """Submit a batch script; returns the job id. The script's own #SBATCH lines carry the options."""
-        out = self._call([*self._submit_prefix, self._cmd("sbatch"), "--parsable",
-                          f"--chdir={workdir}", str(script)])
+        out = self._call([self._cmd("sbatch"), "--parsable", f"--chdir={workdir}", str(script)],
+                         as_job_user=True)
         job_id = out.strip().split(";", 1)[0]
         if not job_id.isdigit():
             raise SlurmError(f"sbatch returned no job id: {out.strip()!r}")
