@@ -98,20 +98,21 @@ class CliSlurmClient:
         return str(self._bin_dir / name) if self._bin_dir else name
 
     def _call(self, argv: list[str], *, as_job_user: bool = False) -> str:
-        self.calls[Path(argv[0]).name] += 1
+        name = Path(argv[0]).name
+        self.calls[name] += 1
         if as_job_user:
             argv = [*self._submit_prefix, *argv]
         try:
             proc = self._run(argv, capture_output=True, text=True, timeout=self._timeout, check=False,
                              stdin=subprocess.DEVNULL)
         except FileNotFoundError as exc:
-            raise SlurmError(f"Slurm command not found: {argv[0]}", unavailable=True) from exc
+            raise SlurmError(f"command not found: {exc.filename or argv[0]}", unavailable=True) from exc
         except subprocess.TimeoutExpired as exc:
-            raise SlurmError(f"{Path(argv[0]).name} timed out after {self._timeout:g}s",
+            raise SlurmError(f"{name} timed out after {self._timeout:g}s",
                              unavailable=True) from exc
         if proc.returncode != 0:
             stderr = proc.stderr.strip()
-            raise SlurmError(f"{Path(argv[0]).name} failed ({proc.returncode}): {stderr}",
+            raise SlurmError(f"{name} failed ({proc.returncode}): {stderr}",
                              unavailable=_is_unreachable(stderr))
         return proc.stdout
 
