@@ -71,6 +71,9 @@ class MonitorSettings(_Strict):
     idle_interval: Annotated[float, Field(gt=0)] = 5.0
     submit_batch: Annotated[int, Field(ge=1)] = 200
     retry_max_delay: Annotated[float, Field(gt=0)] = 60.0
+    # How long an ended job's record may lag behind Slurm (shared filesystems cache) before a
+    # missing or incomplete record is taken as a failure.
+    record_grace: Annotated[float, Field(ge=0)] = 10.0
 
 
 class SlurmSettings(_Strict):

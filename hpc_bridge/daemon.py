@@ -84,6 +84,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._cancel_sent: set[str] = set()
+        self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
         self._job_user = pwd.getpwnam(config.slurm.submit_as) if config.slurm.submit_as else None
         self.cycles = 0
 
@@ -232,6 +233,12 @@ class Daemon:
         ignore = [bool(e.get("ignore_error")) for e in row.task["executors"]]
         mapped = map_state(status.state if status else None, status.reason if status else "",
                            record, ignore_error=ignore, cancel_requested=bool(row.cancel_requested))
+        if mapped.state == State.SYSTEM_ERROR and not (record and record.finished) \
+                and (status is None or not still_active(status.state)):
+            first = self._unconfirmed.setdefault(row.id, time.monotonic())
+            if time.monotonic() - first < self.config.monitor.record_grace:
+                return True  # the record may still be on its way through the shared filesystem
+        self._unconfirmed.pop(row.id, None)
         logs = list(row.system_logs)
         if mapped.log and mapped.log not in logs:
             logs.append(mapped.log)

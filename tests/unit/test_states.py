@@ -1,0 +1,79 @@
+"""Slurm state + job record -> TES state: the whole mapping table."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpc_bridge.slurm.record import parse_record
+from hpc_bridge.slurm.states import map_state, still_active
+
+START = '{"event":"job_start","time":"t0","job_id":"7"}\n'
+
+
+def rec(*codes: int, ended: bool = True, started: int | None = None) -> str:
+    lines = [START]
+    for i, code in enumerate(codes):
+        lines.append(f'{{"event":"executor_start","executor":{i},"time":"s{i}"}}\n')
+        lines.append(f'{{"event":"executor_end","executor":{i},"time":"e{i}","exit_code":{code}}}\n')
+    if started is not None:
+        lines.append(f'{{"event":"executor_start","executor":{started},"time":"s"}}\n')
+    if ended:
+        last = next((c for c in reversed(codes) if c), 0)
+        lines.append(f'{{"event":"job_end","time":"t1","exit_code":{last}}}\n')
+    return "".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("slurm", "reason", "record", "ignore", "cancel", "expected", "log_part"),
+    [
+        ("PENDING", "Priority", None, [False], False, "QUEUED", None),
+        ("PENDING", "PartitionConfig", None, [False], False, "QUEUED", "PartitionConfig"),
+        ("REQUEUED", "None", None, [False], False, "QUEUED", None),
+        ("CONFIGURING", "None", None, [False], False, "INITIALIZING", None),
+        ("RUNNING", "None", None, [False], False, "INITIALIZING", None),
+        ("RUNNING", "None", rec(ended=False), [False], False, "INITIALIZING", None),
+        ("RUNNING", "None", rec(ended=False, started=0), [False], False, "RUNNING", None),
+        ("SUSPENDED", "None", None, [False], False, "PAUSED", "suspended"),
+        ("COMPLETED", "None", rec(0), [False], False, "COMPLETE", None),
+        ("COMPLETED", "None", rec(0, 0), [False, False], False, "COMPLETE", None),
+        ("COMPLETED", "None", None, [False], False, "SYSTEM_ERROR", "without a record"),
+        ("COMPLETED", "None", rec(0), [False, False], False, "SYSTEM_ERROR", "executor 1 did not run"),
+        ("FAILED", "NonZeroExitCode", rec(3), [False], False, "EXECUTOR_ERROR", "code 3"),
+        ("COMPLETED", "None", rec(4, 0), [True, False], False, "COMPLETE", None),
+        ("OUT_OF_MEMORY", "None", rec(ended=False, started=0), [False], False, "EXECUTOR_ERROR", "memory"),
+        ("TIMEOUT", "None", rec(ended=False, started=0), [False], False, "EXECUTOR_ERROR", "time limit"),
+        ("NODE_FAIL", "None", None, [False], False, "SYSTEM_ERROR", "NODE_FAIL"),
+        ("BOOT_FAIL", "None", None, [False], False, "SYSTEM_ERROR", "BOOT_FAIL"),
+        ("DEADLINE", "None", None, [False], False, "SYSTEM_ERROR", "DEADLINE"),
+        ("PREEMPTED", "None", None, [False], False, "PREEMPTED", "preempted"),
+        ("PENDING", "None", None, [False], True, "CANCELING", None),
+        ("RUNNING", "None", None, [False], True, "CANCELING", None),
+        ("CANCELLED", "None", None, [False], True, "CANCELED", None),
+        ("CANCELLED", "None", None, [False], False, "SYSTEM_ERROR", "outside hpc-bridge"),
+        (None, "", rec(0), [False], False, "COMPLETE", None),
+        (None, "", rec(2), [False], False, "EXECUTOR_ERROR", "code 2"),
+        (None, "", None, [False], False, "SYSTEM_ERROR", "left the queue"),
+        (None, "", rec(ended=False, started=0), [False], False, "SYSTEM_ERROR", "left the queue before"),
+        (None, "", None, [False], True, "CANCELED", None),
+    ],
+)
+def test_mapping(slurm: str | None, reason: str, record: str | None, ignore: list[bool], cancel: bool,
+                 expected: str, log_part: str | None) -> None:
+    mapped = map_state(slurm, reason, parse_record(record) if record is not None else None,
+                       ignore_error=ignore, cancel_requested=cancel)
+    assert mapped.state == expected
+    if log_part is None:
+        assert mapped.log is None
+    else:
+        assert mapped.log and log_part in mapped.log
+
+
+def test_torn_record_line_is_ignored() -> None:
+    record = parse_record(rec(0, ended=False) + '{"event":"job_e')
+    assert record.start_time == "t0" and not record.finished
+    assert record.executors[0].exit_code == 0
+
+
+def test_still_active() -> None:
+    assert still_active("PENDING") and still_active("RUNNING") and still_active("SUSPENDED")
+    assert not still_active("COMPLETED") and not still_active("CANCELLED by 0")
