@@ -1,37 +1,218 @@
-"""The `hpc-bridge` command."""
+"""The `hpc-bridge` command: the server (`serve`, `config check`) and a TES client mirroring the API."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
+from time import monotonic, sleep
+from typing import NoReturn
 
 import click
+import requests
+import tes
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from tes.models import datetime_json_handler
+from tes.utils import UnmarshalError, unmarshal
 
 from hpc_bridge.config import ConfigError, SiteConfig, load_config
+from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient, error_message
+from hpc_bridge.tes.models import State
 
-err = Console(stderr=True)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EXIT_SERVER = 1
+EXIT_USAGE = 2
+# `submit --wait` when the task ended without its commands' verdict (SYSTEM_ERROR, CANCELED,
+# PREEMPTED): 125, like `docker run` when the container itself failed, so it rarely collides
+# with a command's own small exit codes.
+EXIT_NOT_FINISHED = 125
+EXIT_INTERRUPTED = 130
+POLL_SECONDS = 1.0
+STATE_STYLES = {"COMPLETE": "green", "EXECUTOR_ERROR": "red", "SYSTEM_ERROR": "red", "CANCELED": "yellow",
+                "CANCELING": "yellow", "PREEMPTED": "yellow", "INITIALIZING": "cyan", "RUNNING": "cyan"}
+SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
+SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT])(?:I?B)?", re.IGNORECASE)
+GB_PER_UNIT = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}  # as the server: 1G = 1024M
 
 _CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
     envvar="HPC_BRIDGE_CONFIG", default="site_config/dev.yaml", show_default=True,
     help="Site configuration file (env: HPC_BRIDGE_CONFIG).",
 )
+_URL_OPTION = click.option(
+    "--url", metavar="URL", envvar="HPC_BRIDGE_URL", default=DEFAULT_URL, show_default=True,
+    help="The hpc-bridge server, with or without /ga4gh/tes/v1 (env: HPC_BRIDGE_URL).",
+)
+_JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    sys.exit(code)
 
 
 def _load(config_path: Path) -> SiteConfig:
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(2)
+        _fail(str(exc), EXIT_USAGE)
 
 
 @click.group()
 @click.version_option(package_name="hpc-bridge")
 def main() -> None:
     """GA4GH TES/WES on Slurm, executors in Apptainer."""
+
+
+class KeyValue(click.ParamType):
+    """K=V on the command line; with `bare_key`, a lone K stands for (K, "") (a tag filter on the key)."""
+
+    name = "K=V"
+
+    def __init__(self, bare_key: bool = False) -> None:
+        self.bare_key = bare_key
+
+    def convert(self, value: str | tuple[str, str], param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, val = value.partition("=")
+        if not key or not (sep or self.bare_key):
+            self.fail(f"{value!r}: expected KEY=VALUE", param, ctx)
+        return key, val
+
+
+class Size(click.ParamType):
+    """512M, 2G, 1.5T -> GB (TES ram_gb/disk_gb). A unit is required: Slurm reads a bare number as MB,
+    TES as GB, and guessing wrong is off by a factor of 1024."""
+
+    name = "size"
+
+    def convert(self, value: str | float, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        match = SIZE.fullmatch(value.strip())
+        if not match:
+            self.fail(f"{value!r}: expected a size with a unit, e.g. 512M, 2G or 1.5T", param, ctx)
+        gb = float(match[1]) * GB_PER_UNIT[match[2].upper()]
+        if gb <= 0:
+            self.fail(f"{value!r}: must be more than 0", param, ctx)
+        return gb
+
+
+def _slurm_time(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed time limit here: the server passes it on, and sbatch would only fail later."""
+    if value is not None and not SLURM_TIME.fullmatch(value):
+        raise click.BadParameter(f"{value!r}: expected a Slurm time limit (MM, HH:MM:SS, D-HH:MM, ...)")
+    return value
+
+
+@contextmanager
+def _connect(url: str) -> Iterator[BridgeClient]:
+    """A client whose failures end the command with a message: exit 2 if the server called the
+    request bad (HTTP 400), else 1 (not found, server error, no answer)."""
+    try:
+        client = BridgeClient(url)
+    except ValueError as exc:  # py-tes validates the scheme
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+    try:
+        yield client
+    except requests.RequestException as exc:
+        bad_request = exc.response is not None and exc.response.status_code == 400
+        _fail(error_message(exc, url), EXIT_USAGE if bad_request else EXIT_SERVER)
+    except UnmarshalError as exc:  # py-tes refused the answer: not (this version of) a TES server
+        _fail(f"unexpected answer from {url}: {str(exc).splitlines()[-1]}", EXIT_SERVER)
+
+
+def _styled(state: str | None) -> str:
+    state = state or "UNKNOWN"
+    return f"[{STATE_STYLES[state]}]{state}[/]" if state in STATE_STYLES else state
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if moment else ""
+
+
+def _last_log(task: tes.Task) -> tes.TaskLog | None:
+    """The current attempt: TES appends one TaskLog per attempt."""
+    return task.logs[-1] if task.logs else None
+
+
+def _executor_logs(task: tes.Task) -> list[tes.ExecutorLog]:
+    log = _last_log(task)
+    return (log.logs or []) if log else []
+
+
+def outcome(task: tes.Task) -> tuple[int, str]:
+    """The exit code `submit --wait` ends with, and why. EXECUTOR_ERROR passes on the failing
+    executor's own code: the last non-zero one, since a job stops at its first unignored failure."""
+    if task.state == State.COMPLETE:
+        return 0, ""
+    if task.state == State.EXECUTOR_ERROR:
+        failed = [(i, e.exit_code) for i, e in enumerate(_executor_logs(task)) if e.exit_code]
+        if not failed:
+            return 1, "exit code unknown"
+        index, code = failed[-1]
+        return (code if 0 < code < 256 else 1), f"executor {index} exited with {code}"
+    return EXIT_NOT_FINISHED, ""
+
+
+def build_task(image: str, command: tuple[str, ...], *, name: str | None = None, cpus: int | None = None,
+               mem: float | None = None, disk: float | None = None, time: str | None = None,
+               partition: str | None = None, env: tuple[tuple[str, str], ...] = (),
+               workdir: str | None = None, tag: tuple[tuple[str, str], ...] = (),
+               volume: tuple[str, ...] = ()) -> tes.Task:
+    """The one-executor task `submit --image` describes; unset options stay unset (server defaults)."""
+    backend = {key: value for key, value in (("time", time), ("partition", partition)) if value}
+    resources = None
+    if cpus or mem or disk or backend:
+        resources = tes.Resources(cpu_cores=cpus, ram_gb=mem, disk_gb=disk, backend_parameters=backend or None)
+    return tes.Task(
+        name=name, resources=resources, volumes=list(volume) or None, tags=dict(tag) or None,
+        executors=[tes.Executor(image=image, command=list(command), env=dict(env) or None, workdir=workdir)],
+    )
+
+
+def _read_task(path: str) -> tes.Task:
+    try:
+        with click.open_file(path) as stream:
+            data = json.load(stream)
+    except OSError as exc:
+        _fail(f"{path}: {exc.strerror or exc}", EXIT_USAGE)
+    except ValueError as exc:
+        _fail(f"{path}: not valid JSON: {exc}", EXIT_USAGE)
+    if not isinstance(data, dict):
+        _fail(f"{path}: a tesTask must be a JSON object", EXIT_USAGE)
+    try:
+        return unmarshal(data, tes.Task)
+    except (UnmarshalError, TypeError) as exc:
+        _fail(f"{path}: not a tesTask: {str(exc).splitlines()[-1]}", EXIT_USAGE)
+
+
+def _wait(client: BridgeClient, task_id: str) -> tes.Task:
+    """Poll until the task ends: one line per state change, and a live status line on a terminal."""
+    started = monotonic()
+    state: str | None = None
+    with err.status(f"{task_id} submitted") as status:
+        while True:
+            current = client.get_task(task_id, view="MINIMAL").state
+            if current != state:
+                state = current
+                err.print(f"{datetime.now():%H:%M:%S} {task_id} {_styled(state)}")
+            if state and State(state).terminal:
+                return client.get_task(task_id, view="FULL")
+            status.update(f"{task_id} {_styled(state)} ({monotonic() - started:.0f}s)")
+            sleep(POLL_SECONDS)
 
 
 @main.command()
@@ -83,3 +264,159 @@ def config_check(config_path: Path) -> None:
     """Validate the site config and print it with every default filled in."""
     cfg = _load(config_path)
     click.echo(cfg.model_dump_json(indent=2))
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[TASK_FILE | -- COMMAND...]")
+@click.option("--image", metavar="IMAGE", help="Build a one-executor task running COMMAND in IMAGE.")
+@click.option("--name", metavar="NAME", help="Task name.")
+@click.option("--cpus", type=click.IntRange(min=1), help="CPU cores.")
+@click.option("--mem", type=Size(), help="Memory, e.g. 512M, 2G.")
+@click.option("--disk", type=Size(), help="Scratch disk, e.g. 10G.")
+@click.option("--time", metavar="TIME", callback=_slurm_time, help="Slurm time limit, e.g. 01:00:00.")
+@click.option("--partition", metavar="NAME", help="Slurm partition.")
+@click.option("--env", type=KeyValue(), multiple=True, help="Environment variable K=V (repeatable).")
+@click.option("--workdir", metavar="DIR", help="Working directory inside the container.")
+@click.option("--tag", type=KeyValue(), multiple=True, help="Tag K=V (repeatable).")
+@click.option("--volume", metavar="PATH", multiple=True,
+              help="Container path shared by the executors (repeatable).")
+@click.option("--wait", is_flag=True, help="Follow the task and exit with its outcome.")
+@_URL_OPTION
+def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name: str | None,
+           cpus: int | None, mem: float | None, disk: float | None, time: str | None, partition: str | None,
+           env: tuple[tuple[str, str], ...], workdir: str | None, tag: tuple[tuple[str, str], ...],
+           volume: tuple[str, ...]) -> None:
+    """Submit a task and print its id.
+
+    The task is a tesTask JSON file (- for stdin), or built from --image IMAGE [OPTIONS] -- COMMAND...
+    With --wait the exit code is the task's: 0 when COMPLETE, the failing command's code on
+    EXECUTOR_ERROR (1 if unknown), 125 on SYSTEM_ERROR, CANCELED or PREEMPTED.
+    """
+    shorthand = {"name": name, "cpus": cpus, "mem": mem, "disk": disk, "time": time, "partition": partition,
+                 "env": env, "workdir": workdir, "tag": tag, "volume": volume}
+    if image:
+        if not args:
+            raise click.UsageError("give the command after --, e.g. submit --image busybox -- echo hi")
+        task = build_task(image, args, **shorthand)  # type: ignore[arg-type]
+    else:
+        given = [f"--{key}" for key, value in shorthand.items() if value]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: only with --image (a task file is sent as it is)")
+        if len(args) != 1:
+            raise click.UsageError("give one TASK_FILE (- for stdin), or --image IMAGE -- COMMAND...")
+        task = _read_task(args[0])
+    with _connect(url) as client:
+        task_id = client.create_task(task)
+        click.echo(task_id)
+        if not wait:
+            return
+        try:
+            task = _wait(client, task_id)
+        except KeyboardInterrupt:
+            hint = "" if url == DEFAULT_URL else f" --url {shlex.quote(url)}"
+            err.print(f"\ninterrupted: task {task_id} keeps running; cancel it with "
+                      f"[bold]hpc-bridge cancel{escape(hint)} {task_id}[/bold]", soft_wrap=True)
+            sys.exit(EXIT_INTERRUPTED)
+    for line in (_last_log(task) or tes.TaskLog()).system_logs or []:
+        err.print(f"[dim]system log:[/dim] {escape(line)}", soft_wrap=True)
+    code, why = outcome(task)
+    out.print(f"{task_id} {_styled(task.state)}" + (f": {escape(why)}" if why else ""))
+    sys.exit(code)
+
+
+@main.command("list")
+@click.option("--state", type=click.Choice([s.value for s in State], case_sensitive=False),
+              help="Only tasks in this state.")
+@click.option("--name-prefix", metavar="PREFIX", help="Only tasks whose name starts with this.")
+@click.option("--tag", type=KeyValue(bare_key=True), multiple=True,
+              help="Only tasks with tag K=V, or with key K (repeatable; all must match).")
+@click.option("--all", "all_pages", is_flag=True, help="Follow every page, not only the first.")
+@_JSON_OPTION
+@_URL_OPTION
+def list_tasks(state: str | None, name_prefix: str | None, tag: tuple[tuple[str, str], ...], all_pages: bool,
+               as_json: bool, url: str) -> None:
+    """List tasks, newest first."""
+    with _connect(url) as client:
+        tasks, more = client.find_tasks(all_pages=all_pages, state=state, name_prefix=name_prefix,
+                                        tags=dict(tag))
+    if as_json:
+        click.echo(json.dumps([t.as_dict() for t in tasks], indent=2, default=datetime_json_handler))
+    elif tasks:
+        table = Table("id", "name", "state", "created", box=None, pad_edge=False)
+        for task in tasks:
+            table.add_row(task.id, escape(task.name or ""), _styled(task.state), _when(task.creation_time))
+        out.print(table)
+    else:
+        err.print("no tasks")
+    if more:
+        err.print("[dim]more tasks on further pages: add --all[/dim]")
+
+
+@main.command()
+@click.argument("task_id")
+@_JSON_OPTION
+@_URL_OPTION
+def status(task_id: str, as_json: bool, url: str) -> None:
+    """Show a task: state, Slurm job, times, system logs, executors' exit codes."""
+    with _connect(url) as client:
+        task = client.get_task(task_id, view="FULL")
+    if as_json:
+        click.echo(task.as_json(indent=2))
+        return
+    log = _last_log(task) or tes.TaskLog()
+    info = Table.grid(padding=(0, 2))
+    for key, value in (("id", escape(task.id or "")), ("name", escape(task.name or "")),
+                       ("state", _styled(task.state)),
+                       ("slurm job", escape((log.metadata or {}).get("slurm_job_id", ""))),
+                       ("created", _when(task.creation_time)), ("started", _when(log.start_time)),
+                       ("ended", _when(log.end_time))):
+        info.add_row(f"[bold]{key}[/bold]", value)
+    out.print(info)
+    if log.system_logs:
+        out.print("[bold]system logs[/bold]")
+        for line in log.system_logs:
+            out.print(f"  {escape(line)}", soft_wrap=True)
+    executors = Table("#", "image", "command", "exit code", "started", "ended", box=None, pad_edge=False)
+    logs = _executor_logs(task)
+    for i, executor in enumerate(task.executors or []):
+        entry = logs[i] if i < len(logs) else tes.ExecutorLog()
+        executors.add_row(str(i), escape(executor.image), escape(shlex.join(executor.command)),
+                          "" if entry.exit_code is None else str(entry.exit_code),
+                          _when(entry.start_time), _when(entry.end_time))
+    out.print(executors)
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--executor", type=click.IntRange(min=0), help="Only this executor (0-based); default: all.")
+@click.option("--stderr", is_flag=True, help="Print stderr, not stdout.")
+@_URL_OPTION
+def logs(task_id: str, executor: int | None, stderr: bool, url: str) -> None:
+    """Print a task's executor stdout (or stderr), as the server keeps it."""
+    stream = "stderr" if stderr else "stdout"
+    with _connect(url) as client:
+        task = client.get_task(task_id, view="FULL")
+    count = len(task.executors or [])
+    if executor is not None and executor >= count:
+        raise click.BadParameter(f"task {task_id} has {count} executor(s), numbered from 0",
+                                 param_hint="--executor")
+    entries = list(enumerate(_executor_logs(task)))
+    if executor is not None:
+        entries = entries[executor:executor + 1]
+    if not entries:
+        err.print(f"no {stream} yet: task {task_id} is {_styled(task.state)}")
+    for i, entry in entries:
+        if executor is None and count > 1:  # on stderr, so stdout stays exactly what the commands wrote
+            err.print(f"[dim]== executor {i} {stream} ==[/dim]")
+        click.echo(getattr(entry, stream) or "", nl=False)
+
+
+@main.command()
+@click.argument("task_id")
+@_URL_OPTION
+def cancel(task_id: str, url: str) -> None:
+    """Cancel a task and print its state (a finished task is left as it is)."""
+    with _connect(url) as client:
+        client.cancel_task(task_id)
+        state = client.get_task(task_id, view="MINIMAL").state
+    out.print(f"{task_id} {_styled(state)}")

@@ -2,6 +2,10 @@
 
 Environment variables travel as `APPTAINERENV_<NAME>` through `env`, not `--env`, because `--env`
 splits its value on commas; `--cleanenv` keeps the host's own environment out of the container.
+Apptainer (1.4) evaluates those values inside a double-quoted shell string in the container, so
+`$(...)`, backticks and `$VAR` would run or expand there: `apptainer_env_value` escapes them.
+Measured on Apptainer 1.4.5: with `$`, backtick and backslash escaped, every value arrives
+byte-for-byte except a carriage return, which it drops; values with CR are refused.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ def check_bind_path(path: str, label: str = "bind") -> str:
     return path
 
 
+def apptainer_env_value(value: str) -> str:
+    if "\r" in value or "\0" in value:
+        raise UnsafeValue("environment values cannot contain carriage returns or NUL bytes")
+    return "".join("\\" + c if c in "$`\\" else c for c in value)
+
+
 def check_env_name(name: str) -> str:
     if not _ENV_NAME.match(name):
         raise UnsafeValue(f"invalid environment variable name: {name!r}")
@@ -54,10 +64,10 @@ def exec_argv(binary: str, image: str, command: Sequence[str], *, binds: Sequenc
     """argv for `apptainer exec`; every element stays one argument whatever it contains."""
     if not command:
         raise UnsafeValue("executor command is empty")
-    for value in (*command, *(env or {}).values()):
-        if "\0" in value:
-            raise UnsafeValue("NUL byte in executor command or environment")
-    argv = ["env", *(f"APPTAINERENV_{check_env_name(k)}={v}" for k, v in (env or {}).items())]
+    if any("\0" in arg for arg in command):
+        raise UnsafeValue("NUL byte in executor command")
+    argv = ["env", *(f"APPTAINERENV_{check_env_name(k)}={apptainer_env_value(v)}"
+                     for k, v in (env or {}).items())]
     argv += [binary, "--quiet", "exec", "--containall", "--cleanenv"]
     if gpu:
         argv.append("--nv")

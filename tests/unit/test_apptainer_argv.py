@@ -28,3 +28,10 @@ def test_bad_environment_is_refused(env: dict[str, str]) -> None:
 def test_empty_command_is_refused() -> None:
     with pytest.raises(UnsafeValue, match="empty"):
         exec_argv("apptainer", "i.sif", [])
+
+
+def test_env_values_are_escaped_for_apptainers_own_evaluation() -> None:
+    argv = exec_argv("apptainer", "i.sif", ["true"], env={"X": 'a $(id) `id` \\ "q"'})
+    assert argv[1] == 'APPTAINERENV_X=a \\$(id) \\`id\\` \\\\ "q"'
+    with pytest.raises(UnsafeValue, match="carriage"):
+        exec_argv("apptainer", "i.sif", ["true"], env={"X": "a\r\n"})

@@ -1,0 +1,54 @@
+"""SIGKILL the daemon in the middle of a burst of submissions: after a restart every task finishes
+exactly once. Counted in Slurm itself: one job per task, carrying the task id in its comment."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+N = 120
+
+
+def _submitted(db: str) -> tuple[int, int]:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute("SELECT count(*), count(job_id) FROM tasks").fetchone()
+    finally:
+        conn.close()
+
+
+def test_sigkill_during_burst_loses_nothing_and_submits_nothing_twice(server_factory, slurm,
+                                                                     dev_config) -> None:
+    server = server_factory()
+    db = str(server.config_path.parent / "hpc-bridge.sqlite")
+    body = {"name": "burst", "executors": [{"image": "busybox", "command": ["true"]}]}
+    with requests.Session() as http, ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(lambda _: http.post(f"{server.url}/ga4gh/tes/v1/tasks", json=body,
+                                                timeout=30).json()["id"], range(N)))
+    deadline = time.monotonic() + 60
+    while _submitted(db)[1] == 0:
+        assert time.monotonic() < deadline, "the daemon never submitted anything"
+        time.sleep(0.01)
+    server.kill()
+    created, with_job = _submitted(db)
+    assert created == N and 0 < with_job < N, "the kill did not land in the middle of the burst"
+
+    server.start()  # same database, new process: adopts, then submits the rest
+    deadline = time.monotonic() + 300
+    while True:
+        tasks = requests.get(f"{server.url}/ga4gh/tes/v1/tasks", params={"page_size": 2000},
+                             timeout=30).json()["tasks"]
+        states = Counter(t["state"] for t in tasks)
+        if states["COMPLETE"] == N:
+            break
+        assert set(states) <= {"QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"}, states
+        assert time.monotonic() < deadline, f"not all tasks finished: {states}"
+        time.sleep(1)
+
+    jobs_per_task = Counter(j.comment.removeprefix("hpc-bridge:") for j in slurm.queue()
+                            if j.comment.startswith("hpc-bridge:"))
+    assert {task_id: jobs_per_task[task_id] for task_id in ids} == {task_id: 1 for task_id in ids}
