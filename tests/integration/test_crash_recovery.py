@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-N = 120
+N = 80
 
 
 def _submitted(db: str) -> tuple[int, int]:
@@ -52,3 +52,39 @@ def test_sigkill_during_burst_loses_nothing_and_submits_nothing_twice(server_fac
     jobs_per_task = Counter(j.comment.removeprefix("hpc-bridge:") for j in slurm.queue()
                             if j.comment.startswith("hpc-bridge:"))
     assert {task_id: jobs_per_task[task_id] for task_id in ids} == {task_id: 1 for task_id in ids}
+
+
+def test_restart_adopts_a_job_submitted_just_before_a_crash(dev_config, tmp_path, slurm) -> None:
+    """The narrowest window: sbatch succeeded, the store never heard of the job id."""
+    from hpc_bridge.daemon import Daemon
+    from hpc_bridge.slurm.client import CliSlurmClient
+    from hpc_bridge.slurm.script import render
+    from hpc_bridge.store import Store
+    from hpc_bridge.tes.jobspec import plan_job
+    from hpc_bridge.tes.models import Task
+    from hpc_bridge.tes.service import TaskService
+
+    config = dev_config.model_copy(update={"database": tmp_path / "db.sqlite"})
+    store = Store(config.database)
+    task_id = TaskService(store, config).create(
+        {"executors": [{"image": "busybox", "command": ["echo", "adopted"]}]}, owner="local")
+    client = CliSlurmClient(submit_as=config.slurm.submit_as)
+    daemon = Daemon(config, store, client)
+
+    # What the crashed daemon did: prepared the work dir and ran sbatch, then died.
+    workdir = config.storage.work_root / task_id
+    plan = plan_job(Task.model_validate(store.tasks.get(task_id).task), task_id=task_id,
+                    workdir=str(workdir), config=config)
+    daemon._prepare_workdir(workdir, plan.directories, plan.files)
+    (workdir / "job.sh").write_text(render(plan.script, config.template_search_path))
+    job_id = client.submit(workdir / "job.sh", workdir=workdir)
+
+    deadline = time.monotonic() + 120
+    while store.tasks.get(task_id).state != "COMPLETE":
+        assert time.monotonic() < deadline, store.tasks.get(task_id)
+        daemon.cycle()
+        time.sleep(0.3)
+    row = store.tasks.get(task_id)
+    assert row.job_id == job_id and client.calls["sbatch"] == 1
+    assert row.executor_logs[0]["stdout"] == "adopted\n"
+    assert any("adopted Slurm job" in (e["message"] or "") for e in store.tasks.events(task_id))
