@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from time import monotonic, sleep
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import requests
@@ -27,7 +27,6 @@ from hpc_bridge.config import ConfigError, SiteConfig, load_config
 from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient, error_message
 from hpc_bridge.tes.models import State
 
-out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 EXIT_SERVER = 1
@@ -134,6 +133,15 @@ def _connect(url: str) -> Iterator[BridgeClient]:
         _fail(f"unexpected answer from {url}: {str(exc).splitlines()[-1]}", EXIT_SERVER)
 
 
+def _stdout() -> Console:
+    """stdout for rich output: fitted to a terminal; piped, never wrapped or cropped, so scripts
+    and grep see whole ids and commands."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = 1_000_000
+    return console
+
+
 def _styled(state: str | None) -> str:
     state = state or "UNKNOWN"
     return f"[{STATE_STYLES[state]}]{state}[/]" if state in STATE_STYLES else state
@@ -167,16 +175,17 @@ def outcome(task: tes.Task) -> tuple[int, str]:
     return EXIT_NOT_FINISHED, ""
 
 
-def build_task(image: str, command: tuple[str, ...], *, name: str | None = None, cpus: int | None = None,
-               mem: float | None = None, disk: float | None = None, time: str | None = None,
-               partition: str | None = None, env: tuple[tuple[str, str], ...] = (),
-               workdir: str | None = None, tag: tuple[tuple[str, str], ...] = (),
-               volume: tuple[str, ...] = ()) -> tes.Task:
+def _build_task(image: str, command: tuple[str, ...], *, name: str | None = None, cpus: int | None = None,
+                mem: float | None = None, disk: float | None = None, time: str | None = None,
+                partition: str | None = None, env: tuple[tuple[str, str], ...] = (),
+                workdir: str | None = None, tag: tuple[tuple[str, str], ...] = (),
+                volume: tuple[str, ...] = ()) -> tes.Task:
     """The one-executor task `submit --image` describes; unset options stay unset (server defaults)."""
     backend = {key: value for key, value in (("time", time), ("partition", partition)) if value}
     resources = None
     if cpus or mem or disk or backend:
-        resources = tes.Resources(cpu_cores=cpus, ram_gb=mem, disk_gb=disk, backend_parameters=backend or None)
+        resources = tes.Resources(cpu_cores=cpus, ram_gb=mem, disk_gb=disk,
+                                  backend_parameters=backend or None)
     return tes.Task(
         name=name, resources=resources, volumes=list(volume) or None, tags=dict(tag) or None,
         executors=[tes.Executor(image=image, command=list(command), env=dict(env) or None, workdir=workdir)],
@@ -292,12 +301,13 @@ def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name:
     With --wait the exit code is the task's: 0 when COMPLETE, the failing command's code on
     EXECUTOR_ERROR (1 if unknown), 125 on SYSTEM_ERROR, CANCELED or PREEMPTED.
     """
-    shorthand = {"name": name, "cpus": cpus, "mem": mem, "disk": disk, "time": time, "partition": partition,
-                 "env": env, "workdir": workdir, "tag": tag, "volume": volume}
+    shorthand: dict[str, Any] = {"name": name, "cpus": cpus, "mem": mem, "disk": disk, "time": time,
+                                 "partition": partition, "env": env, "workdir": workdir, "tag": tag,
+                                 "volume": volume}
     if image:
         if not args:
             raise click.UsageError("give the command after --, e.g. submit --image busybox -- echo hi")
-        task = build_task(image, args, **shorthand)  # type: ignore[arg-type]
+        task = _build_task(image, args, **shorthand)
     else:
         given = [f"--{key}" for key, value in shorthand.items() if value]
         if given:
@@ -320,7 +330,7 @@ def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name:
     for line in (_last_log(task) or tes.TaskLog()).system_logs or []:
         err.print(f"[dim]system log:[/dim] {escape(line)}", soft_wrap=True)
     code, why = outcome(task)
-    out.print(f"{task_id} {_styled(task.state)}" + (f": {escape(why)}" if why else ""))
+    _stdout().print(f"{task_id} {_styled(task.state)}" + (f": {escape(why)}" if why else ""))
     sys.exit(code)
 
 
@@ -342,10 +352,14 @@ def list_tasks(state: str | None, name_prefix: str | None, tag: tuple[tuple[str,
     if as_json:
         click.echo(json.dumps([t.as_dict() for t in tasks], indent=2, default=datetime_json_handler))
     elif tasks:
-        table = Table("id", "name", "state", "created", box=None, pad_edge=False)
+        table = Table(box=None, pad_edge=False)
+        table.add_column("id", no_wrap=True, min_width=max(len(t.id or "") for t in tasks))
+        table.add_column("name")
+        table.add_column("state", no_wrap=True)
+        table.add_column("created")
         for task in tasks:
             table.add_row(task.id, escape(task.name or ""), _styled(task.state), _when(task.creation_time))
-        out.print(table)
+        _stdout().print(table)
     else:
         err.print("no tasks")
     if more:
@@ -363,6 +377,7 @@ def status(task_id: str, as_json: bool, url: str) -> None:
     if as_json:
         click.echo(task.as_json(indent=2))
         return
+    out = _stdout()
     log = _last_log(task) or tes.TaskLog()
     info = Table.grid(padding=(0, 2))
     for key, value in (("id", escape(task.id or "")), ("name", escape(task.name or "")),
@@ -419,4 +434,4 @@ def cancel(task_id: str, url: str) -> None:
     with _connect(url) as client:
         client.cancel_task(task_id)
         state = client.get_task(task_id, view="MINIMAL").state
-    out.print(f"{task_id} {_styled(state)}")
+    _stdout().print(f"{task_id} {_styled(state)}")

@@ -227,8 +227,10 @@ class Daemon:
     # -- monitoring -------------------------------------------------------------------------
 
     def _update(self, row: TaskRow, status: JobStatus | None) -> bool:
-        needs_record = status is None or status.state not in ("PENDING", "CONFIGURING") \
-            and not (status.state == "RUNNING" and row.state == State.RUNNING)
+        if status is not None and status.state == "RUNNING" and row.state == State.RUNNING \
+                and not row.cancel_requested:
+            return False  # nothing new until the job ends: spare the record read
+        needs_record = status is None or status.state not in ("PENDING", "CONFIGURING")
         record = read_record(row.workdir) if needs_record else None
         ignore = [bool(e.get("ignore_error")) for e in row.task["executors"]]
         mapped = map_state(status.state if status else None, status.reason if status else "",
