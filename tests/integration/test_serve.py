@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,16 +10,11 @@ import urllib.request
 from pathlib import Path
 
 from ..conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port
 
 
 def test_serve_answers_service_info_per_spec(spec_validator) -> None:
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).parent / "hpc-bridge"
     proc = subprocess.Popen([str(exe), "serve", "--config", str(ROOT / "site_config" / "dev.yaml"),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
