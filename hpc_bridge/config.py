@@ -65,11 +65,14 @@ class LimitSettings(_Strict):
 
 
 class MonitorSettings(_Strict):
-    """The daemon's cycle: fast while tasks start, backing off to `idle_interval` when nothing moves."""
+    """The daemon's cycle: `min_interval` while jobs are in flight (one squeue each), backing off to
+    `idle_interval` when there are none (then no squeue at all)."""
 
     min_interval: Annotated[float, Field(gt=0)] = 0.5
     idle_interval: Annotated[float, Field(gt=0)] = 5.0
     submit_batch: Annotated[int, Field(ge=1)] = 200
+    # sbatch calls in flight at once: each mostly waits on slurmctld, so a few overlap well.
+    submit_parallelism: Annotated[int, Field(ge=1, le=32)] = 4
     retry_max_delay: Annotated[float, Field(gt=0)] = 60.0
     # How long an ended job's record may lag behind Slurm (shared filesystems cache) before a
     # missing or incomplete record is taken as a failure.

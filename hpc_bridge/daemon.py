@@ -15,6 +15,7 @@ import os
 import pwd
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -84,6 +85,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._cancel_sent: set[str] = set()
+        self._pool = ThreadPoolExecutor(config.monitor.submit_parallelism, "hpc-bridge-submit")
         self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
         self._job_user = pwd.getpwnam(config.slurm.submit_as) if config.slurm.submit_as else None
         self.cycles = 0
@@ -112,7 +114,8 @@ class Daemon:
             self._wake.clear()
 
     def cycle(self) -> bool:
-        """One pass; returns True while something is moving (the next cycle comes sooner)."""
+        """One pass. True while jobs are in flight: the next cycle then comes after min_interval, so
+        a finished job is noticed within one interval; otherwise the loop backs off to idle."""
         self.cycles += 1
         active = self.store.tasks.in_states(ACTIVE)
         if not active:
@@ -124,7 +127,7 @@ class Daemon:
             return False
         by_id = {j.job_id: j for j in jobs}
         by_task = {tid: j for j in jobs if (tid := task_id_from_comment(j.comment))}
-        busy = False
+        busy = any(row.job_id for row in active)
         to_cancel: list[str] = []
         to_submit: list[TaskRow] = []
         for row in active:
@@ -132,7 +135,6 @@ class Daemon:
                 adopted = by_task.get(row.id)
                 if adopted is not None:
                     self._adopt(row, adopted.job_id)
-                    busy = True
                 elif row.cancel_requested:
                     self.store.tasks.update(row.id, state=State.CANCELED, end_time=now_iso(),
                                             message="cancelled before submission")
@@ -143,29 +145,30 @@ class Daemon:
             if row.cancel_requested and status is not None and still_active(status.state) \
                     and row.job_id not in self._cancel_sent:
                 to_cancel.append(row.job_id)
-            busy |= self._update(row, status)
+            self._update(row, status)
         if to_cancel:
             try:
                 self.slurm.cancel(to_cancel)
                 self._cancel_sent.update(to_cancel)
             except SlurmError as exc:
                 log.warning("scancel failed, retrying next cycle: %s", exc)
-            busy = True
-        busy |= self._submit(to_submit)
-        return busy
+        return self._submit(to_submit) or busy
 
     # -- submission -------------------------------------------------------------------------
 
     def _submit(self, rows: list[TaskRow]) -> bool:
+        """Submit what is due, several sbatch at a time; True if anything was due."""
         now = time.time()
-        due = [r for r in rows if r.next_attempt_at <= now][: self.config.monitor.submit_batch]
-        for row in due:
-            if self._stop.is_set():
-                break
-            self._submit_one(row)
-        return bool(rows)
+        due = [r for r in rows if r.next_attempt_at <= now]
+        batch = due[: self.config.monitor.submit_batch]
+        list(self._pool.map(self._submit_one, batch))
+        if len(due) > len(batch):
+            self._wake.set()  # more are waiting: no pause before the next batch
+        return bool(batch)
 
     def _submit_one(self, row: TaskRow) -> None:
+        if self._stop.is_set():
+            return
         workdir = self.config.storage.work_root / row.id
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
@@ -226,10 +229,10 @@ class Daemon:
 
     # -- monitoring -------------------------------------------------------------------------
 
-    def _update(self, row: TaskRow, status: JobStatus | None) -> bool:
+    def _update(self, row: TaskRow, status: JobStatus | None) -> None:
         if status is not None and status.state == "RUNNING" and row.state == State.RUNNING \
                 and not row.cancel_requested:
-            return False  # nothing new until the job ends: spare the record read
+            return  # nothing new until the job ends: spare the record read
         needs_record = status is None or status.state not in ("PENDING", "CONFIGURING")
         record = read_record(row.workdir) if needs_record else None
         ignore = [bool(e.get("ignore_error")) for e in row.task["executors"]]
@@ -239,7 +242,7 @@ class Daemon:
                 and (status is None or not still_active(status.state)):
             first = self._unconfirmed.setdefault(row.id, time.monotonic())
             if time.monotonic() - first < self.config.monitor.record_grace:
-                return True  # the record may still be on its way through the shared filesystem
+                return  # the record may still be on its way through the shared filesystem
         self._unconfirmed.pop(row.id, None)
         logs = list(row.system_logs)
         if mapped.log and mapped.log not in logs:
@@ -255,10 +258,8 @@ class Daemon:
             self._cancel_sent.discard(row.job_id or "")
         elif mapped.state == State.RUNNING and record:
             changes["executor_logs"] = self._executor_logs(row, record, tails=False)
-        if mapped.state == row.state and not changes:
-            return False
-        self.store.tasks.update(row.id, state=mapped.state, message=mapped.log, **changes)
-        return mapped.state != row.state
+        if mapped.state != row.state or changes:
+            self.store.tasks.update(row.id, state=mapped.state, message=mapped.log, **changes)
 
     def _executor_logs(self, row: TaskRow, record: JobRecord | None, tails: bool = True) -> list[dict]:
         if record is None:

@@ -92,6 +92,7 @@ class CliSlurmClient:
         self._timeout = timeout
         self._run = runner
         self._submit_prefix = _submit_prefix(submit_as)
+        self._user = submit_as or pwd.getpwuid(os.geteuid()).pw_name
         self.calls: Counter[str] = Counter()  # commands run, by name: what the benchmarks report
 
     def _cmd(self, name: str) -> str:
@@ -126,9 +127,10 @@ class CliSlurmClient:
         return job_id
 
     def queue(self) -> list[JobStatus]:
-        """Every job the controller still knows, finished ones included (one call, whatever the count)."""
+        """Every job of the job user the controller still knows, finished ones included, in one
+        call whatever the count (other users' jobs are left out: on a real cluster they are most)."""
         return parse_queue(self._call([self._cmd("squeue"), "--noheader", "--states=all",
-                                       f"--Format={_QUEUE_FORMAT}"]))
+                                       f"--user={self._user}", f"--Format={_QUEUE_FORMAT}"]))
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:

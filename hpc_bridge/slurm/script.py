@@ -7,6 +7,7 @@ because the output is shell, not HTML; the templates use these filters instead.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Iterable, Sequence
@@ -61,12 +62,11 @@ class JobScript:
     comment: str | None = None
 
 
-def render(job: JobScript, search_path: Sequence[Path], template: str = "task.sh.j2") -> str:
-    for option, _ in job.options:
-        if not _SBATCH_OPTION.match(option):
-            raise UnsafeValue(f"invalid sbatch option name: {option!r}")
+@functools.lru_cache(maxsize=8)
+def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:
+    """One environment per search path: Jinja then compiles each template once, not per job."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
+        loader=jinja2.FileSystemLoader(list(search_path)),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -76,4 +76,11 @@ def render(job: JobScript, search_path: Sequence[Path], template: str = "task.sh
     env.filters["sh"] = shell_quote
     env.filters["sbatch"] = sbatch_value
     env.filters["argv"] = shell_argv
-    return env.get_template(template).render(job=job)
+    return env
+
+
+def render(job: JobScript, search_path: Sequence[Path], template: str = "task.sh.j2") -> str:
+    for option, _ in job.options:
+        if not _SBATCH_OPTION.match(option):
+            raise UnsafeValue(f"invalid sbatch option name: {option!r}")
+    return _environment(tuple(str(p) for p in search_path)).get_template(template).render(job=job)

@@ -81,3 +81,11 @@ def test_cancel_batches_ids_and_skips_empty() -> None:
 def test_ping_reports_false_on_failure() -> None:
     assert CliSlurmClient(runner=FakeRunner(returncode=1, stderr="down")).ping() is False
     assert CliSlurmClient(runner=FakeRunner(stdout="UP")).ping() is True
+
+
+def test_queue_is_one_call_limited_to_the_job_user() -> None:
+    run = FakeRunner(stdout="1|RUNNING|None|0|tes-a|hpc-bridge:a|\n")
+    jobs = CliSlurmClient(submit_as="hpcb", runner=run).queue()
+    assert [j.comment for j in jobs] == ["hpc-bridge:a"]
+    assert len(run.calls) == 1 and run.calls[0][0] == "squeue"
+    assert "--user=hpcb" in run.calls[0] and "--states=all" in run.calls[0]
