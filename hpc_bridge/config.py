@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -111,6 +112,14 @@ class StorageSettings(_Strict):
     work_root: Path = Path("/tmp/hpc-bridge/work")
     data_roots: list[Path] = Field(default_factory=list)
     log_tail_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+
+    @field_validator("work_root")
+    @classmethod
+    def _plain_work_root(cls, value: Path) -> Path:
+        """Job paths end up on #SBATCH lines, which cannot quote: only plain characters."""
+        if not re.fullmatch(r"/[A-Za-z0-9_./-]+", str(value)):
+            raise ValueError("must be an absolute path of letters, digits and _ . / - only")
+        return value
 
 
 class SiteConfig(_Strict):

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import pwd
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from typing import IO
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
 from hpc_bridge.slurm.record import JobRecord, parse_record
+from hpc_bridge.containers.apptainer import UnsafeValue
 from hpc_bridge.slurm.script import render
 from hpc_bridge.slurm.states import map_state, still_active
 from hpc_bridge.store import Store, TaskRow
@@ -59,6 +61,7 @@ class DaemonLock:
 
 
 def read_record(workdir: str | None) -> JobRecord | None:
+    """None when there is no record (yet); other I/O errors propagate (retried next cycle)."""
     if not workdir:
         return None
     try:
@@ -67,14 +70,22 @@ def read_record(workdir: str | None) -> JobRecord | None:
         return None
 
 
-def _tail(path: Path, limit: int) -> str:
+def _tail(path: str, workdir: str, limit: int) -> str:
+    """The end of an executor's output, read by the daemon (possibly root): the path must still
+    resolve inside the task's work area, and a symlink planted by the task is not followed."""
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, os.path.realpath(workdir)]) != os.path.realpath(workdir):
+        return ""
     try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - limit))
-            return fh.read().decode(errors="replace")
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return ""
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - limit))
+        return fh.read().decode(errors="replace")
 
 
 class Daemon:
@@ -88,7 +99,6 @@ class Daemon:
         self._pool = ThreadPoolExecutor(config.monitor.submit_parallelism, "hpc-bridge-submit")
         self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
         self._job_user = pwd.getpwnam(config.slurm.submit_as) if config.slurm.submit_as else None
-        self.cycles = 0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -116,7 +126,6 @@ class Daemon:
     def cycle(self) -> bool:
         """One pass. True while jobs are in flight: the next cycle then comes after min_interval, so
         a finished job is noticed within one interval; otherwise the loop backs off to idle."""
-        self.cycles += 1
         active = self.store.tasks.in_states(ACTIVE)
         if not active:
             return False
@@ -131,21 +140,24 @@ class Daemon:
         to_cancel: list[str] = []
         to_submit: list[TaskRow] = []
         for row in active:
-            if row.job_id is None:
-                adopted = by_task.get(row.id)
-                if adopted is not None:
-                    self._adopt(row, adopted.job_id)
-                elif row.cancel_requested:
-                    self.store.tasks.update(row.id, state=State.CANCELED, end_time=now_iso(),
-                                            message="cancelled before submission")
-                else:
-                    to_submit.append(row)
-                continue
-            status = by_id.get(row.job_id)
-            if row.cancel_requested and status is not None and still_active(status.state) \
-                    and row.job_id not in self._cancel_sent:
-                to_cancel.append(row.job_id)
-            self._update(row, status)
+            try:
+                if row.job_id is None:
+                    adopted = self._submitted_before(row, by_task)
+                    if adopted is not None:
+                        self._adopt(row, adopted)
+                    elif row.cancel_requested:
+                        self.store.tasks.update(row.id, state=State.CANCELED, end_time=now_iso(),
+                                                message="cancelled before submission")
+                    else:
+                        to_submit.append(row)
+                    continue
+                status = by_id.get(row.job_id)
+                if row.cancel_requested and status is not None and still_active(status.state) \
+                        and row.job_id not in self._cancel_sent:
+                    to_cancel.append(row.job_id)
+                self._update(row, status)
+            except Exception:  # one task's trouble (a bug, an I/O error) must not stall the others
+                log.exception("task %s: monitoring failed, retrying next cycle", row.id)
         if to_cancel:
             try:
                 self.slurm.cancel(to_cancel)
@@ -155,6 +167,17 @@ class Daemon:
         return self._submit(to_submit) or busy
 
     # -- submission -------------------------------------------------------------------------
+
+    def _submitted_before(self, row: TaskRow, by_task: dict[str, JobStatus]) -> str | None:
+        """A job a previous attempt submitted: still known to Slurm (comment), or long gone from
+        the controller but recorded by the job itself in its work area."""
+        if (job := by_task.get(row.id)) is not None:
+            return job.job_id
+        if row.submit_attempts:
+            record = read_record(row.workdir)
+            if record is not None and record.job_id:
+                return record.job_id
+        return None
 
     def _submit(self, rows: list[TaskRow]) -> bool:
         """Submit what is due, several sbatch at a time; True if anything was due."""
@@ -167,29 +190,46 @@ class Daemon:
         return bool(batch)
 
     def _submit_one(self, row: TaskRow) -> None:
+        try:
+            self._try_submit(row)
+        except Exception as exc:  # a bug or an unforeseen input: fail this task, not the daemon
+            log.exception("task %s: submission failed", row.id)
+            self._fail(row, f"internal error while submitting: {type(exc).__name__}: {exc}")
+
+    def _try_submit(self, row: TaskRow) -> None:
         if self._stop.is_set():
             return
         workdir = self.config.storage.work_root / row.id
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
                             config=self.config)
-        except InvalidTask as exc:  # valid at POST, not any more (e.g. image removed since)
+            script_text = render(plan.script, self.config.template_search_path)
+        except (InvalidTask, UnsafeValue) as exc:  # valid at POST, not any more (site config changed)
             self._fail(row, f"cannot run task: {exc}")
             return
         try:
             self._prepare_workdir(workdir, plan.directories, plan.files)
             script = workdir / "job.sh"
-            script.write_text(render(plan.script, self.config.template_search_path))
+            script.write_text(script_text)
             self._chown(script)
         except OSError as exc:
             self._fail(row, f"cannot prepare work directory {workdir}: {exc}")
             return
-        self.store.tasks.update(row.id, workdir=str(workdir), submit_attempts=row.submit_attempts + 1)
+        streams = [{"stdout": ex.stdout or str(workdir / f"executor-{i}.stdout"),
+                    "stderr": ex.stderr or str(workdir / f"executor-{i}.stderr")}
+                   for i, ex in enumerate(plan.script.executors)]
+        self.store.tasks.update(row.id, workdir=str(workdir), streams=streams,
+                                submit_attempts=row.submit_attempts + 1)
+        if self.store.tasks.get(row.id).cancel_requested:
+            return  # cancelled while being prepared: the next cycle makes it CANCELED
         try:
             job_id = self.slurm.submit(script, workdir=workdir)
         except SlurmError as exc:
             if exc.unavailable:
-                delay = min(self.config.monitor.retry_max_delay, 2.0 ** row.submit_attempts)
+                # Not less than the command timeout: a timed-out sbatch may still have been
+                # accepted, and the next squeue must get a chance to show (and adopt) it.
+                delay = min(self.config.monitor.retry_max_delay,
+                            max(self.config.slurm.command_timeout, 2.0 ** row.submit_attempts))
                 self.store.tasks.update(row.id, next_attempt_at=time.time() + delay)
                 log.warning("task %s: Slurm unavailable, retrying in %.0fs: %s", row.id, delay, exc)
             else:
@@ -223,8 +263,10 @@ class Daemon:
             os.chown(path, self._job_user.pw_uid, self._job_user.pw_gid)
 
     def _fail(self, row: TaskRow, message: str) -> None:
+        """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""
         log.warning("task %s: %s", row.id, message)
-        self.store.tasks.update(row.id, state=State.SYSTEM_ERROR, end_time=now_iso(),
+        state = State.CANCELED if self.store.tasks.get(row.id).cancel_requested else State.SYSTEM_ERROR
+        self.store.tasks.update(row.id, state=state, end_time=now_iso(),
                                 system_logs=[*row.system_logs, message], message=message)
 
     # -- monitoring -------------------------------------------------------------------------
@@ -266,24 +308,14 @@ class Daemon:
             return []
         out = []
         limit = self.config.storage.log_tail_bytes
-        workdir = Path(row.workdir or "")
         for index, ex in sorted(record.executors.items()):
             entry: dict = {"exit_code": ex.exit_code if ex.exit_code is not None else -1}
             if ex.start_time:
                 entry["start_time"] = ex.start_time
             if ex.end_time:
                 entry["end_time"] = ex.end_time
-            if tails:
-                spec = row.task["executors"][index]
-                entry["stdout"] = _tail(self._stream_path(row, workdir, index, spec, "stdout"), limit)
-                entry["stderr"] = _tail(self._stream_path(row, workdir, index, spec, "stderr"), limit)
+            if tails and index < len(row.streams) and row.workdir:
+                entry["stdout"] = _tail(row.streams[index]["stdout"], row.workdir, limit)
+                entry["stderr"] = _tail(row.streams[index]["stderr"], row.workdir, limit)
             out.append(entry)
         return out
-
-    def _stream_path(self, row: TaskRow, workdir: Path, index: int, spec: dict, stream: str) -> Path:
-        """Where the job wrote an executor's stdout/stderr: its own file, or the TES-requested path."""
-        if spec.get(stream) is None:
-            return workdir / f"executor-{index}.{stream}"
-        plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
-                        config=self.config)
-        return Path(getattr(plan.script.executors[index], stream))

@@ -21,8 +21,7 @@ class JobRecord:
     job_id: str | None = None
     start_time: str | None = None
     end_time: str | None = None
-    exit_code: int | None = None
-    signal: str | None = None
+    refusal: str | None = None
     executors: dict[int, ExecutorRecord] = field(default_factory=dict)
 
     @property
@@ -35,6 +34,7 @@ class JobRecord:
 
 
 def parse_record(text: str) -> JobRecord:
+    """The last run of the job wins: a requeued job starts a new record after its old lines."""
     rec = JobRecord()
     for line in text.splitlines():
         try:
@@ -43,15 +43,17 @@ def parse_record(text: str) -> JobRecord:
             continue
         kind = event.get("event")
         if kind == "job_start":
-            rec.job_id, rec.start_time = event.get("job_id") or None, event.get("time")
+            rec = JobRecord(job_id=event.get("job_id") or None, start_time=event.get("time"))
         elif kind == "executor_start":
             rec.executors.setdefault(int(event["executor"]), ExecutorRecord()).start_time = event["time"]
         elif kind == "executor_end":
             ex = rec.executors.setdefault(int(event["executor"]), ExecutorRecord())
             ex.end_time, ex.exit_code = event["time"], int(event["exit_code"])
         elif kind == "job_end":
-            rec.end_time, rec.exit_code = event["time"], int(event["exit_code"])
+            rec.end_time = event["time"]
         elif kind == "job_signal":
-            rec.signal = event.get("signal")
             rec.end_time = rec.end_time or event.get("time")
+        elif kind == "unsafe_path":
+            rec.refusal = (f"executor {int(event['executor'])} {event.get('stream', 'stream')}: the path "
+                           "leads outside the task's work area (a symlink?); refused")
     return rec

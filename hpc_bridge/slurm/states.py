@@ -23,10 +23,14 @@ LIMIT_FAILURES = {"OUT_OF_MEMORY": "the task ran out of memory (Slurm OUT_OF_MEM
 ORDINARY_REASONS = {"None", "Priority", "Resources", "BeginTime", "Dependency", ""}
 
 
+def _base(slurm_state: str | None) -> str | None:
+    """'CANCELLED by 0' -> 'CANCELLED'; None stays None (the job is gone from the controller)."""
+    return slurm_state.split()[0].rstrip("+") if slurm_state else None
+
+
 def still_active(slurm_state: str) -> bool:
     """True while the job holds or waits for resources (a cancel still has something to stop)."""
-    state = slurm_state.split()[0].rstrip("+") if slurm_state else ""
-    return state in QUEUED_STATES | RUNNING_STATES | PAUSED_STATES | {"CONFIGURING"}
+    return _base(slurm_state) in QUEUED_STATES | RUNNING_STATES | PAUSED_STATES | {"CONFIGURING"}
 
 
 @dataclass(frozen=True)
@@ -37,16 +41,23 @@ class Mapped:
 
 def map_state(slurm_state: str | None, reason: str, record: JobRecord | None, *,
               ignore_error: list[bool], cancel_requested: bool) -> Mapped:
-    """`slurm_state` None means the job is no longer known to the controller."""
-    state = (slurm_state or "").split()[0].rstrip("+") if slurm_state else None
+    """`slurm_state` None means the job is no longer known to the controller.
+
+    A requested cancel wins while the job is alive; once it has ended, a job that still finished
+    on its own keeps its real outcome, anything else is CANCELED.
+    """
+    state = _base(slurm_state)
+    if cancel_requested:
+        if still_active(slurm_state or ""):
+            return Mapped("CANCELING")
+        if state in ("CANCELLED", None) and not (record and record.finished):
+            return Mapped("CANCELED")
     if state in QUEUED_STATES:
         log = None if reason in ORDINARY_REASONS else f"Slurm: job pending ({reason})"
-        return Mapped("CANCELING" if cancel_requested else "QUEUED", log)
+        return Mapped("QUEUED", log)
     if state == "CONFIGURING":
-        return Mapped("CANCELING" if cancel_requested else "INITIALIZING")
+        return Mapped("INITIALIZING")
     if state in RUNNING_STATES:
-        if cancel_requested:
-            return Mapped("CANCELING")
         return Mapped("RUNNING" if record and record.started_executing else "INITIALIZING")
     if state in PAUSED_STATES:
         return Mapped("PAUSED", f"Slurm: job {state.lower()}")
@@ -56,7 +67,7 @@ def map_state(slurm_state: str | None, reason: str, record: JobRecord | None, *,
         return Mapped("SYSTEM_ERROR", f"Slurm {state}: {SYSTEM_FAILURES[state]}")
     if state in LIMIT_FAILURES:
         return Mapped("EXECUTOR_ERROR", LIMIT_FAILURES[state])
-    if state in ("CANCELLED", "REVOKED") or cancel_requested:
+    if state in ("CANCELLED", "REVOKED"):
         if cancel_requested:
             return Mapped("CANCELED")
         return Mapped("SYSTEM_ERROR", "Slurm: the job was cancelled outside hpc-bridge (scancel or admin)")
@@ -68,6 +79,8 @@ def _from_record(state: str | None, record: JobRecord | None, ignore_error: list
     if record is None or record.start_time is None:
         what = "left the queue" if state is None else f"ended {state}"
         return Mapped("SYSTEM_ERROR", f"Slurm job {what} without a record of running the task")
+    if record.refusal:
+        return Mapped("EXECUTOR_ERROR", record.refusal)
     for index, ignore in enumerate(ignore_error):
         ex = record.executors.get(index)
         if ex is None or ex.exit_code is None:

@@ -25,13 +25,14 @@ def _v1(db: sqlite_utils.Database) -> None:
             "job_id": str, "workdir": str, "cancel_requested": int,
             "submit_attempts": int, "next_attempt_at": float,
             "start_time": str, "end_time": str, "executor_logs": str, "system_logs": str,
+            "streams": str,
         },
         pk="seq",
         not_null={"id", "owner", "state", "created_at", "updated_at", "task", "tags",
                   "cancel_requested", "submit_attempts", "next_attempt_at", "executor_logs",
-                  "system_logs"},
+                  "system_logs", "streams"},
         defaults={"tags": "{}", "cancel_requested": 0, "submit_attempts": 0, "next_attempt_at": 0.0,
-                  "executor_logs": "[]", "system_logs": "[]"},
+                  "executor_logs": "[]", "system_logs": "[]", "streams": "[]"},
     )
     db["tasks"].create_index(["id"], unique=True)
     db["tasks"].create_index(["state"])
@@ -62,11 +63,10 @@ class Store:
     def db(self) -> sqlite_utils.Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA synchronous = FULL")  # a task whose id was returned survives power loss
             db = sqlite_utils.Database(conn)
             self._local.db = db
         return db
@@ -84,14 +84,16 @@ class Store:
         db.execute("COMMIT")
 
     def _migrate(self) -> None:
+        """Read the version inside the write lock, so that two processes starting together
+        cannot both apply the same migration."""
         db = self.db
         db.enable_wal()
-        current = db.execute("PRAGMA user_version").fetchone()[0]
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(f"database {self.path} has schema {current}, newer than this "
-                               f"hpc-bridge ({SCHEMA_VERSION}): upgrade hpc-bridge")
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self.transaction():
+        with self.transaction():
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(f"database {self.path} has schema {current}, newer than this "
+                                   f"hpc-bridge ({SCHEMA_VERSION}): upgrade hpc-bridge")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[version](db)
                 db.execute(f"PRAGMA user_version = {version}")
 

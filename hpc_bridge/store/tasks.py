@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hpc_bridge.store.db import Store
 
-_JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs")
+_JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams")
+# States a daemon write must not put back over a cancel the API recorded meanwhile.
+_LIVE_STATES = {"QUEUED", "INITIALIZING", "RUNNING", "PAUSED"}
 
 
 def now_iso() -> str:
@@ -39,6 +41,7 @@ class TaskRow:
     end_time: str | None
     executor_logs: list[dict[str, Any]]
     system_logs: list[str]
+    streams: list[dict[str, str]]
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> TaskRow:
@@ -50,7 +53,7 @@ class TaskFilter:
     owner: str | None = None
     name_prefix: str | None = None
     state: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, all must match; "" = any value
 
 
 def encode_token(seq: int) -> str:
@@ -111,7 +114,7 @@ class TaskStore:
         if flt.state:
             clauses.append("state = ?")
             params.append(flt.state)
-        for key, value in flt.tags.items():
+        for key, value in flt.tags:
             if value == "":
                 clauses.append("EXISTS (SELECT 1 FROM json_each(tasks.tags) WHERE json_each.key = ?)")
                 params.append(key)
@@ -136,35 +139,34 @@ class TaskStore:
         values = {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()}
         values["updated_at"] = stamp
         with self._store.transaction() as db:
-            current = db.execute("SELECT state FROM tasks WHERE id = ?", [task_id]).fetchone()
+            current = db.execute("SELECT seq, state, cancel_requested FROM tasks WHERE id = ?",
+                                 [task_id]).fetchone()
             if current is None:
                 raise KeyError(task_id)
+            seq, old_state, cancel_requested = current
             if state is not None:
+                if cancel_requested and state in _LIVE_STATES:
+                    state = "CANCELING"  # computed from a row read before the cancel arrived
                 values["state"] = state
-            db["tasks"].update(self._seq(db, task_id), values)
-            if (state is not None and state != current[0]) or message:
+            db["tasks"].update(seq, values)
+            if (state is not None and state != old_state) or message:
                 db["events"].insert({"task_id": task_id, "time": stamp,
-                                     "state": state or current[0], "message": message})
+                                     "state": state or old_state, "message": message})
 
     def request_cancel(self, task_id: str, *, final_states: Iterable[str]) -> str:
         """Atomically mark a task for cancellation unless it already ended; returns its state."""
         with self._store.transaction() as db:
-            row = db.execute("SELECT state, job_id FROM tasks WHERE id = ?", [task_id]).fetchone()
+            row = db.execute("SELECT seq, state FROM tasks WHERE id = ?", [task_id]).fetchone()
             if row is None:
                 raise KeyError(task_id)
-            state, job_id = row
+            seq, state = row
             if state in set(final_states) | {"CANCELING"}:
                 return state
             stamp = now_iso()
-            db["tasks"].update(self._seq(db, task_id), {"cancel_requested": 1, "state": "CANCELING",
-                                                       "updated_at": stamp})
+            db["tasks"].update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})
             db["events"].insert({"task_id": task_id, "time": stamp, "state": "CANCELING",
                                  "message": "cancel requested"})
             return "CANCELING"
 
     def events(self, task_id: str) -> list[dict[str, Any]]:
         return list(self._store.db["events"].rows_where("task_id = ?", [task_id], order_by="seq"))
-
-    @staticmethod
-    def _seq(db: Any, task_id: str) -> int:
-        return db.execute("SELECT seq FROM tasks WHERE id = ?", [task_id]).fetchone()[0]

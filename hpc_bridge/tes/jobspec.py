@@ -123,16 +123,24 @@ def _partition(name: str, config: SiteConfig, where: str) -> str:
     return name
 
 
-def _host_path(container_path: str, binds: list[Bind]) -> str | None:
-    """The host file behind a container path, if a bind covers it (longest match wins)."""
+def normalize(path: str) -> str:
+    """Collapse `..`, `.` and repeated slashes (POSIX keeps a leading `//`; Linux does not care)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def _covering(container_path: str, binds: list[Bind]) -> Bind | None:
+    """The bind a container path lies in (the longest match wins, as in the mount table)."""
     best: Bind | None = None
     for bind in binds:
         if container_path == bind.container or container_path.startswith(bind.container.rstrip("/") + "/"):
             if best is None or len(bind.container) > len(best.container):
                 best = bind
-    if best is None:
-        return None
-    return best.host + container_path[len(best.container):]
+    return best
+
+
+def _host_path(container_path: str, binds: list[Bind]) -> str | None:
+    bind = _covering(container_path, binds)
+    return None if bind is None else bind.host + container_path[len(bind.container):]
 
 
 def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> JobPlan:
@@ -141,7 +149,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
     binds: list[Bind] = []
 
     def add_bind(host: str, container: str, where: str, read_only: bool = False) -> None:
-        container = posixpath.normpath(container)
+        container = normalize(container)
         if container == "/" or container.split("/")[1] in ("proc", "sys", "dev"):
             raise InvalidTask(where, f"cannot mount over {container!r}")
         bind = Bind(host, container, read_only)
@@ -185,8 +193,10 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
             if path is None:
                 redirects[stream] = None
                 continue
-            path = posixpath.normpath(path)
+            path = normalize(path)
             host = _host_path(path, binds)
+            if host is not None and stream != "stdin" and _covering(path, binds).read_only:
+                raise InvalidTask(f"{where}.{stream}", f"{path!r} is inside a read-only input")
             if host is None:
                 if stream == "stdin":
                     raise InvalidTask(f"{where}.stdin", "must be a path inside an input or a volume")

@@ -120,7 +120,7 @@ class TaskLog(_Model):
 
 
 class Task(_Model):
-    """A task as submitted (server-owned fields are refused on input by `TaskRequest`)."""
+    """A task as the API shows it (and as a client may echo it back)."""
 
     id: str | None = None
     state: State | None = None
@@ -136,18 +136,8 @@ class Task(_Model):
     creation_time: str | None = None
 
 
-class TaskRequest(Task):
-    """POST /tasks body. id, state, logs and creation_time are the server's; clients that echo them
-    back (py-tes sends `state`/`id` as null) are accepted, but any value they carry is ignored."""
-
-
 class CreateTaskResponse(_Model):
     id: str
-
-
-class ListTasksResponse(_Model):
-    tasks: list[dict[str, Any]]
-    next_page_token: str | None = None
 
 
 def apply_view(task: dict[str, Any], view: View) -> dict[str, Any]:

@@ -3,6 +3,7 @@ the daemon does the side effects; this layer validates, records and reads."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from itertools import zip_longest
@@ -15,7 +16,7 @@ from hpc_bridge.errors import BadRequest, NotFound
 from hpc_bridge.store import Store, TaskFilter, TaskRow
 from hpc_bridge.store.tasks import decode_token, encode_token
 from hpc_bridge.tes.jobspec import InvalidTask, plan_job
-from hpc_bridge.tes.models import FileType, State, Task, TaskRequest, View, apply_view
+from hpc_bridge.tes.models import FileType, State, Task, View, apply_view
 
 DEFAULT_PAGE_SIZE = 256
 MAX_PAGE_SIZE = 2047
@@ -48,8 +49,14 @@ class TaskService:
     def create(self, body: Any, owner: str) -> str:
         if not isinstance(body, dict):
             raise BadRequest("body: must be a JSON object (a tesTask)")
+        try:  # JSON may carry lone surrogates (\ud800), which no file or argv can hold
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise BadRequest("body: contains invalid Unicode (a lone surrogate escape)") from None
         try:
-            task = TaskRequest.model_validate(body)
+            # id, state, logs, creation_time are the server's: clients that echo them back (py-tes
+            # sends them as null) are accepted, and the values are dropped (SERVER_FIELDS).
+            task = Task.model_validate(body)
         except ValidationError as exc:
             raise BadRequest(validation_message(exc)) from None
         task_id = str(uuid.uuid4())
@@ -84,7 +91,7 @@ class TaskService:
             before = decode_token(page_token) if page_token else None
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        tags = dict(zip_longest(tag_keys, tag_values, fillvalue=""))
+        tags = tuple(zip_longest(tag_keys, tag_values, fillvalue=""))
         rows = self._store.tasks.list(TaskFilter(owner=owner, name_prefix=name_prefix, state=state,
                                                  tags=tags), before_seq=before, limit=size + 1)
         result: dict[str, Any] = {"tasks": [apply_view(self.document(r), view) for r in rows[:size]]}
@@ -94,8 +101,6 @@ class TaskService:
 
     def cancel(self, task_id: str, owner: str | None) -> None:
         row = self._row(task_id, owner)
-        if State(row.state).terminal:
-            return
         self._store.tasks.request_cancel(row.id, final_states=[s.value for s in State if s.terminal])
         self._on_change()
 

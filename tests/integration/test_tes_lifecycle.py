@@ -27,10 +27,14 @@ def sh(script: str, **kwargs: object) -> tes.Executor:
     return tes.Executor(image=IMAGE, command=["sh", "-c", script], **kwargs)
 
 
-def test_success_with_logs(tes_client: tes.HTTPClient) -> None:
+def test_success_with_logs(server, tes_client: tes.HTTPClient, spec_validator) -> None:
     task_id = tes_client.create_task(tes.Task(name="ok", executors=[sh("echo out; echo err >&2")]))
     task = wait_final(tes_client, task_id)
     assert task.state == "COMPLETE"
+    for view in ("BASIC", "FULL"):  # a real finished task, as served, in the views that must validate
+        path = f"/ga4gh/tes/v1/tasks/{task_id}"
+        body = requests.get(f"{server.url}{path}?view={view}", timeout=10).content
+        spec_validator("tes-1.1.0.openapi.yaml", "get", path, 200, body)
     log = task.logs[0]
     assert log.metadata["slurm_job_id"].isdigit()
     assert [(e.exit_code, e.stdout, e.stderr) for e in log.logs] == [(0, "out\n", "err\n")]

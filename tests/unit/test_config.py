@@ -46,3 +46,10 @@ def test_bad_config_names_the_problem(tmp_path: Path, text: str, message: str) -
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_work_root_must_be_plain(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("storage: {work_root: /scratch/my work}\n")
+    with pytest.raises(ConfigError, match="storage.work_root"):
+        load_config(path)

@@ -84,3 +84,24 @@ def test_site_template_dir_overrides_the_shipped_one(tmp_path: Path) -> None:
     (tmp_path / "task.sh.j2").write_text("#!/bin/sh\n# site {{ job.name | sbatch }}\n")
     job = JobScript(name="t3", workdir="/w", executors=[])
     assert render(job, [tmp_path, *TEMPLATES]) == "#!/bin/sh\n# site t3\n"
+
+
+def test_redirection_through_a_planted_symlink_is_refused(tmp_path: Path) -> None:
+    """Executor 0 plants a symlink in its volume; executor 1's stdout must not follow it out."""
+    work = tmp_path / "work"
+    (work / "volumes" / "0").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    job = JobScript(name="t4", workdir=str(work), executors=[
+        ExecutorScript(argv=["ln", "-s", str(outside), str(work / "volumes/0/out")]),
+        ExecutorScript(argv=["echo", "overwritten"], stdout=str(work / "volumes/0/out")),
+    ])
+    script = work / "job.sh"
+    script.write_text(render(job, TEMPLATES))
+    proc = subprocess.run(["bash", str(script)], cwd=work)
+    assert proc.returncode == 126
+    assert outside.read_text() == "precious\n"
+    from hpc_bridge.slurm.record import parse_record
+
+    record = parse_record((work / "record.jsonl").read_text())
+    assert record.refusal and "executor 1 stdout" in record.refusal and record.finished

@@ -77,3 +77,32 @@ def test_torn_record_line_is_ignored() -> None:
 def test_still_active() -> None:
     assert still_active("PENDING") and still_active("RUNNING") and still_active("SUSPENDED")
     assert not still_active("COMPLETED") and not still_active("CANCELLED by 0")
+
+
+def test_a_requeued_job_starts_a_fresh_record() -> None:
+    first_run = rec(ended=False, started=0) + '{"event":"job_signal","time":"x","signal":"TERM"}\n'
+    record = parse_record(first_run + START)
+    assert not record.finished and not record.started_executing
+    mapped = map_state("RUNNING", "None", record, ignore_error=[False], cancel_requested=False)
+    assert mapped.state == "INITIALIZING"
+
+
+@pytest.mark.parametrize(("slurm", "record", "expected"), [
+    ("SUSPENDED", None, "CANCELING"),
+    ("CONFIGURING", None, "CANCELING"),
+    ("COMPLETED", rec(0), "COMPLETE"),          # it finished before the cancel reached it
+    ("FAILED", rec(2), "EXECUTOR_ERROR"),
+    (None, rec(ended=False, started=0), "CANCELED"),
+])
+def test_a_requested_cancel_wins_while_alive_but_not_over_a_real_outcome(
+        slurm: str | None, record: str | None, expected: str) -> None:
+    parsed = parse_record(record) if record else None
+    assert map_state(slurm, "None", parsed, ignore_error=[False], cancel_requested=True).state == expected
+
+
+def test_refused_redirection_is_an_executor_error() -> None:
+    text = START + '{"event":"unsafe_path","executor":1,"stream":"stdout","time":"t"}\n' \
+        + '{"event":"job_end","time":"t","exit_code":126}\n'
+    mapped = map_state("FAILED", "None", parse_record(text), ignore_error=[False, False],
+                       cancel_requested=False)
+    assert mapped.state == "EXECUTOR_ERROR" and "executor 1 stdout" in mapped.log

@@ -104,6 +104,12 @@ def test_invalid_tasks_get_400_naming_the_field(client: FlaskClient, store: Stor
     assert store.tasks.list(TaskFilter(), before_seq=None, limit=10) == []  # nothing half-created
 
 
+def test_lone_surrogates_are_400(client: FlaskClient) -> None:
+    body = '{"executors": [{"image": "busybox", "command": ["echo", "\\ud800"]}]}'
+    resp = client.post(f"{BASE}/tasks", data=body, content_type="application/json")
+    assert resp.status_code == 400 and "Unicode" in resp.get_json()["msg"]
+
+
 def test_non_json_body_is_400(client: FlaskClient) -> None:
     resp = client.post(f"{BASE}/tasks", data="not json", content_type="text/plain")
     assert resp.status_code == 400 and "JSON" in resp.get_json()["msg"]
@@ -153,6 +159,7 @@ def test_list_filters(client: FlaskClient, store: Store) -> None:
     assert ids("tag_key=project&tag_value=p1&tag_key=sample&tag_value=s1") == {a}
     assert ids("tag_key=project&tag_value=p1&name_prefix=call&state=COMPLETE") == {c}
     assert ids("tag_key=project&tag_value=p3") == set()
+    assert ids("tag_key=project&tag_value=p1&tag_key=project&tag_value=p2") == set()  # both must match
 
 
 def test_cancel_marks_canceling_and_is_a_noop_once_finished(client: FlaskClient, store: Store) -> None:
@@ -165,6 +172,8 @@ def test_cancel_marks_canceling_and_is_a_noop_once_finished(client: FlaskClient,
     assert client.checked("post", f"{BASE}/tasks/{done}:cancel").get_json() == {}
     assert store.tasks.get(done).state == "COMPLETE"
     assert [e["state"] for e in store.tasks.events(task_id)] == ["QUEUED", "CANCELING"]
+    store.tasks.update(task_id, state="RUNNING")  # a daemon write computed before the cancel
+    assert store.tasks.get(task_id).state == "CANCELING"
 
 
 def test_finished_task_logs_validate_in_every_view(client: FlaskClient, store: Store) -> None:
