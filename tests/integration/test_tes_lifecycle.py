@@ -155,3 +155,24 @@ def test_filters_and_pagination_over_several_pages(server, tes_client: tes.HTTPC
     assert listed(name_prefix="batch-", page_size=2000) == list(reversed(ids))
     assert listed(tag_key=["run", "i"], tag_value=["r1", "3"]) == [ids[3]]
     assert listed(tag_key="i") == list(reversed(ids))
+
+
+def test_symlinks_planted_by_a_task_do_not_lead_out(tes_client: tes.HTTPClient, dev_config) -> None:
+    """Redirections and log tails happen on the host: a task's symlinks must not steer them."""
+    target = dev_config.storage.work_root / "canary-outside.txt"
+    target.write_text("untouched\n")
+    try:
+        task_id = tes_client.create_task(tes.Task(volumes=["/shared"], executors=[
+            # replaces its own stdout file with a link to a root-only host file: the tail must not follow
+            sh("echo visible; rm /shared/log.txt; ln -s /etc/shadow /shared/log.txt",
+               stdout="/shared/log.txt"),
+            sh(f"ln -s {target} /shared/out"),
+            sh("echo overwritten", stdout="/shared/out"),
+        ]))
+        task = wait_final(tes_client, task_id)
+        assert task.state == "EXECUTOR_ERROR"
+        assert any("executor 2 stdout" in line and "outside" in line for line in task.logs[0].system_logs)
+        assert target.read_text() == "untouched\n"
+        assert "root:" not in (task.logs[0].logs[0].stdout or "")
+    finally:
+        target.unlink()
