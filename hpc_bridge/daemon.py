@@ -196,9 +196,9 @@ class Daemon:
             log.exception("task %s: submission failed", row.id)
             self._fail(row, f"internal error while submitting: {type(exc).__name__}: {exc}")
 
-    def _try_submit(self, row: TaskRow) -> None:
-        if self._stop.is_set():
-            return
+    def prepare(self, row: TaskRow) -> Path | None:
+        """Everything before sbatch: plan, work area, script, and the store told where the job's
+        files will be. Returns the script, or None when the task cannot run (it is then failed)."""
         workdir = self.config.storage.work_root / row.id
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
@@ -206,7 +206,7 @@ class Daemon:
             script_text = render(plan.script, self.config.template_search_path)
         except (InvalidTask, UnsafeValue) as exc:  # valid at POST, not any more (site config changed)
             self._fail(row, f"cannot run task: {exc}")
-            return
+            return None
         try:
             self._prepare_workdir(workdir, plan.directories, plan.files)
             script = workdir / "job.sh"
@@ -214,14 +214,22 @@ class Daemon:
             self._chown(script)
         except OSError as exc:
             self._fail(row, f"cannot prepare work directory {workdir}: {exc}")
-            return
+            return None
         streams = [{"stdout": ex.stdout or str(workdir / f"executor-{i}.stdout"),
                     "stderr": ex.stderr or str(workdir / f"executor-{i}.stderr")}
                    for i, ex in enumerate(plan.script.executors)]
         self.store.tasks.update(row.id, workdir=str(workdir), streams=streams,
+                                system_logs=[*row.system_logs,
+                                             *(w for w in plan.warnings if w not in row.system_logs)],
                                 submit_attempts=row.submit_attempts + 1)
+        return script
+
+    def _try_submit(self, row: TaskRow) -> None:
+        if self._stop.is_set() or (script := self.prepare(row)) is None:
+            return
         if self.store.tasks.get(row.id).cancel_requested:
             return  # cancelled while being prepared: the next cycle makes it CANCELED
+        workdir = script.parent
         try:
             job_id = self.slurm.submit(script, workdir=workdir)
         except SlurmError as exc:
@@ -235,9 +243,7 @@ class Daemon:
             else:
                 self._fail(row, f"Slurm refused the job: {exc}")
             return
-        logs = [*row.system_logs, *plan.warnings]
-        self.store.tasks.update(row.id, job_id=job_id, system_logs=logs,
-                                message=f"submitted as Slurm job {job_id}")
+        self.store.tasks.update(row.id, job_id=job_id, message=f"submitted as Slurm job {job_id}")
 
     def _adopt(self, row: TaskRow, job_id: str) -> None:
         log.info("task %s: adopting Slurm job %s submitted before a restart", row.id, job_id)

@@ -58,10 +58,7 @@ def test_restart_adopts_a_job_submitted_just_before_a_crash(dev_config, tmp_path
     """The narrowest window: sbatch succeeded, the store never heard of the job id."""
     from hpc_bridge.daemon import Daemon
     from hpc_bridge.slurm.client import CliSlurmClient
-    from hpc_bridge.slurm.script import render
     from hpc_bridge.store import Store
-    from hpc_bridge.tes.jobspec import plan_job
-    from hpc_bridge.tes.models import Task
     from hpc_bridge.tes.service import TaskService
 
     config = dev_config.model_copy(update={"database": tmp_path / "db.sqlite"})
@@ -71,13 +68,9 @@ def test_restart_adopts_a_job_submitted_just_before_a_crash(dev_config, tmp_path
     client = CliSlurmClient(submit_as=config.slurm.submit_as)
     daemon = Daemon(config, store, client)
 
-    # What the crashed daemon did: prepared the work dir and ran sbatch, then died.
-    workdir = config.storage.work_root / task_id
-    plan = plan_job(Task.model_validate(store.tasks.get(task_id).task), task_id=task_id,
-                    workdir=str(workdir), config=config)
-    daemon._prepare_workdir(workdir, plan.directories, plan.files)
-    (workdir / "job.sh").write_text(render(plan.script, config.template_search_path))
-    job_id = client.submit(workdir / "job.sh", workdir=workdir)
+    # What the crashed daemon did: prepared the task, ran sbatch, and died before recording the id.
+    script = daemon.prepare(store.tasks.get(task_id))
+    job_id = client.submit(script, workdir=script.parent)
 
     deadline = time.monotonic() + 120
     while store.tasks.get(task_id).state != "COMPLETE":
