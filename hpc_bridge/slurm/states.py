@@ -19,8 +19,9 @@ SYSTEM_FAILURES = {"NODE_FAIL": "the node running the job failed",
                    "DEADLINE": "the job reached its deadline before it could run"}
 LIMIT_FAILURES = {"OUT_OF_MEMORY": "the task ran out of memory (Slurm OUT_OF_MEMORY): raise resources.ram_gb",
                   "TIMEOUT": "the task reached its time limit (Slurm TIMEOUT): raise the 'time' backend parameter"}
-# Reasons that only say "waiting for your turn"; anything else is worth a system log line.
-ORDINARY_REASONS = {"None", "Priority", "Resources", "BeginTime", "Dependency", ""}
+# Every pending reason (Priority, Resources, PartitionConfig, ...) is logged once, so a user can see
+# why a task waits; these two only mean "no reason given".
+NO_REASON = {"None", ""}
 
 
 def _base(slurm_state: str | None) -> str | None:
@@ -53,7 +54,7 @@ def map_state(slurm_state: str | None, reason: str, record: JobRecord | None, *,
         if state in ("CANCELLED", None) and not (record and record.finished):
             return Mapped("CANCELED")
     if state in QUEUED_STATES:
-        log = None if reason in ORDINARY_REASONS else f"Slurm: job pending ({reason})"
+        log = None if reason in NO_REASON else f"Slurm: job pending ({reason})"
         return Mapped("QUEUED", log)
     if state == "CONFIGURING":
         return Mapped("INITIALIZING")

@@ -90,6 +90,11 @@ def test_cancel_queued_and_running_tasks_removes_their_jobs(tes_client: tes.HTTP
         assert time.monotonic() < deadline, "queued task was never submitted"
         time.sleep(0.3)
     assert tes_client.get_task(queued).state == "QUEUED"
+    deadline = time.monotonic() + 30  # why it waits shows up in its system logs
+    while not any("Slurm: job pending (" in line
+                  for line in tes_client.get_task(queued, view="FULL").logs[0].system_logs or []):
+        assert time.monotonic() < deadline, tes_client.get_task(queued, view="FULL").logs
+        time.sleep(0.3)
     job_ids = {running: tes_client.get_task(running, view="FULL").logs[0].metadata["slurm_job_id"],
                queued: t.logs[0].metadata["slurm_job_id"]}
     for task_id in (running, queued):

@@ -92,3 +92,12 @@ def test_volumes_inputs_and_redirections_share_binds(dev_config: SiteConfig) -> 
         assert f"{WORK}/volumes/0:/shared:rw" in argv and f"{WORK}/inputs/0:/in/data.txt:ro" in argv
         assert f"{WORK}/paths/0:/logs:rw" in argv
     assert second.argv[second.argv.index("--pwd") + 1] == "/shared"
+
+
+def test_preemptible_goes_to_the_sites_qos_or_partition(dev_config: SiteConfig) -> None:
+    plan = plan_job(task(resources={"preemptible": True}), task_id="t1", workdir=WORK, config=dev_config)
+    assert plan.warnings == ["resources.preemptible ignored: the site has no preemptible QoS or partition"]
+    slurm = dev_config.slurm.model_copy(update={"preemptible": dev_config.slurm.preemptible.model_copy(
+        update={"qos": "scavenger", "partition": "long"})})
+    config = dev_config.model_copy(update={"slurm": slurm})
+    assert options(task(resources={"preemptible": True}), config) == {"partition": "long", "qos": "scavenger"}

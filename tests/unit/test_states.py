@@ -26,7 +26,8 @@ def rec(*codes: int, ended: bool = True, started: int | None = None) -> str:
 @pytest.mark.parametrize(
     ("slurm", "reason", "record", "ignore", "cancel", "expected", "log_part"),
     [
-        ("PENDING", "Priority", None, [False], False, "QUEUED", None),
+        ("PENDING", "None", None, [False], False, "QUEUED", None),
+        ("PENDING", "Resources", None, [False], False, "QUEUED", "pending (Resources)"),
         ("PENDING", "PartitionConfig", None, [False], False, "QUEUED", "PartitionConfig"),
         ("REQUEUED", "None", None, [False], False, "QUEUED", None),
         ("CONFIGURING", "None", None, [False], False, "INITIALIZING", None),
