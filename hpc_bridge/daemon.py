@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import IO
 
 from hpc_bridge.config import SiteConfig
+from hpc_bridge.containers.apptainer import UnsafeValue
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
 from hpc_bridge.slurm.record import JobRecord, parse_record
-from hpc_bridge.containers.apptainer import UnsafeValue
 from hpc_bridge.slurm.script import render
 from hpc_bridge.slurm.states import map_state, still_active
 from hpc_bridge.store import Store, TaskRow
@@ -73,8 +73,8 @@ def read_record(workdir: str | None) -> JobRecord | None:
 def _tail(path: str, workdir: str, limit: int) -> str:
     """The end of an executor's output, read by the daemon (possibly root): the path must still
     resolve inside the task's work area, and a symlink planted by the task is not followed."""
-    real = os.path.realpath(path)
-    if os.path.commonpath([real, os.path.realpath(workdir)]) != os.path.realpath(workdir):
+    real, base = os.path.realpath(path), os.path.realpath(workdir)
+    if os.path.commonpath([real, base]) != base:
         return ""
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -215,9 +215,8 @@ class Daemon:
         except OSError as exc:
             self._fail(row, f"cannot prepare work directory {workdir}: {exc}")
             return None
-        streams = [{"stdout": ex.stdout or str(workdir / f"executor-{i}.stdout"),
-                    "stderr": ex.stderr or str(workdir / f"executor-{i}.stderr")}
-                   for i, ex in enumerate(plan.script.executors)]
+        streams = [dict(zip(("stdout", "stderr"), plan.script.output_paths(i), strict=True))
+                   for i in range(len(plan.script.executors))]
         self.store.tasks.update(row.id, workdir=str(workdir), streams=streams,
                                 system_logs=[*row.system_logs,
                                              *(w for w in plan.warnings if w not in row.system_logs)],
@@ -247,8 +246,7 @@ class Daemon:
 
     def _adopt(self, row: TaskRow, job_id: str) -> None:
         log.info("task %s: adopting Slurm job %s submitted before a restart", row.id, job_id)
-        self.store.tasks.update(row.id, job_id=job_id,
-                                workdir=str(self.config.storage.work_root / row.id),
+        self.store.tasks.update(row.id, job_id=job_id,  # prepare() recorded the work dir before sbatch
                                 message=f"adopted Slurm job {job_id} after a restart")
 
     def _prepare_workdir(self, workdir: Path, directories: list[str], files: dict[str, str]) -> None:

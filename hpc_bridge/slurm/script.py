@@ -61,6 +61,13 @@ class JobScript:
     options: Sequence[tuple[str, str | None]] = field(default_factory=tuple)
     comment: str | None = None
 
+    def output_paths(self, index: int) -> tuple[str, str]:
+        """Where executor `index` writes stdout and stderr on the host: its TES paths, or files of
+        its own in the work dir. The template and the daemon's log reader both ask here."""
+        ex = self.executors[index]
+        return (ex.stdout or f"{self.workdir}/executor-{index}.stdout",
+                ex.stderr or f"{self.workdir}/executor-{index}.stderr")
+
 
 @functools.lru_cache(maxsize=8)
 def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:

@@ -138,14 +138,10 @@ def _covering(container_path: str, binds: list[Bind]) -> Bind | None:
     return best
 
 
-def _host_path(container_path: str, binds: list[Bind]) -> str | None:
-    bind = _covering(container_path, binds)
-    return None if bind is None else bind.host + container_path[len(bind.container):]
-
-
 def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> JobPlan:
     options, warnings, gpu = sbatch_options(task, config)
-    plan = JobPlan(script=JobScript(name="", workdir=workdir, executors=[]), warnings=warnings)
+    directories: list[str] = []
+    files: dict[str, str] = {}
     binds: list[Bind] = []
 
     def add_bind(host: str, container: str, where: str, read_only: bool = False) -> None:
@@ -161,7 +157,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
 
     for i, volume in enumerate(task.volumes or []):
         host = f"{workdir}/volumes/{i}"
-        plan.directories.append(host)
+        directories.append(host)
         add_bind(host, volume, f"volumes[{i}]")
     for i, item in enumerate(task.inputs or []):
         where = f"inputs[{i}]"
@@ -171,7 +167,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
         if "\0" in item.content:
             raise InvalidTask(f"{where}.content", "NUL bytes are not allowed")
         host = f"{workdir}/inputs/{i}"
-        plan.files[host] = item.content
+        files[host] = item.content
         add_bind(host, item.path, f"{where}.path", read_only=True)
     if task.outputs:
         raise InvalidTask("outputs", "output collection is not built yet: write results to a volume "
@@ -194,19 +190,19 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
                 redirects[stream] = None
                 continue
             path = normalize(path)
-            host = _host_path(path, binds)
-            if host is not None and stream != "stdin" and _covering(path, binds).read_only:
-                raise InvalidTask(f"{where}.{stream}", f"{path!r} is inside a read-only input")
-            if host is None:
+            bind = _covering(path, binds)
+            if bind is None:
                 if stream == "stdin":
                     raise InvalidTask(f"{where}.stdin", "must be a path inside an input or a volume")
                 # A stdout/stderr file outside any volume: its directory gets a private host dir.
                 hostdir = f"{workdir}/paths/{implicit}"
                 implicit += 1
-                plan.directories.append(hostdir)
+                directories.append(hostdir)
                 add_bind(hostdir, posixpath.dirname(path), f"{where}.{stream}")
-                host = _host_path(path, binds)
-            redirects[stream] = host
+                bind = binds[-1]
+            elif stream != "stdin" and bind.read_only:
+                raise InvalidTask(f"{where}.{stream}", f"{path!r} is inside a read-only input")
+            redirects[stream] = bind.host + path[len(bind.container):]
         prepared.append((where, image, redirects))
 
     final = []
@@ -217,6 +213,6 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
         except UnsafeValue as exc:
             raise InvalidTask(where, str(exc)) from None
         final.append(ExecutorScript(argv=argv, ignore_error=bool(ex.ignore_error), **redirects))
-    plan.script = JobScript(name=job_name(task_id), workdir=workdir, executors=final,
-                            options=options, comment=job_comment(task_id))
-    return plan
+    script = JobScript(name=job_name(task_id), workdir=workdir, executors=final,
+                       options=options, comment=job_comment(task_id))
+    return JobPlan(script=script, directories=directories, files=files, warnings=warnings)
