@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -104,14 +105,53 @@ class SlurmSettings(_Strict):
 
 
 class ApptainerSettings(_Strict):
+    """Apptainer and the images it runs.
+
+    Registry references (`ubuntu:22.04`, `docker://...`, `oras://...`, `library://...`) are pulled
+    once, on the login node, into `cache_dir`; without a cache dir they are refused. `image_map`
+    points references at pre-built SIFs or other references (a local mirror); `registry_mirrors`
+    rewrites a registry host (`docker.io: 127.0.0.1:5000`); plain-http registries must be listed in
+    `insecure_registries` (off by default)."""
+
     binary: Path = Path("apptainer")
     image_dirs: list[Path] = Field(default_factory=list)
+    cache_dir: Path | None = None
+    image_map: dict[str, str] = Field(default_factory=dict)
+    registry_mirrors: dict[str, str] = Field(default_factory=dict)
+    insecure_registries: list[str] = Field(default_factory=list)
+    pull_timeout: Annotated[float, Field(gt=0)] = 1800.0
+    pull_parallelism: Annotated[int, Field(ge=1, le=16)] = 2
+
+
+class HttpInputSettings(_Strict):
+    """`http(s)://` inputs, downloaded on the login node before the job is submitted (compute nodes
+    are often offline). Loopback, private and link-local addresses are refused unless listed in
+    `allowed_networks` (CIDRs): the login node can reach internal services a user must not."""
+
+    enabled: bool = True
+    max_bytes: Annotated[int, Field(ge=1)] = 10 * 1024**3
+    timeout: Annotated[float, Field(gt=0)] = 600.0
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
+    allowed_networks: list[str] = Field(default_factory=list)
 
 
 class StorageSettings(_Strict):
+    """Where tasks read and write. `data_roots` bound inputs and outputs (checked after resolving
+    symlinks); `work_root` holds one private work area per task, removed `work_retention_hours`
+    after the task ended (None keeps them); `file_inputs` says how `file://` inputs reach the job:
+    bind-mounted read-only (zero copy), hard-linked or copied into the work area."""
+
     work_root: Path = Path("/tmp/hpc-bridge/work")
     data_roots: list[Path] = Field(default_factory=list)
     log_tail_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+    file_inputs: Literal["bind", "hardlink", "copy"] = "bind"
+    work_retention_hours: Annotated[float, Field(ge=0)] | None = 168.0
+    max_content_bytes: Annotated[int, Field(ge=0)] = 16 * 1024**2
+    http: HttpInputSettings = HttpInputSettings()
+    # The Python that runs job-side helpers (output collection) on the compute node: it must have
+    # hpc-bridge installed at the same path there (a venv on a shared filesystem).
+    job_python: Path = Path(sys.executable)
 
     @field_validator("work_root")
     @classmethod
@@ -166,7 +206,7 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
             value = sub.get(key)
             if isinstance(value, list):
                 sub[key] = [fix(v) for v in value]
-            elif value is not None and (key != "binary" or "/" in str(value)):
+            elif value is not None and (key not in ("binary", "job_python") or "/" in str(value)):
                 sub[key] = fix(value)
         raw[section] = sub
     return raw
@@ -174,8 +214,8 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
 
 _PATH_KEYS = {
     "slurm": ("bin_dir", "template_dirs"),
-    "apptainer": ("binary", "image_dirs"),
-    "storage": ("work_root", "data_roots"),
+    "apptainer": ("binary", "image_dirs", "cache_dir"),
+    "storage": ("work_root", "data_roots", "job_python"),
 }
 
 
