@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -79,6 +78,8 @@ class MonitorSettings(_Strict):
     # How long an ended job's record may lag behind Slurm (shared filesystems cache) before a
     # missing or incomplete record is taken as a failure.
     record_grace: Annotated[float, Field(ge=0)] = 10.0
+    # How often ended tasks' work areas are checked against storage.work_retention_hours.
+    cleanup_interval: Annotated[float, Field(gt=0)] = 60.0
 
 
 class SlurmSettings(_Strict):
@@ -149,9 +150,10 @@ class StorageSettings(_Strict):
     work_retention_hours: Annotated[float, Field(ge=0)] | None = 168.0
     max_content_bytes: Annotated[int, Field(ge=0)] = 16 * 1024**2
     http: HttpInputSettings = HttpInputSettings()
-    # The Python that runs job-side helpers (output collection) on the compute node: it must have
-    # hpc-bridge installed at the same path there (a venv on a shared filesystem).
-    job_python: Path = Path(sys.executable)
+    # The Python 3.8+ that runs the output collector on the compute node (a bare name is looked up
+    # on the job's PATH). The collector is one stdlib-only file, copied into each work area, so the
+    # compute nodes need nothing of hpc-bridge's own install.
+    job_python: Path = Path("python3")
 
     @field_validator("work_root")
     @classmethod

@@ -13,22 +13,29 @@ import fcntl
 import logging
 import os
 import pwd
+import shutil
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.containers.apptainer import UnsafeValue
+from hpc_bridge.containers.cache import ImageCache, PullError
+from hpc_bridge.containers.images import RegistryImage
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
 from hpc_bridge.slurm.record import JobRecord, parse_record
 from hpc_bridge.slurm.script import render
 from hpc_bridge.slurm.states import map_state, still_active
+from hpc_bridge.staging import http
+from hpc_bridge.staging.paths import within
+from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store import Store, TaskRow
 from hpc_bridge.store.tasks import now_iso
-from hpc_bridge.tes.jobspec import InvalidTask, plan_job, task_id_from_comment
+from hpc_bridge.tes.jobspec import Download, InvalidTask, JobPlan, plan_job, task_id_from_comment
 from hpc_bridge.tes.models import State, Task
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,12 @@ class Daemon:
         self._stop = threading.Event()
         self._cancel_sent: set[str] = set()
         self._pool = ThreadPoolExecutor(config.monitor.submit_parallelism, "hpc-bridge-submit")
+        # Image pulls and downloads can take minutes: their own pool, so submissions go on meanwhile.
+        self._stager = ThreadPoolExecutor(config.apptainer.pull_parallelism + 2, "hpc-bridge-stage")
+        self._staging: dict[str, Future[None]] = {}
+        self.schemes = Schemes(config)
+        self.images = ImageCache(config.apptainer)
+        self._last_cleanup = 0.0
         self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
         self._job_user = pwd.getpwnam(config.slurm.submit_as) if config.slurm.submit_as else None
 
@@ -116,6 +129,9 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 busy = self.cycle()
+                if time.monotonic() - self._last_cleanup >= mon.cleanup_interval:
+                    self._last_cleanup = time.monotonic()
+                    self.clean_work_areas()
             except Exception:  # a bug must not kill the loop: log it, back off, go on
                 log.exception("daemon cycle failed")
                 busy = False
@@ -146,6 +162,7 @@ class Daemon:
                     if adopted is not None:
                         self._adopt(row, adopted)
                     elif row.cancel_requested:
+                        self._staging.pop(row.id, None)
                         self.store.tasks.update(row.id, state=State.CANCELED, end_time=now_iso(),
                                                 message="cancelled before submission")
                     else:
@@ -202,10 +219,12 @@ class Daemon:
         workdir = self.config.storage.work_root / row.id
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
-                            config=self.config)
+                            config=self.config, schemes=self.schemes)
             script_text = render(plan.script, self.config.template_search_path)
         except (InvalidTask, UnsafeValue) as exc:  # valid at POST, not any more (site config changed)
             self._fail(row, f"cannot run task: {exc}")
+            return None
+        if not self._staged(row, workdir, plan):
             return None
         try:
             self._prepare_workdir(workdir, plan.directories, plan.files)
@@ -222,6 +241,44 @@ class Daemon:
                                              *(w for w in plan.warnings if w not in row.system_logs)],
                                 submit_attempts=row.submit_attempts + 1)
         return script
+
+    def _staged(self, row: TaskRow, workdir: Path, plan: JobPlan) -> bool:
+        """True once the task's images are in the cache and its downloads are in its work area.
+        Until then the task stays QUEUED, with a system log line saying what is being prepared."""
+        pulls = [img for img in plan.pulls if not self.images.is_cached(img)]
+        downloads = [d for d in plan.downloads if not os.path.exists(d.dest)]
+        future = self._staging.get(row.id)
+        if future is None:
+            if not pulls and not downloads:
+                return True
+            lines = [*(f"preparing image {img.reference} (pulling {img.pull_uri} into the image cache)"
+                       for img in pulls), *(f"downloading input {d.url}" for d in downloads)]
+            self.store.tasks.update(row.id, system_logs=[*row.system_logs, *lines], message=lines[0])
+            future = self._stager.submit(self._stage, workdir, pulls, downloads)
+            future.add_done_callback(lambda _: self._wake.set())
+            self._staging[row.id] = future
+            return False
+        if not future.done():
+            return False
+        del self._staging[row.id]
+        exc = future.exception()
+        if exc is None:
+            return True
+        if isinstance(exc, (PullError, http.DownloadError)):
+            self._fail(row, str(exc))
+        else:
+            self._fail(row, f"internal error while preparing inputs: {type(exc).__name__}: {exc}")
+        return False
+
+    def _stage(self, workdir: Path, pulls: list[RegistryImage], downloads: list[Download]) -> None:
+        for image in pulls:
+            self.images.ensure(image)
+        if downloads:
+            self._prepare_workdir(workdir, [str(workdir / "inputs")], {})
+        for item in downloads:
+            dest = Path(item.dest)
+            http.download(item.url, dest, self.config.storage.http)
+            self._chown(dest)
 
     def _try_submit(self, row: TaskRow) -> None:
         if self._stop.is_set() or (script := self.prepare(row)) is None:
@@ -301,11 +358,42 @@ class Daemon:
         if State(mapped.state).terminal:
             changes["end_time"] = (record.end_time if record and record.end_time else None) or now_iso()
             changes["executor_logs"] = self._executor_logs(row, record)
+            if record:
+                changes["outputs"] = record.outputs
+                logs.extend(w for w in record.output_warnings if w not in logs)
+                if logs != row.system_logs:
+                    changes["system_logs"] = logs
             self._cancel_sent.discard(row.job_id or "")
         elif mapped.state == State.RUNNING and record:
             changes["executor_logs"] = self._executor_logs(row, record, tails=False)
         if mapped.state != row.state or changes:
             self.store.tasks.update(row.id, state=mapped.state, message=mapped.log, **changes)
+
+    # -- work areas ---------------------------------------------------------------------------
+
+    def clean_work_areas(self) -> int:
+        """Remove the work areas of tasks that ended more than the retention time ago (outputs
+        live in the data roots and are never touched). Returns how many were removed."""
+        hours = self.config.storage.work_retention_hours
+        if hours is None:
+            return 0
+        cutoff = (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        root = os.path.realpath(self.config.storage.work_root)
+        removed = 0
+        for row in self.store.tasks.due_for_cleanup(cutoff):
+            workdir = os.path.realpath(row.workdir or "")
+            if workdir == root or not within(workdir, root):
+                log.error("task %s: work area %s is outside %s; not removing it", row.id, workdir, root)
+                self.store.tasks.update(row.id, cleaned_at=now_iso())
+                continue
+            shutil.rmtree(workdir, ignore_errors=True)  # never follows symlinks planted inside
+            if os.path.exists(workdir):
+                log.warning("task %s: could not remove work area %s, retrying later", row.id, workdir)
+                continue
+            self.store.tasks.update(row.id, cleaned_at=now_iso(), system_logs=[
+                *row.system_logs, f"work area removed {hours:g} h after the task ended"])
+            removed += 1
+        return removed
 
     def _executor_logs(self, row: TaskRow, record: JobRecord | None, tails: bool = True) -> list[dict]:
         if record is None:

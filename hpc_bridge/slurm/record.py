@@ -22,7 +22,12 @@ class JobRecord:
     start_time: str | None = None
     end_time: str | None = None
     refusal: str | None = None
+    input_error: str | None = None
     executors: dict[int, ExecutorRecord] = field(default_factory=dict)
+    outputs: list[dict[str, str]] = field(default_factory=list)  # TES OutputFileLog objects
+    output_errors: list[str] = field(default_factory=list)
+    output_warnings: list[str] = field(default_factory=list)
+    collect_exit: int | None = None
 
     @property
     def started_executing(self) -> bool:
@@ -41,6 +46,8 @@ def parse_record(text: str) -> JobRecord:
             event = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if not isinstance(event, dict):
+            continue
         kind = event.get("event")
         if kind == "job_start":
             rec = JobRecord(job_id=event.get("job_id") or None, start_time=event.get("time"))
@@ -53,6 +60,17 @@ def parse_record(text: str) -> JobRecord:
             rec.end_time = event["time"]
         elif kind == "job_signal":
             rec.end_time = rec.end_time or event.get("time")
+        elif kind == "input_error":
+            rec.input_error = f"input {int(event['input'])}: {event.get('message', 'could not be staged')}"
+        elif kind == "output":
+            rec.outputs.append({"url": str(event["url"]), "path": str(event["path"]),
+                                "size_bytes": str(event["size_bytes"])})
+        elif kind == "output_error":
+            rec.output_errors.append(f"output {int(event['output'])}: {event.get('message', 'failed')}")
+        elif kind == "collect_end":
+            rec.collect_exit = int(event["exit_code"])
+        elif kind == "output_warning":
+            rec.output_warnings.append(f"output {int(event['output'])}: {event.get('message', '')}")
         elif kind == "unsafe_path":
             rec.refusal = (f"executor {int(event['executor'])} {event.get('stream', 'stream')}: the path "
                            "leads outside the task's work area (a symlink?); refused")

@@ -54,12 +54,28 @@ class ExecutorScript:
 
 
 @dataclass(frozen=True)
+class InputCheck:
+    """Input `index` comes from host path `source`, checked (realpath inside the data roots) when the
+    job was planned. The job re-checks that it still resolves to itself before anything reads it,
+    so a directory swapped for a symlink in between is caught. With `how` = hardlink or copy the
+    job (as the job user, so file permissions hold) then puts it at `dest` in the work area."""
+
+    index: int
+    source: str
+    how: str = "bind"
+    dest: str | None = None
+
+
+@dataclass(frozen=True)
 class JobScript:
     name: str
     workdir: str
     executors: Sequence[ExecutorScript]
     options: Sequence[tuple[str, str | None]] = field(default_factory=tuple)
     comment: str | None = None
+    inputs: Sequence[InputCheck] = field(default_factory=tuple)
+    # argv of the output collector, run on the compute node after the executors succeeded
+    collect: Sequence[str] | None = None
 
     def output_paths(self, index: int) -> tuple[str, str]:
         """Where executor `index` writes stdout and stderr on the host: its TES paths, or files of

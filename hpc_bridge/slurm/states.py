@@ -82,6 +82,8 @@ def _from_record(state: str | None, record: JobRecord | None, ignore_error: list
         return Mapped("SYSTEM_ERROR", f"Slurm job {what} without a record of running the task")
     if record.refusal:
         return Mapped("EXECUTOR_ERROR", record.refusal)
+    if record.input_error:
+        return Mapped("SYSTEM_ERROR", record.input_error)
     for index, ignore in enumerate(ignore_error):
         ex = record.executors.get(index)
         if ex is None or ex.exit_code is None:
@@ -91,4 +93,9 @@ def _from_record(state: str | None, record: JobRecord | None, ignore_error: list
             return Mapped("SYSTEM_ERROR", "Slurm job left the queue before the task finished")
         if ex.exit_code != 0 and not ignore:
             return Mapped("EXECUTOR_ERROR", f"executor {index} exited with code {ex.exit_code}")
+    if record.output_errors:
+        return Mapped("SYSTEM_ERROR", "output collection failed: " + "; ".join(record.output_errors))
+    if record.collect_exit:
+        return Mapped("SYSTEM_ERROR", f"the output collector failed (exit code {record.collect_exit}; "
+                                      "see slurm.out in the work area)")
     return Mapped("COMPLETE")

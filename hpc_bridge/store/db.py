@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -44,7 +44,14 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["task_id"])
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1}
+def _v2(db: sqlite_utils.Database) -> None:
+    """Output file logs, and when a task's work area was removed after its retention time."""
+    db["tasks"].add_column("outputs", str, not_null_default="[]")
+    db["tasks"].add_column("cleaned_at", str)
+    db["tasks"].create_index(["cleaned_at", "end_time"])
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2}
 
 
 class Store:

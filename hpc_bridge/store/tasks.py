@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hpc_bridge.store.db import Store
 
-_JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams")
+_JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "outputs")
 # States a daemon write must not put back over a cancel the API recorded meanwhile.
 _LIVE_STATES = {"QUEUED", "INITIALIZING", "RUNNING", "PAUSED"}
 
@@ -42,6 +42,8 @@ class TaskRow:
     executor_logs: list[dict[str, Any]]
     system_logs: list[str]
     streams: list[dict[str, str]]
+    outputs: list[dict[str, str]]
+    cleaned_at: str | None
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> TaskRow:
@@ -131,6 +133,12 @@ class TaskStore:
         marks = ",".join("?" for _ in states)
         return [TaskRow.from_db(r) for r in
                 self._table.rows_where(f"state IN ({marks})", states, order_by="seq")]
+
+    def due_for_cleanup(self, ended_before: str, limit: int = 100) -> list[TaskRow]:
+        """Ended tasks whose work area still exists and whose retention time has passed."""
+        rows = self._table.rows_where("cleaned_at IS NULL AND workdir IS NOT NULL AND end_time < ?",
+                                      [ended_before], order_by="end_time", limit=limit)
+        return [TaskRow.from_db(r) for r in rows]
 
     def update(self, task_id: str, *, state: str | None = None, message: str | None = None,
                **fields: Any) -> None:

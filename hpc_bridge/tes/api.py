@@ -34,7 +34,8 @@ def _int_arg(name: str) -> int | None:
 
 @bp.get("/service-info")
 def get_service_info() -> ResponseReturnValue:
-    info = ServiceInfo.for_site(current_app.config["SITE"], __version__, current_app.config["STARTED_AT"])
+    info = ServiceInfo.for_site(current_app.config["SITE"], __version__, current_app.config["STARTED_AT"],
+                                storage=_service().schemes.locations())
     return jsonify(info.to_json())
 
 

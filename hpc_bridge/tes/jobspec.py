@@ -1,4 +1,4 @@
-"""A TES task -> the plan of its Slurm job (pure apart from looking up image files).
+"""A TES task -> the plan of its Slurm job (pure apart from looking up input and image files).
 
 The same function validates a task at POST time (so bad values get a 400 naming the field) and
 builds the job at submission time; nothing here writes to disk.
@@ -6,15 +6,19 @@ builds the job at submission time; nothing here writes to disk.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import posixpath
 from dataclasses import dataclass, field
+from importlib import resources
 
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.containers.apptainer import Bind, UnsafeValue, exec_argv
-from hpc_bridge.containers.images import ImageError, resolve_image
-from hpc_bridge.slurm.script import ExecutorScript, JobScript, sbatch_value
-from hpc_bridge.tes.models import Task
+from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
+from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
+from hpc_bridge.staging.schemes import Schemes, SchemeError
+from hpc_bridge.tes.models import FileType, Task
 
 FLAG_PARAMETERS = {"exclusive"}
 TRUE_VALUES = {"", "true", "yes", "1"}
@@ -28,12 +32,32 @@ class InvalidTask(ValueError):
         self.field = field
 
 
+@dataclass(frozen=True)
+class Download:
+    """An input the daemon fetches on the login node before submitting the job."""
+
+    url: str
+    dest: str
+
+
 @dataclass
 class JobPlan:
+    """What the daemon must do for a task: prepare these directories, files, downloads and image
+    pulls, then submit the script. `input_types` are the resolved FILE/DIRECTORY of each input."""
+
     script: JobScript
     directories: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    downloads: list[Download] = field(default_factory=list)
+    pulls: list[RegistryImage] = field(default_factory=list)
+    input_types: list[str] = field(default_factory=list)
+
+
+@functools.cache
+def collector_source() -> str:
+    """The job-side output collector: one stdlib-only file, copied into the work area."""
+    return resources.files("hpc_bridge.jobside").joinpath("collect.py").read_text()
 
 
 def job_name(task_id: str) -> str:
@@ -138,51 +162,126 @@ def _covering(container_path: str, binds: list[Bind]) -> Bind | None:
     return best
 
 
-def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> JobPlan:
+def _wildcard(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _glob_base(path: str) -> str:
+    """The directory above the first path component that has a wildcard."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if _wildcard(part):
+            return "/".join(parts[:i]) or "/"
+    return posixpath.dirname(path)
+
+
+def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, schemes: Schemes) -> JobPlan:
     options, warnings, gpu = sbatch_options(task, config)
     directories: list[str] = []
     files: dict[str, str] = {}
     binds: list[Bind] = []
+    checks: list[InputCheck] = []
+    downloads: list[Download] = []
+    input_types: list[str] = []
 
-    def add_bind(host: str, container: str, where: str, read_only: bool = False) -> None:
+    def add_bind(host: str, container: str, where: str, read_only: bool = False) -> Bind:
         container = normalize(container)
         if container == "/" or container.split("/")[1] in ("proc", "sys", "dev"):
             raise InvalidTask(where, f"cannot mount over {container!r}")
+        if any(b.container == container for b in binds):
+            raise InvalidTask(where, f"{container!r} is already used by another input, output or volume")
         bind = Bind(host, container, read_only)
         try:
             bind.spec()
         except UnsafeValue as exc:
             raise InvalidTask(where, str(exc)) from None
         binds.append(bind)
+        return bind
 
     for i, volume in enumerate(task.volumes or []):
         host = f"{workdir}/volumes/{i}"
         directories.append(host)
         add_bind(host, volume, f"volumes[{i}]")
+
     for i, item in enumerate(task.inputs or []):
         where = f"inputs[{i}]"
-        if item.content is None:
-            raise InvalidTask(where, "only inputs with `content` are supported so far (URL staging is "
-                                     "not built yet)")
-        if "\0" in item.content:
-            raise InvalidTask(f"{where}.content", "NUL bytes are not allowed")
         host = f"{workdir}/inputs/{i}"
-        files[host] = item.content
-        add_bind(host, item.path, f"{where}.path", read_only=True)
-    if task.outputs:
-        raise InvalidTask("outputs", "output collection is not built yet: write results to a volume "
-                                     "or a path inside the site's data roots")
+        if item.content is not None:  # TES: when content is set, url is ignored
+            if "\0" in item.content:
+                raise InvalidTask(f"{where}.content", "NUL bytes are not allowed")
+            if len(item.content.encode()) > config.storage.max_content_bytes:
+                raise InvalidTask(f"{where}.content", f"larger than the site maximum of "
+                                  f"{config.storage.max_content_bytes} bytes; use a url")
+            if item.type == FileType.DIRECTORY:
+                raise InvalidTask(f"{where}.type", "an input with content is a FILE")
+            files[host] = item.content
+            input_types.append(FileType.FILE)
+            add_bind(host, item.path, f"{where}.path", read_only=True)
+            continue
+        if not item.url:
+            raise InvalidTask(where, "an input needs a url or content")
+        try:
+            source = schemes.for_url(item.url).input(item.url, item.type)
+        except SchemeError as exc:
+            raise InvalidTask(f"{where}.url", str(exc)) from None
+        input_types.append(source.type)
+        if source.how == "download":
+            downloads.append(Download(item.url, host))
+        else:
+            checks.append(InputCheck(i, source.source, source.how,
+                                     None if source.how == "bind" else host))
+        add_bind(source.source if source.how == "bind" else host, item.path, f"{where}.path",
+                 read_only=True)
+    if downloads or any(c.dest for c in checks):
+        directories.append(f"{workdir}/inputs")
+
+    outputs = []
+    for i, out in enumerate(task.outputs or []):
+        where = f"outputs[{i}]"
+        try:
+            dest = schemes.for_url(out.url).output(out.url)
+        except SchemeError as exc:
+            raise InvalidTask(f"{where}.url", str(exc)) from None
+        path = normalize(out.path)
+        wildcard = _wildcard(path)
+        prefix = None
+        if wildcard:
+            if not out.path_prefix:
+                raise InvalidTask(f"{where}.path_prefix", "required when the path has wildcards")
+            prefix = out.path_prefix
+            if not path.startswith(prefix):
+                raise InvalidTask(f"{where}.path_prefix", f"{prefix!r} is not a prefix of {path!r}")
+            needed = _glob_base(path)
+        elif out.type == FileType.DIRECTORY:
+            needed = path
+        else:
+            needed = posixpath.dirname(path)
+        bind = _covering(needed, binds)
+        if bind is None:
+            if needed == "/":
+                raise InvalidTask(f"{where}.path", "an output must be inside a directory, not at /")
+            host = f"{workdir}/outputs/{i}"
+            directories.append(host)
+            bind = add_bind(host, needed, f"{where}.path")
+        elif bind.read_only:
+            raise InvalidTask(f"{where}.path", f"{path!r} is inside a read-only input")
+        outputs.append({"index": i, "type": out.type.value if out.type else None, "path": path,
+                        "path_prefix": prefix, "wildcard": wildcard, "bind_container": bind.container,
+                        "bind_host": bind.host, "url": out.url, "dest": dest})
 
     # First every image and redirection (which may add binds), then the argv: every executor
     # sees every bind, so volumes and redirected files are shared between executors.
     prepared = []
+    pulls: dict[str, RegistryImage] = {}
     implicit = 0
     for i, ex in enumerate(task.executors):
         where = f"executors[{i}]"
         try:
-            image = resolve_image(ex.image, config.apptainer.image_dirs)
+            image = resolve_image(ex.image, config.apptainer)
         except ImageError as exc:
             raise InvalidTask(f"{where}.image", str(exc)) from None
+        if isinstance(image, RegistryImage):
+            pulls.setdefault(image.normalized, image)
         redirects: dict[str, str | None] = {}
         for stream in ("stdin", "stdout", "stderr"):
             path: str | None = getattr(ex, stream)
@@ -198,13 +297,14 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
                 hostdir = f"{workdir}/paths/{implicit}"
                 implicit += 1
                 directories.append(hostdir)
-                add_bind(hostdir, posixpath.dirname(path), f"{where}.{stream}")
-                bind = binds[-1]
+                bind = add_bind(hostdir, posixpath.dirname(path), f"{where}.{stream}")
             elif stream != "stdin" and bind.read_only:
                 raise InvalidTask(f"{where}.{stream}", f"{path!r} is inside a read-only input")
             redirects[stream] = bind.host + path[len(bind.container):]
-        prepared.append((where, image, redirects))
+        prepared.append((where, str(image.sif), redirects))
 
+    # Parents before children: Apptainer mounts in order, and a later parent would hide a child.
+    binds.sort(key=lambda b: b.container.count("/"))
     final = []
     for ex, (where, image, redirects) in zip(task.executors, prepared, strict=True):
         try:
@@ -213,6 +313,15 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig) -> J
         except UnsafeValue as exc:
             raise InvalidTask(where, str(exc)) from None
         final.append(ExecutorScript(argv=argv, ignore_error=bool(ex.ignore_error), **redirects))
-    script = JobScript(name=job_name(task_id), workdir=workdir, executors=final,
-                       options=options, comment=job_comment(task_id))
-    return JobPlan(script=script, directories=directories, files=files, warnings=warnings)
+    collect = None
+    if outputs:
+        manifest = f"{workdir}/outputs.json"
+        files[manifest] = json.dumps({"workdir": workdir, "outputs": outputs,
+                                      "roots": [str(r) for r in config.storage.data_roots]})
+        collector = f"{workdir}/collect_outputs.py"
+        files[collector] = collector_source()
+        collect = [str(config.storage.job_python), "-I", collector, manifest]
+    script = JobScript(name=job_name(task_id), workdir=workdir, executors=final, options=options,
+                       comment=job_comment(task_id), inputs=checks, collect=collect)
+    return JobPlan(script=script, directories=directories, files=files, warnings=warnings,
+                   downloads=downloads, pulls=list(pulls.values()), input_types=input_types)

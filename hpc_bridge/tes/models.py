@@ -186,13 +186,13 @@ class ServiceInfo(_Model):
     backend_parameters: list[str] = Field(default_factory=list, alias="tesResources_backend_parameters")
 
     @classmethod
-    def for_site(cls, config: SiteConfig, version: str, started_at: str) -> ServiceInfo:
+    def for_site(cls, config: SiteConfig, version: str, started_at: str, storage: list[str]) -> ServiceInfo:
         svc = config.service
         return cls(
             id=svc.id, name=svc.name, description=svc.description,
             organization=ServiceOrganization(name=svc.organization.name, url=svc.organization.url),
             contact_url=svc.contact_url, documentation_url=svc.documentation_url,
             environment=svc.environment, version=version, updated_at=started_at,
-            storage=[root.as_uri() for root in config.storage.data_roots],
+            storage=storage,
             backend_parameters=list(config.backend_parameters),
         )

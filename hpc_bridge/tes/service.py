@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import BadRequest, NotFound
 from hpc_bridge.store import Store, TaskFilter, TaskRow
+from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store.tasks import decode_token, encode_token
 from hpc_bridge.tes.jobspec import InvalidTask, plan_job
 from hpc_bridge.tes.models import FileType, State, Task, View, apply_view
@@ -45,6 +46,7 @@ class TaskService:
         self._store = store
         self._config = config
         self._on_change = on_change
+        self.schemes = Schemes(config)
 
     def create(self, body: Any, owner: str) -> str:
         if not isinstance(body, dict):
@@ -61,13 +63,12 @@ class TaskService:
             raise BadRequest(validation_message(exc)) from None
         task_id = str(uuid.uuid4())
         try:  # the same planning the daemon does later, so bad values fail now, with a 400
-            plan_job(task, task_id=task_id, workdir=str(self._config.storage.work_root / task_id),
-                     config=self._config)
+            plan = plan_job(task, task_id=task_id, workdir=str(self._config.storage.work_root / task_id),
+                            config=self._config, schemes=self.schemes)
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
-        for item in task.inputs or []:
-            if item.content is not None and item.type is None:
-                item.type = FileType.FILE
+        for item, resolved in zip(task.inputs or [], plan.input_types, strict=True):
+            item.type = FileType(resolved)
         document = task.model_dump(mode="json", exclude_none=True, exclude=set(SERVER_FIELDS))
         self._store.tasks.create(id=task_id, owner=owner, name=task.name, task=document,
                                  tags=task.tags or {})
@@ -115,8 +116,8 @@ class TaskService:
         """The FULL view of a task: what was submitted plus what the server knows."""
         doc: dict[str, Any] = {"id": row.id, "state": row.state, **row.task,
                                "creation_time": row.created_at}
-        if row.job_id or row.system_logs or row.executor_logs:
-            log: dict[str, Any] = {"logs": row.executor_logs, "outputs": []}
+        if row.job_id or row.system_logs or row.executor_logs or row.outputs:
+            log: dict[str, Any] = {"logs": row.executor_logs, "outputs": row.outputs}
             if row.job_id:
                 log["metadata"] = {"slurm_job_id": row.job_id}
             if row.start_time:

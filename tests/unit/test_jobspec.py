@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hpc_bridge.config import SiteConfig
-from hpc_bridge.tes.jobspec import InvalidTask, plan_job
+from hpc_bridge.staging.schemes import Schemes
+from hpc_bridge.tes.jobspec import InvalidTask, JobPlan, plan_job
 from hpc_bridge.tes.models import Task
 
 WORK = "/work/t1"
@@ -16,8 +17,12 @@ def task(**fields: object) -> Task:
     return Task.model_validate(body)
 
 
+def make_plan(t: Task, config: SiteConfig) -> JobPlan:
+    return plan_job(t, task_id="t1", workdir=WORK, config=config, schemes=Schemes(config))
+
+
 def options(t: Task, config: SiteConfig) -> dict[str, str | None]:
-    return dict(plan_job(t, task_id="t1", workdir=WORK, config=config).script.options)
+    return dict(make_plan(t, config).script.options)
 
 
 def test_resources_become_sbatch_options(dev_config: SiteConfig) -> None:
@@ -27,9 +32,8 @@ def test_resources_become_sbatch_options(dev_config: SiteConfig) -> None:
 
 
 def test_backend_parameters_allow_list_and_flags(dev_config: SiteConfig) -> None:
-    plan = plan_job(task(resources={"backend_parameters": {
-        "time": "00:10:00", "exclusive": "true", "gres": "gpu:1", "color": "blue"}}),
-        task_id="t1", workdir=WORK, config=dev_config)
+    plan = make_plan(task(resources={"backend_parameters": {
+        "time": "00:10:00", "exclusive": "true", "gres": "gpu:1", "color": "blue"}}), dev_config)
     opts = dict(plan.script.options)
     assert opts["time"] == "00:10:00" and opts["exclusive"] is None and opts["gres"] == "gpu:1"
     assert "color" not in opts
@@ -57,15 +61,17 @@ def test_backend_parameters_allow_list_and_flags(dev_config: SiteConfig) -> None
         ({"executors": [{"image": "busybox", "command": ["x"], "env": {"BAD-NAME": "1"}}]}, "executors[0]"),
         ({"executors": [{"image": "nope", "command": ["x"]}]}, "executors[0].image"),
         ({"executors": [{"image": "/etc/passwd.sif", "command": ["x"]}]}, "executors[0].image"),
-        ({"executors": [{"image": "ubuntu:22.04", "command": ["x"]}]}, "executors[0].image"),
+        ({"executors": [{"image": "Ubuntu;rm:22.04", "command": ["x"]}]}, "executors[0].image"),
         ({"executors": [{"image": "busybox", "command": ["x"], "stdin": "/nowhere/in"}]}, "executors[0].stdin"),
-        ({"inputs": [{"path": "/in/a", "url": "file:///etc/passwd"}]}, "inputs[0]"),
-        ({"outputs": [{"path": "/out/a", "url": "file:///tmp/a"}]}, "outputs"),
+        ({"inputs": [{"path": "/in/a", "url": "file:///etc/passwd"}]}, "inputs[0].url"),
+        ({"inputs": [{"path": "/in/a", "url": "s3://bucket/key"}]}, "inputs[0].url"),
+        ({"inputs": [{"path": "/in/a"}]}, "inputs[0]"),
+        ({"outputs": [{"path": "/out/a", "url": "file:///tmp/a"}]}, "outputs[0].url"),
     ],
 )
 def test_invalid_tasks_name_the_field(dev_config: SiteConfig, fields: dict, where: str) -> None:
     with pytest.raises(InvalidTask) as info:
-        plan_job(task(**fields), task_id="t1", workdir=WORK, config=dev_config)
+        make_plan(task(**fields), dev_config)
     assert info.value.field == where
 
 
@@ -74,7 +80,7 @@ def test_site_limits_are_enforced(dev_config: SiteConfig) -> None:
         update={"max_cpu_cores": 2, "default_time": "01:00:00"})})
     assert options(task(), config)["time"] == "01:00:00"
     with pytest.raises(InvalidTask, match="site maximum"):
-        plan_job(task(resources={"cpu_cores": 3}), task_id="t1", workdir=WORK, config=config)
+        make_plan(task(resources={"cpu_cores": 3}), config)
 
 
 def test_volumes_inputs_and_redirections_share_binds(dev_config: SiteConfig) -> None:
@@ -82,7 +88,7 @@ def test_volumes_inputs_and_redirections_share_binds(dev_config: SiteConfig) -> 
         {"image": "busybox", "command": ["a"], "stdout": "/shared/out.txt", "stdin": "/in/data.txt"},
         {"image": "busybox", "command": ["b"], "stderr": "/logs/b.err", "workdir": "/shared"},
     ])
-    plan = plan_job(t, task_id="t1", workdir=WORK, config=dev_config)
+    plan = make_plan(t, dev_config)
     first, second = plan.script.executors
     assert first.stdout == f"{WORK}/volumes/0/out.txt" and first.stdin == f"{WORK}/inputs/0"
     assert second.stderr == f"{WORK}/paths/0/b.err"
@@ -95,7 +101,7 @@ def test_volumes_inputs_and_redirections_share_binds(dev_config: SiteConfig) -> 
 
 
 def test_preemptible_goes_to_the_sites_qos_or_partition(dev_config: SiteConfig) -> None:
-    plan = plan_job(task(resources={"preemptible": True}), task_id="t1", workdir=WORK, config=dev_config)
+    plan = make_plan(task(resources={"preemptible": True}), dev_config)
     assert plan.warnings == ["resources.preemptible ignored: the site has no preemptible QoS or partition"]
     slurm = dev_config.slurm.model_copy(update={"preemptible": dev_config.slurm.preemptible.model_copy(
         update={"qos": "scavenger", "partition": "long"})})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -105,3 +106,33 @@ def test_redirection_through_a_planted_symlink_is_refused(tmp_path: Path) -> Non
 
     record = parse_record((work / "record.jsonl").read_text())
     assert record.refusal and "executor 1 stdout" in record.refusal and record.finished
+
+
+def test_inputs_are_rechecked_and_copied_in_the_job_and_outputs_collected(tmp_path: Path) -> None:
+    """A bound input swapped for a symlink after planning stops the job before any executor runs;
+    copies happen in the job; the collector's failure fails the job."""
+    from hpc_bridge.slurm.record import parse_record
+    from hpc_bridge.slurm.script import InputCheck
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    (data / "dir").mkdir(parents=True)
+    (data / "dir" / "f").write_text("payload")
+    (work / "inputs").mkdir(parents=True)
+    job = JobScript(name="t5", workdir=str(work),
+                    inputs=[InputCheck(0, str(data / "dir"), "copy", str(work / "inputs/0"))],
+                    executors=[ExecutorScript(argv=["cat", str(work / "inputs/0/f")])],
+                    collect=["sh", "-c", "exit 3"])
+    script = work / "job.sh"
+    script.write_text(render(job, TEMPLATES))
+    assert subprocess.run(["bash", str(script)], cwd=work).returncode == 1
+    assert (work / "executor-0.stdout").read_text() == "payload"
+    record = parse_record((work / "record.jsonl").read_text())
+    assert record.collect_exit == 3 and record.finished
+
+    (data / "dir").rename(data / "moved")
+    os.symlink(data / "moved", data / "dir")  # same path, now a symlink: must not be read
+    (work / "record.jsonl").unlink()
+    assert subprocess.run(["bash", str(script)], cwd=work).returncode == 1
+    record = parse_record((work / "record.jsonl").read_text())
+    assert record.input_error == "input 0: changed or vanished since the task was submitted"
+    assert not record.executors

@@ -8,7 +8,7 @@ def test_service_info_follows_the_tes_spec(dev_config: SiteConfig, spec_validato
     spec_validator("tes-1.1.0.openapi.yaml", "get", "/ga4gh/tes/v1/service-info", 200, resp.data)
     body = resp.get_json()
     assert body["type"] == {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"}
-    assert body["storage"] == ["file:///srv/hpc-bridge/data"]
+    assert body["storage"] == ["file:///srv/hpc-bridge/data", "http://", "https://"]
     assert "partition" in body["tesResources_backend_parameters"]
 
 

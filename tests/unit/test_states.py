@@ -107,3 +107,32 @@ def test_refused_redirection_is_an_executor_error() -> None:
     mapped = map_state("FAILED", "None", parse_record(text), ignore_error=[False, False],
                        cancel_requested=False)
     assert mapped.state == "EXECUTOR_ERROR" and "executor 1 stdout" in mapped.log
+
+
+def test_outputs_and_their_failures_come_from_the_record() -> None:
+    outputs = ('{"event":"output","output":0,"url":"file:///d/a","path":"/o/a","size_bytes":"12","time":"t"}\n'
+               '{"event":"output_warning","output":1,"message":"skipped symlink /o/l","time":"t"}\n')
+    ok = parse_record(rec(0, ended=False) + outputs + '{"event":"collect_end","time":"t","exit_code":0}\n'
+                      + '{"event":"job_end","time":"t","exit_code":0}\n')
+    assert ok.outputs == [{"url": "file:///d/a", "path": "/o/a", "size_bytes": "12"}]
+    assert ok.output_warnings == ["output 1: skipped symlink /o/l"]
+    assert map_state("COMPLETED", "None", ok, ignore_error=[False], cancel_requested=False).state == "COMPLETE"
+
+    missing = parse_record(rec(0, ended=False)
+                           + '{"event":"output_error","output":2,"message":"not found","time":"t"}\n'
+                           + '{"event":"collect_end","time":"t","exit_code":1}\n'
+                           + '{"event":"job_end","time":"t","exit_code":1}\n')
+    mapped = map_state("FAILED", "None", missing, ignore_error=[False], cancel_requested=False)
+    assert mapped.state == "SYSTEM_ERROR" and "output 2: not found" in (mapped.log or "")
+
+    crashed = parse_record(rec(0, ended=False) + '{"event":"collect_end","time":"t","exit_code":127}\n'
+                           + '{"event":"job_end","time":"t","exit_code":1}\n')
+    mapped = map_state("FAILED", "None", crashed, ignore_error=[False], cancel_requested=False)
+    assert mapped.state == "SYSTEM_ERROR" and "exit code 127" in (mapped.log or "")
+
+
+def test_an_input_that_changed_since_submission_is_a_system_error() -> None:
+    text = START + '{"event":"input_error","input":1,"message":"changed or vanished","time":"t"}\n' \
+        + '{"event":"job_end","time":"t","exit_code":1}\n'
+    mapped = map_state("FAILED", "None", parse_record(text), ignore_error=[False], cancel_requested=False)
+    assert mapped.state == "SYSTEM_ERROR" and mapped.log == "input 1: changed or vanished"

@@ -1,0 +1,1 @@
+"""Data in and out of tasks: URL schemes, path checks, downloads."""

@@ -1,0 +1,164 @@
+"""URL schemes for task inputs and outputs: what each one supports, and how its data reaches a job.
+
+A scheme turns an input URL into an `InputSource` (a host path to bind, link or copy, or a URL the
+daemon downloads before submission) and an output URL into a host destination. The built-in ones
+are `file` (inside the site's data roots) and `http`/`https` (inputs only); more (`s3`, `drs`, ...)
+plug in through the `hpc_bridge.schemes` entry-point group, each entry a callable
+`(SiteConfig) -> Scheme`, without touching the core. The same list feeds service-info `storage`
+and the 400 for an unsupported URL, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Literal, Protocol
+from urllib.parse import unquote, urlsplit
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.staging import http
+from hpc_bridge.staging.paths import resolve_destination, resolve_inside
+
+ENTRY_POINT_GROUP = "hpc_bridge.schemes"
+FILE, DIRECTORY = "FILE", "DIRECTORY"
+
+
+class SchemeError(ValueError):
+    """A URL this site cannot use; the message says why (it becomes a 400)."""
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """How an input's data reaches the job: `bind` mounts `source` read-only (zero copy),
+    `hardlink`/`copy` put it into the work area inside the job (as the job user, so file
+    permissions hold), `download` is fetched by the daemon before the job is submitted."""
+
+    how: Literal["bind", "hardlink", "copy", "download"]
+    source: str
+    type: str
+
+
+class Scheme(Protocol):
+    names: tuple[str, ...]
+
+    def locations(self) -> list[str]:
+        """What service-info `storage` advertises for this scheme."""
+        ...
+
+    def input(self, url: str, declared_type: str | None) -> InputSource: ...
+
+    def output(self, url: str) -> str:
+        """The host path an output is copied to (inside the job)."""
+        ...
+
+
+class FileScheme:
+    """`file:///path` and bare absolute paths, inside the data roots only."""
+
+    names = ("file",)
+
+    def __init__(self, config: SiteConfig) -> None:
+        self._roots = list(config.storage.data_roots)
+        self._how = config.storage.file_inputs
+
+    def locations(self) -> list[str]:
+        return [root.as_uri() for root in self._roots]
+
+    @staticmethod
+    def host_path(url: str) -> str:
+        if url.startswith("/"):
+            path = url
+        else:
+            parts = urlsplit(url)
+            if parts.netloc not in ("", "localhost"):
+                raise SchemeError(f"{url!r}: file URLs must name a local path (file:///...), "
+                                  f"not host {parts.netloc!r}")
+            if parts.query or parts.fragment:
+                raise SchemeError(f"{url!r}: file URLs cannot have a query or fragment")
+            path = unquote(parts.path)
+        if not path.startswith("/") or "\0" in path:
+            raise SchemeError(f"{url!r}: not an absolute path")
+        return os.path.normpath(path)
+
+    def _roots_text(self) -> str:
+        return ", ".join(map(str, self._roots)) or "none configured"
+
+    def input(self, url: str, declared_type: str | None) -> InputSource:
+        path = self.host_path(url)
+        real = resolve_inside(path, self._roots)
+        if real is None:
+            raise SchemeError(f"{url!r} is outside the allowed data roots ({self._roots_text()})")
+        if os.path.isdir(real):
+            actual = DIRECTORY
+        elif os.path.isfile(real):
+            actual = FILE
+        else:
+            raise SchemeError(f"{url!r} does not exist (or is not a regular file or directory)")
+        if declared_type and declared_type != actual:
+            raise SchemeError(f"{url!r} is a {actual.lower()}, but the input says type {declared_type}")
+        return InputSource(self._how, real, actual)
+
+    def output(self, url: str) -> str:
+        path = self.host_path(url)
+        real = resolve_destination(path, self._roots)
+        if real is None:
+            raise SchemeError(f"{url!r} is outside the allowed data roots ({self._roots_text()})")
+        return real
+
+
+class HttpScheme:
+    """Read-only web inputs, downloaded on the login node with the caps of `storage.http`."""
+
+    names = ("http", "https")
+
+    def __init__(self, config: SiteConfig) -> None:
+        self._settings = config.storage.http
+
+    def locations(self) -> list[str]:
+        return ["http://", "https://"]
+
+    def input(self, url: str, declared_type: str | None) -> InputSource:
+        if declared_type == DIRECTORY:
+            raise SchemeError(f"{url!r}: an http(s) input can only be a FILE")
+        try:
+            http.check_url(url, self._settings)
+        except ValueError as exc:
+            raise SchemeError(str(exc)) from None
+        return InputSource("download", url, FILE)
+
+    def output(self, url: str) -> str:
+        raise SchemeError(f"{url!r}: http(s) is read-only here; outputs go to file:// URLs")
+
+
+def load_schemes(config: SiteConfig) -> dict[str, Scheme]:
+    """URL scheme name -> handler: built-ins, then plug-ins (which may replace a built-in)."""
+    handlers: list[Scheme] = [FileScheme(config)]
+    if config.storage.http.enabled:
+        handlers.append(HttpScheme(config))
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        handlers.append(ep.load()(config))
+    return {name: h for h in handlers for name in h.names}
+
+
+class Schemes:
+    """The schemes of one site, looked up by URL."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        self._by_name = load_schemes(config)
+
+    def locations(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for handler in self._by_name.values():
+            seen.update(dict.fromkeys(handler.locations()))
+        return list(seen)
+
+    def for_url(self, url: str) -> Scheme:
+        try:
+            name = "file" if url.startswith("/") else urlsplit(url).scheme.lower()
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise SchemeError(f"malformed URL {url!r}: {exc}") from None
+        handler = self._by_name.get(name)
+        if handler is None:
+            raise SchemeError(f"unsupported URL {url!r} (supported here: {', '.join(self.locations())})")
+        return handler
