@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +25,7 @@ from hpc_bridge.config import ApptainerSettings
 from hpc_bridge.containers.images import RegistryImage
 
 _STDERR_TAIL = 2000
+log = logging.getLogger(__name__)
 
 
 class PullError(Exception):
@@ -59,7 +62,11 @@ class ImageCache:
                 if self.is_cached(image):
                     return False
                 with self._slots:
+                    started = time.monotonic()
+                    log.info("pulling image %s from %s", image.reference, image.pull_uri)
                     self._pull(image)
+                    log.info("pulled image %s into %s in %.1fs", image.reference, image.sif,
+                             time.monotonic() - started)
         with self._guard:
             self.pulls[image.normalized] += 1
         return True
@@ -83,7 +90,8 @@ class ImageCache:
         """Run apptainer in its own session, so a timeout also kills the mksquashfs it started."""
         try:
             proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+                                    stderr=subprocess.PIPE, text=True, errors="replace",
+                                    start_new_session=True)
         except OSError as exc:
             raise PullError(_message(image, f"cannot run {self._binary}: {exc.strerror}", "")) from exc
         try:

@@ -102,20 +102,23 @@ def _resolve(reference: str, target: str, settings: ApptainerSettings) -> Image:
                     return LocalImage(reference, Path(os.path.realpath(candidate)))
             where = f"not found (tried {', '.join(map(str, tried)) or 'no image directories'})"
             if settings.cache_dir is None:
-                raise ImageError(f"{label} {where}; to pull it from a registry instead, set apptainer.cache_dir")
+                raise ImageError(f"{label} {where}; to pull it from a registry instead, "
+                                 "set apptainer.cache_dir")
             label = f"{label} {where}, and as a registry reference"
     if scheme in ("docker", "oras"):
         domain, path, suffix = _parse_remote(scheme, rest, label)
         normalized = f"{scheme}://{domain}/{path}{suffix}"
         mirror = settings.registry_mirrors.get(domain, domain)
         if not _MIRROR.match(mirror):
-            raise ImageError(f"{label}: registry_mirrors[{domain!r}] = {mirror!r} is not a registry host[:port][/path]")
+            raise ImageError(f"{label}: registry_mirrors[{domain!r}] = {mirror!r} is not a registry "
+                             "host[:port][/path]")
         pull_uri = f"{scheme}://{mirror}/{path}{suffix}"
         insecure = mirror.split("/", 1)[0] in settings.insecure_registries
     elif scheme == "library":
         match = _LIBRARY.match(rest)
         if not match:
-            raise ImageError(f"{label}: not a valid library:// reference ([entity/collection/]name[:tag], lowercase)")
+            raise ImageError(f"{label}: not a valid library:// reference "
+                             "([entity/collection/]name[:tag], lowercase)")
         normalized = pull_uri = f"library://{match['path']}:{match['tag'] or 'latest'}"
         insecure = False
     else:
@@ -124,7 +127,8 @@ def _resolve(reference: str, target: str, settings: ApptainerSettings) -> Image:
     if settings.cache_dir is None:
         raise ImageError(f"{label}: registry images need an image cache: set apptainer.cache_dir "
                          "(or point apptainer.image_map at a local SIF)")
-    return RegistryImage(reference, normalized, pull_uri, insecure, cache_path(normalized, settings.cache_dir))
+    sif = cache_path(normalized, settings.cache_dir)
+    return RegistryImage(reference, normalized, pull_uri, insecure, sif)
 
 
 def cache_path(normalized: str, cache_dir: Path) -> Path:

@@ -175,8 +175,9 @@ def _display(url: str, *, query: bool = True) -> str:
         shown = urlunsplit((parts.scheme, netloc, parts.path, parts.query if query else "", ""))
     except ValueError:
         shown = re.sub(r"//[^/?#]*@", "//", url)
-    shown = "".join(quote(char) if _bad_char(char) else char for char in shown)
-    return shown if len(shown) <= 200 else shown[:200] + "..."
+    cut = shown[:200]
+    return "".join(quote(char) if _bad_char(char) else char for char in cut) + (
+        "..." if len(shown) > 200 else "")
 
 
 def _bad_char(url: str) -> str | None:
@@ -492,7 +493,7 @@ def _open(url: str, settings: HttpInputSettings,
                 where = "" if hop == 0 else f" (after redirect to {_display(target.url, query=False)})"
                 raise _Failure(f"the server answered HTTP {status}{where}")
             return conn, response
-        location = response.headers.get("Location")
+        location = _header_text(response.headers.get("Location"))
         conn.close()
         if hop == settings.max_redirects:
             break
@@ -503,6 +504,16 @@ def _open(url: str, settings: HttpInputSettings,
         except ValueError as exc:
             raise _Failure(f"redirect to {_shown_location(target.url, location)} refused: {exc}") from None
     raise _Failure(f"too many redirects (more than {settings.max_redirects}, storage.http.max_redirects)")
+
+
+def _header_text(value: str | None) -> str | None:
+    """http.client decodes headers as Latin-1; a Location with UTF-8 in it is read as UTF-8."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _copy(response: HTTPResponse, out: BinaryIO, settings: HttpInputSettings,
@@ -530,54 +541,61 @@ def _copy(response: HTTPResponse, out: BinaryIO, settings: HttpInputSettings,
         out.write(chunk)
 
 
+def _save(response: HTTPResponse, folder: Path, settings: HttpInputSettings,
+          watchdog: _Watchdog) -> tuple[str, int]:
+    """The body in a new private file in `folder` (created exclusively, mode 0600, fsynced):
+    (its path, its size). Nothing is left behind on failure."""
+    try:
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".hpc-bridge-download-", suffix=".part")
+    except OSError as exc:
+        raise _Failure(f"cannot create the file in the work area ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            size = _copy(response, out, settings, watchdog)
+            out.flush()
+            os.fsync(out.fileno())
+        return temp, size
+    except BaseException as exc:
+        _remove(temp)
+        if isinstance(exc, OSError):  # disk full, quota, a failing close on NFS
+            raise _Failure(f"cannot write the file ({exc.strerror or exc})") from None
+        raise
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def download(url: str, dest: Path, settings: HttpInputSettings) -> int:
     """Fetch `url` into `dest` and return the number of bytes written.
 
-    The body goes to a private temporary file next to `dest` (mode 0600), is fsynced and renamed
-    over `dest`, so `dest` is either the complete file or untouched. Raises DownloadError."""
+    The body goes to a private temporary file next to `dest`, is fsynced and renamed over
+    `dest`, so `dest` is either the complete file or untouched. The file keeps mode 0600 and the
+    daemon's owner: making it readable to the job is the caller's choice. Raises DownloadError."""
     shown = _display(url)
     if not settings.enabled:
         raise DownloadError(f"cannot download {shown}: http(s) inputs are disabled on this service")
     dest = Path(dest)
-    temp: str | None = None
     try:
         with _Watchdog(settings.timeout) as watchdog:
             conn, response = _open(url, settings, watchdog)
             try:
-                try:
-                    fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=".hpc-bridge-download-",
-                                                suffix=".part")
-                except OSError as exc:
-                    raise _Failure(f"cannot create the file in the work area ({exc.strerror or exc})") from None
-                with os.fdopen(fd, "wb") as out:
-                    size = _copy(response, out, settings, watchdog)
-                    try:
-                        out.flush()
-                        os.fsync(out.fileno())
-                    except OSError as exc:
-                        raise _Failure(f"cannot write the file ({exc.strerror or exc})") from None
-            except OSError as exc:  # out.write: disk full, quota
-                raise _Failure(f"cannot write the file ({exc.strerror or exc})") from None
+                temp, size = _save(response, dest.parent, settings, watchdog)
             finally:
                 watchdog.watch(None)
                 conn.close()
         try:
             os.replace(temp, dest)
         except OSError as exc:
+            _remove(temp)
             raise _Failure(f"cannot move the file into place ({exc.strerror or exc})") from None
-        temp = None
         _fsync_dir(dest.parent)
         return size
-    except _Failure as exc:
+    except (_Failure, ValueError) as exc:  # ValueError: a malformed allowed_networks entry
         raise DownloadError(f"cannot download {shown}: {exc}") from None
-    except ValueError as exc:  # a malformed allowed_networks entry
-        raise DownloadError(f"cannot download {shown}: {exc}") from None
-    finally:
-        if temp is not None:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
 
 
 def _fsync_dir(path: Path) -> None:

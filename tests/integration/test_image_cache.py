@@ -40,7 +40,8 @@ print(ImageCache(settings).ensure(resolve_image(sys.argv[2], settings)))
 @pytest.fixture(scope="module")
 def registry() -> str:
     manifest = f"http://{REGISTRY}/v2/hpc-bridge/busybox/manifests/1.0"
-    request = urllib.request.Request(manifest, headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    request = urllib.request.Request(manifest, headers=accept)
     try:
         with urllib.request.urlopen(request, timeout=5):
             return REGISTRY
@@ -76,7 +77,8 @@ def registry_image(reference: str, settings: ApptainerSettings) -> RegistryImage
     return image
 
 
-def test_first_ensure_pulls_and_the_job_user_can_run_it(settings: ApptainerSettings, dev_config: SiteConfig) -> None:
+def test_first_ensure_pulls_and_the_job_user_can_run_it(settings: ApptainerSettings,
+                                                         dev_config: SiteConfig) -> None:
     cache = ImageCache(settings)
     image = registry_image(IMAGE, settings)
     assert image.insecure and not cache.is_cached(image)
@@ -89,8 +91,8 @@ def test_first_ensure_pulls_and_the_job_user_can_run_it(settings: ApptainerSetti
     assert settings.cache_dir is not None and settings.cache_dir.stat().st_mode & 0o777 == 0o755
 
     user = dev_config.slurm.submit_as or "hpcb"
-    run = subprocess.run(["runuser", "-u", user, "--", str(settings.binary), "exec", str(image.sif), "echo", "ok"],
-                         capture_output=True, text=True, timeout=60)
+    argv = ["runuser", "-u", user, "--", str(settings.binary), "exec", str(image.sif), "echo", "ok"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
 
@@ -122,8 +124,9 @@ def test_processes_share_one_pull(settings: ApptainerSettings) -> None:
     settings.cache_dir.mkdir(mode=0o755)
     with open(f"{image.sif}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        procs = [subprocess.Popen([sys.executable, "-c", ENSURE_SCRIPT, settings.model_dump_json(), IMAGE],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        argv = [sys.executable, "-c", ENSURE_SCRIPT, settings.model_dump_json(), IMAGE]
+        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
         time.sleep(2)
         assert all(p.poll() is None for p in procs), "a process did not wait for the cache lock"
     outputs = [p.communicate(timeout=120) for p in procs]

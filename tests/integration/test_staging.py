@@ -54,14 +54,7 @@ def post(server: ServerProcess, task: dict) -> requests.Response:
 def run(server: ServerProcess, task: dict, timeout: float = 120) -> dict:
     resp = post(server, task)
     assert resp.status_code == 200, resp.text
-    task_id = resp.json()["id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10).json()
-        if body["state"] in FINAL:
-            return body
-        time.sleep(0.3)
-    pytest.fail(f"task {task_id} not finished after {timeout}s")
+    return run_existing(server, resp.json()["id"], timeout)
 
 
 def sh(script: str, **fields: object) -> dict:
@@ -225,3 +218,56 @@ def test_work_area_is_private_to_the_job_user(server: ServerProcess, dev_config:
     st = (dev_config.storage.work_root / task["id"]).stat()
     assert st.st_mode & 0o777 == 0o700
     assert st.st_uid == pwd.getpwnam(dev_config.slurm.submit_as or "root").pw_uid
+
+
+REGISTRY_IMAGE = "127.0.0.1:5000/hpc-bridge/busybox:1.0"
+
+
+@pytest.fixture()
+def image_cache(dev_config: SiteConfig) -> Iterator[Path]:
+    """A fresh, empty image cache where the job user can read (unlike pytest's tmp_path)."""
+    path = dev_config.storage.work_root.parent / f"it-cache-{uuid.uuid4().hex[:12]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_ten_parallel_tasks_on_a_new_registry_image_pull_it_once(
+        server_factory: Callable[..., ServerProcess], image_cache: Path) -> None:
+    cache = image_cache
+    server = server_factory(apptainer={"cache_dir": str(cache), "insecure_registries": ["127.0.0.1:5000"]})
+    ids = []
+    for i in range(10):
+        resp = post(server, {"executors": [{"image": REGISTRY_IMAGE, "command": ["echo", f"task {i}"]}]})
+        assert resp.status_code == 200, resp.text
+        ids.append(resp.json()["id"])
+    first = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{ids[0]}?view=FULL", timeout=10).json()
+    assert first["state"] == "QUEUED"  # while the image is being prepared
+    tasks = [run_existing(server, task_id) for task_id in ids]
+    assert [t["state"] for t in tasks] == ["COMPLETE"] * 10
+    assert [t["logs"][0]["logs"][0]["stdout"] for t in tasks] == [f"task {i}\n" for i in range(10)]
+    assert any(line.startswith(f"preparing image {REGISTRY_IMAGE}") for line in tasks[0]["logs"][0]["system_logs"])
+    assert server.log.read_text().count(f"pulled image {REGISTRY_IMAGE}") == 1
+    assert len(list(cache.glob("*.sif"))) == 1
+    again = run(server, {"executors": [{"image": f"docker://{REGISTRY_IMAGE}", "command": ["true"]}]})
+    assert again["state"] == "COMPLETE"  # the same image under its docker:// name: cached already
+    assert server.log.read_text().count("pulled image") == 1
+
+
+def test_a_missing_registry_image_is_a_system_error_naming_it(
+        server_factory: Callable[..., ServerProcess], image_cache: Path) -> None:
+    server = server_factory(apptainer={"cache_dir": str(image_cache),
+                                       "insecure_registries": ["127.0.0.1:5000"]})
+    task = run(server, {"executors": [{"image": "127.0.0.1:5000/hpc-bridge/nope:9", "command": ["true"]}]})
+    assert task["state"] == "SYSTEM_ERROR"
+    message = task["logs"][0]["system_logs"][-1]
+    assert "127.0.0.1:5000/hpc-bridge/nope:9" in message and "docker://127.0.0.1:5000/hpc-bridge/nope:9" in message
+
+
+def run_existing(server: ServerProcess, task_id: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10).json()
+        if body["state"] in FINAL:
+            return body
+        time.sleep(0.3)
+    pytest.fail(f"task {task_id} not finished after {timeout}s")

@@ -67,8 +67,8 @@ def test_normalization(reference: str, normalized: str, images: Path, tmp_path: 
 ])
 def test_mirrors_and_insecure_registries(reference: str, pull_uri: str, insecure: bool, images: Path,
                                          tmp_path: Path) -> None:
-    config = settings(images, tmp_path,
-                      registry_mirrors={"docker.io": "mirror.local:5000", "quay.io": "quay-mirror.example.org/quay"},
+    mirrors = {"docker.io": "mirror.local:5000", "quay.io": "quay-mirror.example.org/quay"}
+    config = settings(images, tmp_path, registry_mirrors=mirrors,
                       insecure_registries=["mirror.local:5000", "127.0.0.1:5000"])
     image = resolve_image(reference, config)
     assert isinstance(image, RegistryImage)

@@ -59,7 +59,7 @@ def test_backend_parameters_allow_list_and_flags(dev_config: SiteConfig) -> None
         ({"inputs": [{"path": "/in/a", "content": "x"}],
           "executors": [{"image": "busybox", "command": ["x"], "stdout": "/in/a"}]}, "executors[0].stdout"),
         ({"executors": [{"image": "busybox", "command": ["x"], "env": {"BAD-NAME": "1"}}]}, "executors[0]"),
-        ({"executors": [{"image": "nope", "command": ["x"]}]}, "executors[0].image"),
+        ({"executors": [{"image": "/opt/hpc-bridge-dev/images/nope.sif", "command": ["x"]}]}, "executors[0].image"),
         ({"executors": [{"image": "/etc/passwd.sif", "command": ["x"]}]}, "executors[0].image"),
         ({"executors": [{"image": "Ubuntu;rm:22.04", "command": ["x"]}]}, "executors[0].image"),
         ({"executors": [{"image": "busybox", "command": ["x"], "stdin": "/nowhere/in"}]}, "executors[0].stdin"),
