@@ -160,7 +160,7 @@ def test_bad_input_is_exit_2_with_a_message(bridge: Bridge, args: list[str], std
 def test_a_task_the_server_refuses_shows_its_message_with_exit_2(bridge: Bridge) -> None:
     result = bridge.run("submit", "--image", "/opt/hpc-bridge-dev/images/nosuch.sif", "--", "true")
     assert result.exit_code == 2
-    assert "executors[0].image: image '/opt/hpc-bridge-dev/images/nosuch.sif' does not exist" in result.stderr
+    assert "executors[0].image: image '/opt/hpc-bridge-dev/images/nosuch.sif' is outside" in result.stderr
     assert f"HTTP 400 from {bridge.url}" in result.stderr
 
 
