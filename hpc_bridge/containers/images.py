@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_bridge.config import ApptainerSettings
+from hpc_bridge.staging.paths import resolve_inside
 
 # The distribution reference grammar (github.com/distribution/reference), ASCII only.
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -98,8 +99,9 @@ def _resolve(reference: str, target: str, settings: ApptainerSettings) -> Image:
         if _NAME.match(target):
             tried = [Path(d) / f"{target}.sif" for d in settings.image_dirs]
             for candidate in tried:
-                if candidate.is_file() and _inside(str(candidate), settings.image_dirs):
-                    return LocalImage(reference, Path(os.path.realpath(candidate)))
+                real = resolve_inside(str(candidate), settings.image_dirs)
+                if real is not None and os.path.isfile(real):
+                    return LocalImage(reference, Path(real))
             where = f"not found (tried {', '.join(map(str, tried)) or 'no image directories'})"
             if settings.cache_dir is None:
                 raise ImageError(f"{label} {where}; to pull it from a registry instead, "
@@ -196,18 +198,11 @@ def _check_safe(value: str, label: str) -> None:
 def _local_sif(path: str, image_dirs: Sequence[Path], label: str) -> Path:
     if not path.endswith(".sif"):
         raise ImageError(f"{label}: a local image must be a .sif file")
-    if not _inside(path, image_dirs):
+    real = resolve_inside(path, image_dirs)
+    if real is None:
         raise ImageError(f"{label} is outside the allowed image directories "
                          f"({', '.join(map(str, image_dirs)) or 'none configured'}), symlinks resolved")
-    if not os.path.isfile(path):
+    if not os.path.isfile(real):
         raise ImageError(f"{label} does not exist")
-    return Path(os.path.realpath(path))
+    return Path(real)
 
-
-def _inside(path: str, roots: Sequence[Path]) -> bool:
-    real = os.path.realpath(path)
-    for root in roots:
-        base = os.path.realpath(root)
-        if os.path.commonpath([real, base]) == base:
-            return True
-    return False
