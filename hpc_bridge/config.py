@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -120,6 +127,9 @@ class ApptainerSettings(_Strict):
     image_map: dict[str, str] = Field(default_factory=dict)
     registry_mirrors: dict[str, str] = Field(default_factory=dict)
     insecure_registries: list[str] = Field(default_factory=list)
+    # Registries (host[:port]) on internal addresses that tasks may pull from; any other registry
+    # must resolve to public addresses. Mirrors and insecure registries are trusted too.
+    trusted_registries: list[str] = Field(default_factory=list)
     pull_timeout: Annotated[float, Field(gt=0)] = 1800.0
     pull_parallelism: Annotated[int, Field(ge=1, le=16)] = 2
 
@@ -178,6 +188,22 @@ class SiteConfig(_Strict):
             "account", "qos", "partition", "time", "gres", "gpus", "constraint", "nodes", "exclusive",
         ]
     )
+
+    @model_validator(mode="after")
+    def _areas_apart(self) -> SiteConfig:
+        """A data root overlapping the work root (or the image cache) would let a task bind other
+        tasks' work areas as inputs, or aim outputs at their scripts."""
+        private = {"storage.work_root": self.storage.work_root}
+        if self.apptainer.cache_dir:
+            private["apptainer.cache_dir"] = self.apptainer.cache_dir
+        for root in self.storage.data_roots:
+            real_root = os.path.realpath(root)
+            for name, area in private.items():
+                real_area = os.path.realpath(area)
+                if os.path.commonpath([real_root, real_area]) in (real_root, real_area):
+                    raise ValueError(f"{name} ({area}) and data root {root} overlap: tasks could reach "
+                                     "other tasks' files through the data root")
+        return self
 
     @property
     def template_search_path(self) -> list[Path]:

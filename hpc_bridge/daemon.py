@@ -33,9 +33,16 @@ from hpc_bridge.slurm.states import map_state, still_active
 from hpc_bridge.staging import http
 from hpc_bridge.staging.paths import within
 from hpc_bridge.staging.schemes import Schemes
+from hpc_bridge.staging.workarea import WorkArea
 from hpc_bridge.store import Store, TaskRow
 from hpc_bridge.store.tasks import now_iso
-from hpc_bridge.tes.jobspec import Download, InvalidTask, JobPlan, plan_job, task_id_from_comment
+from hpc_bridge.tes.jobspec import (
+    Download,
+    InvalidTask,
+    JobPlan,
+    plan_job,
+    task_id_from_comment,
+)
 from hpc_bridge.tes.models import State, Task
 
 log = logging.getLogger(__name__)
@@ -67,14 +74,22 @@ class DaemonLock:
             self._fh = None
 
 
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+
 def read_record(workdir: str | None) -> JobRecord | None:
-    """None when there is no record (yet); other I/O errors propagate (retried next cycle)."""
+    """None when there is no record (yet); other I/O errors propagate (retried next cycle). The
+    job user owns the file: no symlink is followed, no FIFO blocks, and its size is capped."""
     if not workdir:
         return None
     try:
-        return parse_record(Path(workdir, "record.jsonl").read_text(errors="replace"))
+        fd = os.open(Path(workdir, "record.jsonl"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{workdir}/record.jsonl is not a regular file")
+        return parse_record(fh.read(MAX_RECORD_BYTES).decode(errors="replace"))
 
 
 def _tail(path: str, workdir: str, limit: int) -> str:
@@ -199,7 +214,8 @@ class Daemon:
     def _submit(self, rows: list[TaskRow]) -> bool:
         """Submit what is due, several sbatch at a time; True if anything was due."""
         now = time.time()
-        due = [r for r in rows if r.next_attempt_at <= now]
+        due = [r for r in rows if r.next_attempt_at <= now
+               and not ((f := self._staging.get(r.id)) is not None and not f.done())]
         batch = due[: self.config.monitor.submit_batch]
         list(self._pool.map(self._submit_one, batch))
         if len(due) > len(batch):
@@ -224,13 +240,18 @@ class Daemon:
         except (InvalidTask, UnsafeValue) as exc:  # valid at POST, not any more (site config changed)
             self._fail(row, f"cannot run task: {exc}")
             return None
-        if not self._staged(row, workdir, plan):
+        area = self._work_area(workdir)
+        if not self._staged(row, area, plan):
             return None
         try:
-            self._prepare_workdir(workdir, plan.directories, plan.files)
+            area.create()
+            for directory in plan.directories:
+                area.make_dirs(area.relative(directory))
+            for name, content in plan.files.items():
+                area.write(area.relative(name), content)
+            area.write("job.sh", script_text)
+            area.hand_over()
             script = workdir / "job.sh"
-            script.write_text(script_text)
-            self._chown(script)
         except OSError as exc:
             self._fail(row, f"cannot prepare work directory {workdir}: {exc}")
             return None
@@ -242,19 +263,21 @@ class Daemon:
                                 submit_attempts=row.submit_attempts + 1)
         return script
 
-    def _staged(self, row: TaskRow, workdir: Path, plan: JobPlan) -> bool:
+    def _staged(self, row: TaskRow, area: WorkArea, plan: JobPlan) -> bool:
         """True once the task's images are in the cache and its downloads are in its work area.
         Until then the task stays QUEUED, with a system log line saying what is being prepared."""
         pulls = [img for img in plan.pulls if not self.images.is_cached(img)]
-        downloads = [d for d in plan.downloads if not os.path.exists(d.dest)]
+        downloads = [d for d in plan.downloads if not area.is_file(area.relative(d.dest))]
         future = self._staging.get(row.id)
         if future is None:
             if not pulls and not downloads:
                 return True
             lines = [*(f"preparing image {img.reference} (pulling {img.pull_uri} into the image cache)"
                        for img in pulls), *(f"downloading input {d.url}" for d in downloads)]
-            self.store.tasks.update(row.id, system_logs=[*row.system_logs, *lines], message=lines[0])
-            future = self._stager.submit(self._stage, workdir, pulls, downloads)
+            # The work area is known from now on, so it is cleaned up even if staging fails.
+            self.store.tasks.update(row.id, workdir=str(area.path), system_logs=[*row.system_logs, *lines],
+                                    message=lines[0])
+            future = self._stager.submit(self._stage, row.id, area, pulls, downloads)
             future.add_done_callback(lambda _: self._wake.set())
             self._staging[row.id] = future
             return False
@@ -270,15 +293,23 @@ class Daemon:
             self._fail(row, f"internal error while preparing inputs: {type(exc).__name__}: {exc}")
         return False
 
-    def _stage(self, workdir: Path, pulls: list[RegistryImage], downloads: list[Download]) -> None:
+    def _stage(self, task_id: str, area: WorkArea, pulls: list[RegistryImage],
+               downloads: list[Download]) -> None:
         for image in pulls:
             self.images.ensure(image)
-        if downloads:
-            self._prepare_workdir(workdir, [str(workdir / "inputs")], {})
-        for item in downloads:
-            dest = Path(item.dest)
-            http.download(item.url, dest, self.config.storage.http)
-            self._chown(dest)
+        if not downloads:
+            return
+        # Downloaded into a directory only the daemon can reach, then renamed into the work area.
+        private = self.config.storage.work_root / ".staging" / task_id
+        private.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            area.create()
+            for i, item in enumerate(downloads):
+                temp = private / str(i)
+                http.download(item.url, temp, self.config.storage.http)
+                area.move_in(temp, area.relative(item.dest))
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
 
     def _try_submit(self, row: TaskRow) -> None:
         if self._stop.is_set() or (script := self.prepare(row)) is None:
@@ -306,22 +337,9 @@ class Daemon:
         self.store.tasks.update(row.id, job_id=job_id,  # prepare() recorded the work dir before sbatch
                                 message=f"adopted Slurm job {job_id} after a restart")
 
-    def _prepare_workdir(self, workdir: Path, directories: list[str], files: dict[str, str]) -> None:
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._chown(workdir)
-        for d in directories:
-            Path(d).mkdir(parents=True, exist_ok=True)
-            self._chown(Path(d))
-        for name, content in files.items():
-            path = Path(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._chown(path.parent)
-            path.write_text(content)
-            self._chown(path)
-
-    def _chown(self, path: Path) -> None:
-        if self._job_user is not None and os.geteuid() == 0:
-            os.chown(path, self._job_user.pw_uid, self._job_user.pw_gid)
+    def _work_area(self, workdir: Path) -> WorkArea:
+        user = self._job_user if os.geteuid() == 0 else None
+        return WorkArea(workdir, user.pw_uid if user else None, user.pw_gid if user else None)
 
     def _fail(self, row: TaskRow, message: str) -> None:
         """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""
@@ -356,7 +374,8 @@ class Daemon:
         if record and record.start_time and not row.start_time:
             changes["start_time"] = record.start_time
         if State(mapped.state).terminal:
-            changes["end_time"] = (record.end_time if record and record.end_time else None) or now_iso()
+            now = now_iso()  # the record's clock is the job's: never later than ours (retention)
+            changes["end_time"] = min(record.end_time, now) if record and record.end_time else now
             changes["executor_logs"] = self._executor_logs(row, record)
             if record:
                 changes["outputs"] = record.outputs

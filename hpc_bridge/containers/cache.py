@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from hpc_bridge.config import ApptainerSettings
 from hpc_bridge.containers.images import RegistryImage
+from hpc_bridge.staging.http import is_allowed_address
 
 _STDERR_TAIL = 2000
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class ImageCache:
         self._guard = threading.Lock()
         self._locks: dict[Path, threading.Lock] = {}
         self.pulls: Counter[str] = Counter()
+        self._trusted = {*settings.trusted_registries, *settings.insecure_registries,
+                         *(m.split("/", 1)[0] for m in settings.registry_mirrors.values())}
 
     def is_cached(self, image: RegistryImage) -> bool:
         return image.sif.is_file()
@@ -71,7 +75,26 @@ class ImageCache:
             self.pulls[image.normalized] += 1
         return True
 
+    def _check_registry(self, image: RegistryImage) -> None:
+        """The daemon pulls as root from the login node, which reaches internal services: a registry
+        the site did not name must resolve to public addresses only (as http inputs must)."""
+        scheme, _, rest = image.pull_uri.partition("://")
+        if scheme not in ("docker", "oras"):
+            return  # library:// goes to the configured Sylabs-style library
+        hostport = rest.split("/", 1)[0]
+        if hostport in self._trusted:
+            return
+        host = hostport.rsplit(":", 1)[0] if not hostport.endswith("]") else hostport
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), None)}
+        except OSError as exc:
+            raise PullError(_message(image, f"cannot resolve registry {host}: {exc}", "")) from None
+        if not all(is_allowed_address(a, []) for a in addresses):
+            raise PullError(_message(image, f"registry {hostport} is not a public address and not one of "
+                                            "the site's registries (apptainer.trusted_registries)", ""))
+
     def _pull(self, image: RegistryImage) -> None:
+        self._check_registry(image)
         cache_dir = image.sif.parent
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".pull-") as tmp:
             target = Path(tmp) / image.sif.name

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -143,7 +144,8 @@ def _inside(path: str, base: str) -> bool:
 
 
 def _join_url(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name if name else base
+    """File names are percent-encoded in URLs: a name with `%`, `#`, `?` or a space stays itself."""
+    return base.rstrip("/") + "/" + quote(name, errors="surrogateescape") if name else base
 
 
 def _join_path(base: str, name: str) -> str:

@@ -6,6 +6,7 @@ Pure parsing of text, tolerant of a torn last line (the job may be killed mid-wr
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 
@@ -38,40 +39,55 @@ class JobRecord:
         return self.end_time is not None
 
 
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z\Z")
+
+
+def _time(value: object) -> str:
+    if not isinstance(value, str) or not _TIME.match(value):
+        raise ValueError(f"not a timestamp: {value!r}")
+    return value
+
+
 def parse_record(text: str) -> JobRecord:
-    """The last run of the job wins: a requeued job starts a new record after its old lines."""
+    """The last run of the job wins: a requeued job starts a new record after its old lines.
+    A line that is not a well-formed event (torn by a kill, or garbage) is skipped."""
     rec = JobRecord()
     for line in text.splitlines():
         try:
             event = json.loads(line)
-        except json.JSONDecodeError:
+            if isinstance(event, dict):
+                rec = _apply(rec, event)
+        except (ValueError, KeyError, TypeError):
             continue
-        if not isinstance(event, dict):
-            continue
-        kind = event.get("event")
-        if kind == "job_start":
-            rec = JobRecord(job_id=event.get("job_id") or None, start_time=event.get("time"))
-        elif kind == "executor_start":
-            rec.executors.setdefault(int(event["executor"]), ExecutorRecord()).start_time = event["time"]
-        elif kind == "executor_end":
-            ex = rec.executors.setdefault(int(event["executor"]), ExecutorRecord())
-            ex.end_time, ex.exit_code = event["time"], int(event["exit_code"])
-        elif kind == "job_end":
-            rec.end_time = event["time"]
-        elif kind == "job_signal":
-            rec.end_time = rec.end_time or event.get("time")
-        elif kind == "input_error":
-            rec.input_error = f"input {int(event['input'])}: {event.get('message', 'could not be staged')}"
-        elif kind == "output":
-            rec.outputs.append({"url": str(event["url"]), "path": str(event["path"]),
-                                "size_bytes": str(event["size_bytes"])})
-        elif kind == "output_error":
-            rec.output_errors.append(f"output {int(event['output'])}: {event.get('message', 'failed')}")
-        elif kind == "collect_end":
-            rec.collect_exit = int(event["exit_code"])
-        elif kind == "output_warning":
-            rec.output_warnings.append(f"output {int(event['output'])}: {event.get('message', '')}")
-        elif kind == "unsafe_path":
-            rec.refusal = (f"executor {int(event['executor'])} {event.get('stream', 'stream')}: the path "
-                           "leads outside the task's work area (a symlink?); refused")
+    return rec
+
+
+def _apply(rec: JobRecord, event: dict) -> JobRecord:
+    kind = event.get("event")
+    if kind == "job_start":
+        return JobRecord(job_id=str(event.get("job_id") or "") or None, start_time=_time(event["time"]))
+    if kind == "executor_start":
+        rec.executors.setdefault(int(event["executor"]), ExecutorRecord()).start_time = _time(event["time"])
+    elif kind == "executor_end":
+        end, code = _time(event["time"]), int(event["exit_code"])
+        ex = rec.executors.setdefault(int(event["executor"]), ExecutorRecord())
+        ex.end_time, ex.exit_code = end, code
+    elif kind == "job_end":
+        rec.end_time = _time(event["time"])
+    elif kind == "job_signal":
+        rec.end_time = rec.end_time or _time(event["time"])
+    elif kind == "input_error":
+        rec.input_error = f"input {int(event['input'])}: {event.get('message', 'could not be staged')}"
+    elif kind == "output":
+        rec.outputs.append({"url": str(event["url"]), "path": str(event["path"]),
+                            "size_bytes": str(int(event["size_bytes"]))})
+    elif kind == "output_error":
+        rec.output_errors.append(f"output {int(event['output'])}: {event.get('message', 'failed')}")
+    elif kind == "collect_end":
+        rec.collect_exit = int(event["exit_code"])
+    elif kind == "output_warning":
+        rec.output_warnings.append(f"output {int(event['output'])}: {event.get('message', '')}")
+    elif kind == "unsafe_path":
+        rec.refusal = (f"executor {int(event['executor'])} {event.get('stream', 'stream')}: the path "
+                       "leads outside the task's work area (a symlink?); refused")
     return rec

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,8 @@ class ExecutorScript:
     stdout: str | None = None
     stderr: str | None = None
     ignore_error: bool = False
+    # stream -> host path of the bind the redirection was planned in; it must stay inside it
+    roots: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ class JobScript:
         ex = self.executors[index]
         return (ex.stdout or f"{self.workdir}/executor-{index}.stdout",
                 ex.stderr or f"{self.workdir}/executor-{index}.stderr")
+
+    def redirect_root(self, index: int, stream: str) -> str:
+        """What a redirection must resolve inside: its bind's host path, or for the default log
+        files (which no container sees) the work area."""
+        return self.executors[index].roots.get(stream, self.workdir)
 
 
 @functools.lru_cache(maxsize=8)

@@ -17,7 +17,7 @@ from hpc_bridge.config import SiteConfig
 from hpc_bridge.containers.apptainer import Bind, UnsafeValue, exec_argv
 from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
 from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
-from hpc_bridge.staging.schemes import Schemes, SchemeError
+from hpc_bridge.staging.schemes import SchemeError, Schemes
 from hpc_bridge.tes.models import FileType, Task
 
 FLAG_PARAMETERS = {"exclusive"}
@@ -283,6 +283,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         if isinstance(image, RegistryImage):
             pulls.setdefault(image.normalized, image)
         redirects: dict[str, str | None] = {}
+        roots: dict[str, str] = {}
         for stream in ("stdin", "stdout", "stderr"):
             path: str | None = getattr(ex, stream)
             if path is None:
@@ -301,18 +302,19 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             elif stream != "stdin" and bind.read_only:
                 raise InvalidTask(f"{where}.{stream}", f"{path!r} is inside a read-only input")
             redirects[stream] = bind.host + path[len(bind.container):]
-        prepared.append((where, str(image.sif), redirects))
+            roots[stream] = bind.host
+        prepared.append((where, str(image.sif), redirects, roots))
 
     # Parents before children: Apptainer mounts in order, and a later parent would hide a child.
     binds.sort(key=lambda b: b.container.count("/"))
     final = []
-    for ex, (where, image, redirects) in zip(task.executors, prepared, strict=True):
+    for ex, (where, image, redirects, roots) in zip(task.executors, prepared, strict=True):
         try:
             argv = exec_argv(str(config.apptainer.binary), image, ex.command, binds=binds,
                              env=ex.env, workdir=ex.workdir, gpu=gpu)
         except UnsafeValue as exc:
             raise InvalidTask(where, str(exc)) from None
-        final.append(ExecutorScript(argv=argv, ignore_error=bool(ex.ignore_error), **redirects))
+        final.append(ExecutorScript(argv=argv, ignore_error=bool(ex.ignore_error), roots=roots, **redirects))
     collect = None
     if outputs:
         manifest = f"{workdir}/outputs.json"

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import BadRequest, NotFound
-from hpc_bridge.store import Store, TaskFilter, TaskRow
 from hpc_bridge.staging.schemes import Schemes
+from hpc_bridge.store import Store, TaskFilter, TaskRow
 from hpc_bridge.store.tasks import decode_token, encode_token
 from hpc_bridge.tes.jobspec import InvalidTask, plan_job
 from hpc_bridge.tes.models import FileType, State, Task, View, apply_view

@@ -49,7 +49,6 @@ def job_dir(dev_config: SiteConfig) -> Iterator[Path]:
     user = pwd.getpwnam(dev_config.slurm.submit_as or "root")
     path = dev_config.storage.work_root / f"it-{uuid.uuid4().hex[:12]}"
     path.mkdir(parents=True)
-    os.chown(dev_config.storage.work_root, user.pw_uid, user.pw_gid)
     os.chown(path, user.pw_uid, user.pw_gid)
     yield path
     shutil.rmtree(path, ignore_errors=True)

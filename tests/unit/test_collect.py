@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -176,7 +177,7 @@ def test_odd_file_names_are_data(env: Env) -> None:
     assert env.run(env.output("/out/d", "d", type="DIRECTORY"))
     [log] = env.events
     assert log["path"] == "/out/d/" + odd
-    assert log["url"] == f"file://{env.data}/d/" + odd
+    assert log["url"] == f"file://{env.data}/d/" + quote(odd)  # percent-encoded in the URL
     assert (env.data / "d" / odd).read_bytes() == b"z"
 
 

@@ -53,3 +53,15 @@ def test_work_root_must_be_plain(tmp_path: Path) -> None:
     path.write_text("storage: {work_root: /scratch/my work}\n")
     with pytest.raises(ConfigError, match="storage.work_root"):
         load_config(path)
+
+
+def test_data_roots_may_not_overlap_the_work_root_or_image_cache(tmp_path: Path) -> None:
+    for storage, apptainer in (
+        (f"{{work_root: {tmp_path}/scratch/work, data_roots: [{tmp_path}/scratch]}}", "{}"),
+        (f"{{work_root: {tmp_path}/work, data_roots: [{tmp_path}/work/sub]}}", "{}"),
+        (f"{{work_root: {tmp_path}/work, data_roots: [{tmp_path}/data]}}", f"{{cache_dir: {tmp_path}/data/img}}"),
+    ):
+        path = tmp_path / "site.yaml"
+        path.write_text(f"storage: {storage}\napptainer: {apptainer}\n")
+        with pytest.raises(ConfigError, match="overlap"):
+            load_config(path)

@@ -20,7 +20,12 @@ import pytest
 from hpc_bridge import __version__
 from hpc_bridge.config import HttpInputSettings
 from hpc_bridge.staging import http
-from hpc_bridge.staging.http import DownloadError, check_url, download, is_allowed_address
+from hpc_bridge.staging.http import (
+    DownloadError,
+    check_url,
+    download,
+    is_allowed_address,
+)
 
 PAYLOAD = bytes(range(256)) * 400  # 102400 bytes, every byte value
 GZIPPED = gzip.compress(PAYLOAD, mtime=0)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from hpc_bridge.config import ApptainerSettings
-from hpc_bridge.containers.images import ImageError, LocalImage, RegistryImage, cache_path, resolve_image
+from hpc_bridge.containers.images import (
+    ImageError,
+    LocalImage,
+    RegistryImage,
+    cache_path,
+    resolve_image,
+)
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 

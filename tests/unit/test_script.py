@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from hpc_bridge.containers.apptainer import UnsafeValue
-from hpc_bridge.slurm.script import ExecutorScript, JobScript, render, sbatch_value, shell_quote
+from hpc_bridge.slurm.script import (
+    ExecutorScript,
+    JobScript,
+    render,
+    sbatch_value,
+    shell_quote,
+)
 
 from ..conftest import ROOT
 
@@ -136,3 +142,22 @@ def test_inputs_are_rechecked_and_copied_in_the_job_and_outputs_collected(tmp_pa
     record = parse_record((work / "record.jsonl").read_text())
     assert record.input_error == "input 0: changed or vanished since the task was submitted"
     assert not record.executors
+
+
+def test_a_redirection_cannot_reach_the_jobs_own_files_through_its_bind(tmp_path: Path) -> None:
+    """A symlink in a volume pointing back into the work area (the collector, the record) stays
+    inside the work area, but not inside the volume: refused, nothing overwritten."""
+    work = tmp_path / "work"
+    vol = work / "volumes" / "0"
+    vol.mkdir(parents=True)
+    collector = work / "collect_outputs.py"
+    collector.write_text("# the real collector\n")
+    job = JobScript(name="t6", workdir=str(work), executors=[
+        ExecutorScript(argv=["ln", "-s", "../../collect_outputs.py", str(vol / "x")]),
+        ExecutorScript(argv=["echo", "import os; os.system('touch PWNED')"], stdout=str(vol / "x"),
+                       roots={"stdout": str(vol)}),
+    ])
+    script = work / "job.sh"
+    script.write_text(render(job, TEMPLATES))
+    assert subprocess.run(["bash", str(script)], cwd=work).returncode == 126
+    assert collector.read_text() == "# the real collector\n"

@@ -7,19 +7,19 @@ import pytest
 from hpc_bridge.slurm.record import parse_record
 from hpc_bridge.slurm.states import map_state, still_active
 
-START = '{"event":"job_start","time":"t0","job_id":"7"}\n'
+START = '{"event":"job_start","time":"2026-01-01T00:00:00.000Z","job_id":"7"}\n'
 
 
 def rec(*codes: int, ended: bool = True, started: int | None = None) -> str:
     lines = [START]
     for i, code in enumerate(codes):
-        lines.append(f'{{"event":"executor_start","executor":{i},"time":"s{i}"}}\n')
-        lines.append(f'{{"event":"executor_end","executor":{i},"time":"e{i}","exit_code":{code}}}\n')
+        lines.append(f'{{"event":"executor_start","executor":{i},"time":"2026-01-01T00:00:00.000Z"}}\n')
+        lines.append(f'{{"event":"executor_end","executor":{i},"time":"2026-01-01T00:00:00.000Z","exit_code":{code}}}\n')
     if started is not None:
-        lines.append(f'{{"event":"executor_start","executor":{started},"time":"s"}}\n')
+        lines.append(f'{{"event":"executor_start","executor":{started},"time":"2026-01-01T00:00:00.000Z"}}\n')
     if ended:
         last = next((c for c in reversed(codes) if c), 0)
-        lines.append(f'{{"event":"job_end","time":"t1","exit_code":{last}}}\n')
+        lines.append(f'{{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":{last}}}\n')
     return "".join(lines)
 
 
@@ -71,7 +71,7 @@ def test_mapping(slurm: str | None, reason: str, record: str | None, ignore: lis
 
 def test_torn_record_line_is_ignored() -> None:
     record = parse_record(rec(0, ended=False) + '{"event":"job_e')
-    assert record.start_time == "t0" and not record.finished
+    assert record.start_time == "2026-01-01T00:00:00.000Z" and not record.finished
     assert record.executors[0].exit_code == 0
 
 
@@ -81,7 +81,7 @@ def test_still_active() -> None:
 
 
 def test_a_requeued_job_starts_a_fresh_record() -> None:
-    first_run = rec(ended=False, started=0) + '{"event":"job_signal","time":"x","signal":"TERM"}\n'
+    first_run = rec(ended=False, started=0) + '{"event":"job_signal","time":"2026-01-01T00:00:00.000Z","signal":"TERM"}\n'
     record = parse_record(first_run + START)
     assert not record.finished and not record.started_executing
     mapped = map_state("RUNNING", "None", record, ignore_error=[False], cancel_requested=False)
@@ -102,37 +102,37 @@ def test_a_requested_cancel_wins_while_alive_but_not_over_a_real_outcome(
 
 
 def test_refused_redirection_is_an_executor_error() -> None:
-    text = START + '{"event":"unsafe_path","executor":1,"stream":"stdout","time":"t"}\n' \
-        + '{"event":"job_end","time":"t","exit_code":126}\n'
+    text = START + '{"event":"unsafe_path","executor":1,"stream":"stdout","time":"2026-01-01T00:00:00.000Z"}\n' \
+        + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":126}\n'
     mapped = map_state("FAILED", "None", parse_record(text), ignore_error=[False, False],
                        cancel_requested=False)
     assert mapped.state == "EXECUTOR_ERROR" and "executor 1 stdout" in mapped.log
 
 
 def test_outputs_and_their_failures_come_from_the_record() -> None:
-    outputs = ('{"event":"output","output":0,"url":"file:///d/a","path":"/o/a","size_bytes":"12","time":"t"}\n'
-               '{"event":"output_warning","output":1,"message":"skipped symlink /o/l","time":"t"}\n')
-    ok = parse_record(rec(0, ended=False) + outputs + '{"event":"collect_end","time":"t","exit_code":0}\n'
-                      + '{"event":"job_end","time":"t","exit_code":0}\n')
+    outputs = ('{"event":"output","output":0,"url":"file:///d/a","path":"/o/a","size_bytes":"12","time":"2026-01-01T00:00:00.000Z"}\n'
+               '{"event":"output_warning","output":1,"message":"skipped symlink /o/l","time":"2026-01-01T00:00:00.000Z"}\n')
+    ok = parse_record(rec(0, ended=False) + outputs + '{"event":"collect_end","time":"2026-01-01T00:00:00.000Z","exit_code":0}\n'
+                      + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":0}\n')
     assert ok.outputs == [{"url": "file:///d/a", "path": "/o/a", "size_bytes": "12"}]
     assert ok.output_warnings == ["output 1: skipped symlink /o/l"]
     assert map_state("COMPLETED", "None", ok, ignore_error=[False], cancel_requested=False).state == "COMPLETE"
 
     missing = parse_record(rec(0, ended=False)
-                           + '{"event":"output_error","output":2,"message":"not found","time":"t"}\n'
-                           + '{"event":"collect_end","time":"t","exit_code":1}\n'
-                           + '{"event":"job_end","time":"t","exit_code":1}\n')
+                           + '{"event":"output_error","output":2,"message":"not found","time":"2026-01-01T00:00:00.000Z"}\n'
+                           + '{"event":"collect_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n'
+                           + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n')
     mapped = map_state("FAILED", "None", missing, ignore_error=[False], cancel_requested=False)
     assert mapped.state == "SYSTEM_ERROR" and "output 2: not found" in (mapped.log or "")
 
-    crashed = parse_record(rec(0, ended=False) + '{"event":"collect_end","time":"t","exit_code":127}\n'
-                           + '{"event":"job_end","time":"t","exit_code":1}\n')
+    crashed = parse_record(rec(0, ended=False) + '{"event":"collect_end","time":"2026-01-01T00:00:00.000Z","exit_code":127}\n'
+                           + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n')
     mapped = map_state("FAILED", "None", crashed, ignore_error=[False], cancel_requested=False)
     assert mapped.state == "SYSTEM_ERROR" and "exit code 127" in (mapped.log or "")
 
 
 def test_an_input_that_changed_since_submission_is_a_system_error() -> None:
-    text = START + '{"event":"input_error","input":1,"message":"changed or vanished","time":"t"}\n' \
-        + '{"event":"job_end","time":"t","exit_code":1}\n'
+    text = START + '{"event":"input_error","input":1,"message":"changed or vanished","time":"2026-01-01T00:00:00.000Z"}\n' \
+        + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n'
     mapped = map_state("FAILED", "None", parse_record(text), ignore_error=[False], cancel_requested=False)
     assert mapped.state == "SYSTEM_ERROR" and mapped.log == "input 1: changed or vanished"

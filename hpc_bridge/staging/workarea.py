@@ -1,0 +1,114 @@
+"""The daemon's only way into a task's work area, which belongs to the job user.
+
+The daemon may run as root, and the job user can change anything in its own work area (a job of
+the same user runs there), so no path-based call may be used: `open`, `mkdir` and `chown` would
+follow a symlink swapped in to `/etc`. Every operation here walks from a directory descriptor,
+one component at a time, with `O_NOFOLLOW`, and hands ownership over with `fchown`/`lchown`. A new
+work area is filled while it still belongs to the daemon and handed to the job user last.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class WorkAreaError(OSError):
+    """Something in the work area is not what the daemon put there (a symlink, a file for a dir)."""
+
+
+class WorkArea:
+    def __init__(self, path: Path, uid: int | None = None, gid: int | None = None) -> None:
+        """`uid`/`gid`: the job user the area is handed to (None: it stays the daemon's)."""
+        self.path = path
+        self._owner = (uid, gid if gid is not None else -1) if uid is not None else None
+
+    def create(self) -> None:
+        """Make the area (0700) if it is new; an existing one must be a real directory."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(self.path).st_mode):
+                raise WorkAreaError(f"{self.path} exists and is not a directory") from None
+
+    def hand_over(self) -> None:
+        """Give the area to the job user: done last, so it never holds a half-made area."""
+        with self._dir("") as fd:
+            self._chown_fd(fd)
+
+    @contextmanager
+    def _dir(self, rel: str, create: bool = False) -> Iterator[int]:
+        fd = os.open(self.path, _DIR_FLAGS)
+        try:
+            for part in [p for p in rel.split("/") if p]:
+                if part in (".", ".."):
+                    raise WorkAreaError(f"{rel!r}: no . or .. in work-area paths")
+                if create:
+                    try:
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        if self._owner:
+                            os.chown(part, *self._owner, dir_fd=fd, follow_symlinks=False)
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise WorkAreaError(f"{self.path}/{rel}: not a plain directory ({exc.strerror})") from None
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def make_dirs(self, rel: str) -> None:
+        with self._dir(rel, create=True):
+            pass
+
+    def write(self, rel: str, content: str) -> None:
+        """Create or replace the file `rel`; a symlink at its name is refused, never followed."""
+        parent, name = os.path.split(rel)
+        with self._dir(parent, create=True) as dfd:
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o600, dir_fd=dfd)
+            except OSError as exc:
+                raise WorkAreaError(f"{self.path}/{rel}: cannot write ({exc.strerror})") from None
+            with os.fdopen(fd, "w") as fh:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise WorkAreaError(f"{self.path}/{rel}: not a regular file")
+                self._chown_fd(fd)
+                fh.write(content)
+
+    def is_file(self, rel: str) -> bool:
+        parent, name = os.path.split(rel)
+        try:
+            with self._dir(parent) as dfd:
+                return stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    def move_in(self, source: Path, rel: str) -> None:
+        """Rename a file the daemon prepared elsewhere (same filesystem) to `rel`, then hand it over."""
+        parent, name = os.path.split(rel)
+        with self._dir(parent, create=True) as dfd:
+            os.rename(source, name, dst_dir_fd=dfd)
+            if self._owner:
+                os.chown(name, *self._owner, dir_fd=dfd, follow_symlinks=False)
+
+    def relative(self, path: str) -> str:
+        """A path the planner gave (absolute, inside the area) -> relative to the area."""
+        rel = os.path.relpath(path, self.path)
+        if rel == "." or rel.startswith(".."):
+            raise WorkAreaError(f"{path} is not inside the work area {self.path}")
+        return rel
+
+    def _chown_fd(self, fd: int) -> None:
+        if self._owner:
+            os.fchown(fd, *self._owner)
