@@ -157,7 +157,7 @@ def test_missing_image_names_reference_and_uri(settings: ApptainerSettings) -> N
 
 
 def test_plain_http_registry_must_be_listed_as_insecure(settings: ApptainerSettings) -> None:
-    strict = settings.model_copy(update={"insecure_registries": []})
+    strict = settings.model_copy(update={"insecure_registries": [], "trusted_registries": ["127.0.0.1:5000"]})
     image = registry_image(IMAGE, strict)
     assert image.insecure is False
     with pytest.raises(PullError) as caught:
@@ -166,3 +166,12 @@ def test_plain_http_registry_must_be_listed_as_insecure(settings: ApptainerSetti
     assert f"docker://{IMAGE}" in message
     assert "HTTP response to HTTPS client" in message
     assert sifs(strict) == []
+
+
+def test_an_internal_registry_the_site_did_not_name_is_refused(settings: ApptainerSettings) -> None:
+    """The login node reaches internal services: a task may not make the root daemon pull from one."""
+    untrusted = settings.model_copy(update={"insecure_registries": [], "registry_mirrors": {}})
+    image = registry_image("10.255.255.1:5000/x/y:1", untrusted)
+    with pytest.raises(PullError, match="not a public address"):
+        ImageCache(untrusted).ensure(image)
+    assert sifs(untrusted) == []
