@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: data staging through hpc-bridge on the real dev cluster, against raw `sbatch`.
 
-    .venv/bin/python bench/staging.py [--repeat 5]
+    .venv/bin/python bench/staging.py [--repeat 5] [--jitter 2]
 
 Run as root on the dev machine (`dev/cluster up`), from anywhere. Three phases, all measured in
 this one run, then a summary table on stdout (progress goes to stderr):
@@ -18,19 +18,25 @@ this one run, then a summary table on stdout (progress goes to stderr):
    fresh, empty `apptainer.cache_dir` (the daemon pulls through the local registry first), then
    again on the same server (the SIF is cached).
 
-Each case runs `--repeat` times (interleaved round by round), medians are reported. Every server is
-a real `hpc-bridge serve` process on its own config and database (the machinery of
-bench/tes_submit.py, imported from there). Data lives in a fresh directory under the first data
-root (owned by the job user), image caches beside the work root; all of it, the work areas and the
-temp files are removed at the end, also on Ctrl-C / SIGTERM, and only this run's jobs are cancelled.
+Each case runs `--repeat` times, interleaved round by round; medians are reported. Slurm starts
+jobs on its scheduler's beat (`SchedulerParameters=sched_interval=2` on the dev cluster), so a
+job's start latency depends on when in that beat it is submitted, and a fixed loop can alias with
+it: every submission (API or raw) is therefore preceded by a random pause of 0..`--jitter` s, so
+all cases sample the beat alike. Every server is a real `hpc-bridge serve` process on its own config
+and database (the machinery of bench/tes_submit.py, imported from there). Data lives in a fresh
+directory under the first data root (owned by the job user), image caches beside the work root;
+all of it, the work areas and the temp files are removed at the end, also on Ctrl-C / SIGTERM, and
+only this run's jobs are ever cancelled.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,8 +71,9 @@ REGISTRY_IMAGE = "127.0.0.1:5000/hpc-bridge/busybox:1.0"
 class StagingRun(Run):
     """Run (temp dir, work root, servers, job clean-up) plus the data directory and image caches."""
 
-    def __init__(self, base: SiteConfig, keep: bool) -> None:
+    def __init__(self, base: SiteConfig, keep: bool, jitter: float) -> None:
         super().__init__(base, keep)
+        self.jitter = jitter
         self.data = base.storage.data_roots[0] / f"bench-{self.id}"
         self.extra: list[Path] = [self.data]
 
@@ -81,6 +88,11 @@ class StagingRun(Run):
         self.extra.append(path)
         return path
 
+    def settle(self, what: str) -> None:
+        """Before each submission: no other submitter's job active, then a random pause (see above)."""
+        self.wait_quiet(what, 120)
+        time.sleep(random.uniform(0, self.jitter))
+
     def cleanup(self) -> None:
         first = not self._cleaned
         super().cleanup()
@@ -90,7 +102,7 @@ class StagingRun(Run):
             say(f"kept: {', '.join(str(p) for p in self.extra if p.exists())}")
         else:
             for path in self.extra:
-                subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=False)
+                remove(path)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -121,8 +133,14 @@ def run_task(server: Server, task: dict, label: str, timeout: float = 300) -> tu
     return body, elapsed
 
 
-def start_latency(task: dict) -> float:
-    return iso_epoch(task["logs"][0]["logs"][0]["start_time"]) - iso_epoch(task["creation_time"])
+def submitted_at(config: SiteConfig, task_id: str) -> float:
+    """When the daemon's sbatch for the task had returned (its event in the server's own database)."""
+    with sqlite3.connect(f"file:{config.database}?mode=ro", uri=True, timeout=30) as conn:
+        row = conn.execute("SELECT time FROM events WHERE task_id = ? AND message LIKE "
+                           "'submitted as Slurm job %' ORDER BY seq DESC LIMIT 1", (task_id,)).fetchone()
+    if row is None:
+        raise RuntimeError(f"task {task_id}: no 'submitted as Slurm job' event in {config.database}")
+    return iso_epoch(row[0])
 
 
 def du_kib(path: Path) -> int:
@@ -143,8 +161,8 @@ def stats(values: list[float]) -> str:
 
 # -- phase 1: job start latency with file:// inputs -------------------------------------------
 
-def raw_start(run_: Run, config: SiteConfig, sif: Path, n: int) -> float:
-    """`sbatch --wrap` as the job user; seconds from the sbatch call to the job's own `date`."""
+def raw_start(run_: StagingRun, config: SiteConfig, sif: Path, n: int) -> tuple[float, float]:
+    """`sbatch --wrap` as the job user: (sbatch call -> job's own `date`, of which the sbatch call)."""
     workdir = run_.work / "raw" / str(n)
     workdir.mkdir(parents=True)
     run_.chown(workdir)
@@ -154,8 +172,10 @@ def raw_start(run_: Run, config: SiteConfig, sif: Path, n: int) -> float:
             "--job-name=bench-staging-raw"]
     if config.slurm.default_partition:
         argv.append(f"--partition={config.slurm.default_partition}")
+    run_.settle("inputs")
     t0 = time.time()
     job_id = run([*argv, "--wrap", wrap]).strip().split(";", 1)[0]
+    t_submitted = time.time()
     run_.raw_jobs.add(job_id)
     while True:
         state = run(["squeue", "-h", "-j", job_id, "--states=all", "-o", "%T"], check=False).strip()
@@ -169,7 +189,17 @@ def raw_start(run_: Run, config: SiteConfig, sif: Path, n: int) -> float:
         raise RuntimeError(f"raw job {job_id} ended {state}: {(workdir / 'slurm.out').read_text()}")
     started = float((workdir / "start").read_text())
     remove(workdir)
-    return started - t0
+    return started - t0, t_submitted - t0
+
+
+def staging_in_job(workdir: Path) -> float:
+    """job_start -> first executor_start in the job's own record: what the job does before the task
+    runs (input checks, and the copy in copy mode), free of Slurm's scheduling beat."""
+    rec = parse_record((workdir / "record.jsonl").read_text())
+    first = rec.executors.get(0)
+    if not rec.start_time or not first or not first.start_time:
+        raise RuntimeError(f"no job_start / executor_start in {workdir}/record.jsonl")
+    return iso_epoch(first.start_time) - iso_epoch(rec.start_time)
 
 
 def phase_inputs(run_: StagingRun, repeat: int) -> dict:
@@ -193,25 +223,32 @@ def phase_inputs(run_: StagingRun, repeat: int) -> dict:
                 "executors": [sh("stat -c %s /in/data")]}
 
     cases = {"tiny": (bind, bind_cfg, tiny), "bind": (bind, bind_cfg, big), "copy": (copy, copy_cfg, big)}
-    out: dict = {k: [] for k in (*cases, "raw")} | {"du_bind": [], "du_copy": []}
+    out: dict = {k: {"start": [], "submit": [], "in_job": []} for k in (*cases, "raw")}
+    out["du_bind"], out["du_copy"] = [], []
     for i in range(repeat):
         for name, (server, config, path) in cases.items():
-            run_.wait_quiet("inputs", 120)
+            run_.settle("inputs")
             body, _ = run_task(server, task(path), f"[inputs] round {i + 1}/{repeat}: {name}")
             stdout = body["logs"][0]["logs"][0].get("stdout", "").strip()
             if stdout != str(path.stat().st_size):
                 raise RuntimeError(f"{name}: the job saw {stdout!r} bytes, not {path.stat().st_size}")
-            out[name].append(start_latency(body))
+            created = iso_epoch(body["creation_time"])
+            out[name]["start"].append(iso_epoch(body["logs"][0]["logs"][0]["start_time"]) - created)
+            out[name]["submit"].append(submitted_at(config, body["id"]) - created)
             workdir = config.storage.work_root / body["id"]
+            out[name]["in_job"].append(staging_in_job(workdir))
             if name in ("bind", "copy"):
                 out[f"du_{name}"].append(du_kib(workdir))
             remove(workdir)  # a copy mode work area holds 1 GiB: do not let them pile up
-        run_.wait_quiet("inputs", 120)
-        out["raw"].append(raw_start(run_, bind_cfg, sif, i))
+        start, submit = raw_start(run_, bind_cfg, sif, i)
+        out["raw"]["start"].append(start)
+        out["raw"]["submit"].append(submit)
+        out["raw"]["in_job"].append(0.0)  # its `date` is the first thing the job does
         progress.done()
-        say(f"[inputs] round {i + 1}/{repeat}: start latency raw {out['raw'][-1]:.2f}s, tiny "
-            f"{out['tiny'][-1]:.2f}s, 1 GiB bind {out['bind'][-1]:.2f}s ({out['du_bind'][-1]} KiB in the work "
-            f"area), 1 GiB copy {out['copy'][-1]:.2f}s ({out['du_copy'][-1]} KiB)")
+        say(f"[inputs] round {i + 1}/{repeat}: start latency raw {start:.2f}s, tiny "
+            f"{out['tiny']['start'][-1]:.2f}s, 1 GiB bind {out['bind']['start'][-1]:.2f}s "
+            f"({out['du_bind'][-1]} KiB in the work area), 1 GiB copy {out['copy']['start'][-1]:.2f}s "
+            f"({out['du_copy'][-1]} KiB)")
     bind.stop()
     copy.stop()
     remove(big)
@@ -257,7 +294,7 @@ def phase_outputs(run_: StagingRun, repeat: int) -> dict:
                      "outputs": [{"path": "/out/big.bin", "url": dest.as_uri(), "type": "FILE"}]},
         }
         for name, task in variants.items():
-            run_.wait_quiet("outputs", 120)
+            run_.settle("outputs")
             body, elapsed = run_task(server, task, f"[outputs] round {i + 1}/{repeat}: {name} outputs")
             out[name].append(elapsed)
             workdir = config.storage.work_root / body["id"]
@@ -282,15 +319,16 @@ def phase_outputs(run_: StagingRun, repeat: int) -> dict:
 
 def phase_registry(run_: StagingRun, repeat: int) -> dict:
     task = {"name": "bench-staging", "executors": [{"image": REGISTRY_IMAGE, "command": ["true"]}]}
-    out: dict = {"cold": [], "warm": [], "pull": []}
+    out: dict = {"cold": [], "warm": [], "pull": [], "submit_cold": [], "submit_warm": []}
     for i in range(repeat):
         cache = run_.cache_dir(str(i))
-        server, _ = run_.server(f"registry-{i}", apptainer={"cache_dir": str(cache),
+        server, config = run_.server(f"registry-{i}", apptainer={"cache_dir": str(cache),
                                                            "insecure_registries": ["127.0.0.1:5000"]})
         for name in ("cold", "warm"):
-            run_.wait_quiet("registry", 120)
-            _, elapsed = run_task(server, task, f"[registry] round {i + 1}/{repeat}: {name} cache")
+            run_.settle("registry")
+            body, elapsed = run_task(server, task, f"[registry] round {i + 1}/{repeat}: {name} cache")
             out[name].append(elapsed)
+            out[f"submit_{name}"].append(submitted_at(config, body["id"]) - iso_epoch(body["creation_time"]))
         server.stop()
         pulls = re.findall(r"pulled image \S+ into \S+ in ([0-9.]+)s", server.log.read_text())
         if len(pulls) != 1:
@@ -307,44 +345,50 @@ def phase_registry(run_: StagingRun, repeat: int) -> dict:
 # -- report -------------------------------------------------------------------------------------
 
 def report(env: dict, inp: dict, outp: dict, reg: dict) -> None:
-    line = "=" * 96
+    line = "=" * 104
     n = env["repeat"]
     print(line)
     print(f"hpc-bridge staging benchmark  ({env['when']}, {env['slurm']}, {env['cpus']} CPUs, "
-          f"repeat={n}, run time {env['elapsed']:.0f}s)")
+          f"repeat={n}, jitter 0..{env['jitter']:g}s, run time {env['elapsed']:.0f}s)")
     print(line)
-    raw = median(inp["raw"])
-    print(f"1. Job start latency (medians of {n}; TES: creation_time -> executor start_time, FULL view)")
-    print(f"   {'case':<50}{'median':>9}{'min':>9}{'max':>9}{'/ raw':>8}{'work area':>14}")
-    print(f"   {'raw: sbatch --wrap -> job start (date +%s.%N)':<50}{stats(inp['raw'])}{1:>8.2f}")
-    rows = [("a) tiny file:// input (bind)", "tiny", None),
+    raw = median(inp["raw"]["start"])
+    print(f"1. Job start latency (medians of {n}; TES: creation_time -> first executor start_time, FULL view)")
+    print(f"   {'case':<46}{'median':>9}{'min':>9}{'max':>9}{'/ raw':>7}{'to sbatch':>11}"
+          f"{'in job':>9}{'work area':>13}")
+    rows = [("raw: sbatch --wrap -> job's own start", "raw", None),
+            ("a) tiny file:// input (bind)", "tiny", None),
             ("b) 1 GiB file:// input, file_inputs: bind", "bind", "du_bind"),
             ("c) 1 GiB file:// input, file_inputs: copy", "copy", "du_copy")]
     for label, key, du in rows:
-        usage = f"{int(median(inp[du])):>10} KiB" if du else ""
-        print(f"   {label:<50}{stats(inp[key])}{median(inp[key]) / raw:>8.2f}{usage:>14}")
-    print(f"   b - a = {median(inp['bind']) - median(inp['tiny']):+.2f}s (zero copy); "
-          f"c - b = {median(inp['copy']) - median(inp['bind']):+.2f}s (the copy inside the job)")
+        usage = f"{int(median(inp[du])):>9} KiB" if du else ""
+        print(f"   {label:<46}{stats(inp[key]['start'])}{median(inp[key]['start']) / raw:>7.2f}"
+              f"{median(inp[key]['submit']):>10.2f}s{median(inp[key]['in_job']):>8.2f}s{usage:>13}")
+    for label, key in (("start latency", "start"), ("in job", "in_job")):
+        b_a = median(inp["bind"][key]) - median(inp["tiny"][key])
+        c_b = median(inp["copy"][key]) - median(inp["bind"][key])
+        print(f"   {label + ':':<15}b - a = {b_a:+.2f}s (zero copy), c - b = {c_b:+.2f}s (the copy in the job)")
     print()
     without, with_ = median(outp["without"]), median(outp["with"])
     collect = median(outp["collect"])
-    print(f"2. Output collection (task writes 1 GiB to /out/big.bin; POST -> COMPLETE, medians of {n})")
-    print(f"   {'case':<50}{'median':>9}{'min':>9}{'max':>9}")
-    print(f"   {'no outputs (/out is a volume)':<50}{stats(outp['without'])}")
-    print(f"   {'one FILE output (/out/big.bin -> file://)':<50}{stats(outp['with'])}")
-    print(f"   {'  in-job time, no outputs (job_start -> job_end)':<50}{stats(outp['job_without'])}")
-    print(f"   {'  in-job time, FILE output (job_start -> job_end)':<50}{stats(outp['job_with'])}")
-    print(f"   {'collector: executor_end -> collect_end':<50}{stats(outp['collect'])}"
+    print(f"2. Output collection (task writes 1 GiB to /out/big.bin; medians of {n})")
+    print(f"   {'case':<46}{'median':>9}{'min':>9}{'max':>9}")
+    print(f"   {'POST -> COMPLETE, no outputs (/out a volume)':<46}{stats(outp['without'])}")
+    print(f"   {'POST -> COMPLETE, one FILE output':<46}{stats(outp['with'])}")
+    print(f"   {'job_start -> job_end, no outputs':<46}{stats(outp['job_without'])}")
+    print(f"   {'job_start -> job_end, one FILE output':<46}{stats(outp['job_with'])}")
+    print(f"   {'collector: executor_end -> collect_end':<46}{stats(outp['collect'])}"
           f"   -> {1 / collect:.2f} GiB/s")
     print(f"   cost of collecting 1 GiB: {with_ - without:+.2f}s end to end, "
           f"{median(outp['job_with']) - median(outp['job_without']):+.2f}s in the job")
     print()
     print(f"3. Registry image {REGISTRY_IMAGE} (POST -> COMPLETE, medians of {n})")
-    print(f"   {'case':<50}{'median':>9}{'min':>9}{'max':>9}")
-    print(f"   {'cold: fresh cache_dir, pulled through the registry':<50}{stats(reg['cold'])}")
-    print(f"   {'  of which the pull (server log)':<50}{stats(reg['pull'])}")
-    print(f"   {'warm: SIF already in the cache':<50}{stats(reg['warm'])}")
-    print(f"   cold - warm = {median(reg['cold']) - median(reg['warm']):+.2f}s")
+    print(f"   {'case':<46}{'median':>9}{'min':>9}{'max':>9}{'to sbatch':>18}")
+    print(f"   {'cold: fresh cache_dir, pull via the registry':<46}{stats(reg['cold'])}"
+          f"{median(reg['submit_cold']):>17.2f}s")
+    print(f"   {'  of which the pull (server log, 0.1 s steps)':<46}{stats(reg['pull'])}")
+    print(f"   {'warm: SIF already in the cache':<46}{stats(reg['warm'])}{median(reg['submit_warm']):>17.2f}s")
+    print(f"   cold - warm = {median(reg['cold']) - median(reg['warm']):+.2f}s end to end, "
+          f"{median(reg['submit_cold']) - median(reg['submit_warm']):+.2f}s to sbatch")
     print()
     if env["foreign"]:
         print(f"note: {env['foreign']} job(s) of other submitters were active during the run "
@@ -356,22 +400,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="runs per case (default 5)")
+    parser.add_argument("--jitter", type=float, default=2.0,
+                        help="random pause before each submission, 0..JITTER s (default 2: the dev "
+                             "cluster's sched_interval)")
     parser.add_argument("--config", type=Path, default=ROOT / "site_config" / "dev.yaml",
                         help="base site config (default site_config/dev.yaml)")
     parser.add_argument("--keep", action="store_true",
-                        help="keep temp configs, databases, logs, work dirs (data files are removed anyway)")
+                        help="keep temp configs, databases, logs, work dirs and data (for debugging)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    base = load_config(args.config)
+    if args.jitter < 0:
+        parser.error("--jitter must not be negative")
     if os.geteuid() != 0:
         parser.error("run as root (fallocate in the data root, runuser to the job user, du of work areas)")
+    base = load_config(args.config)
     if not base.storage.data_roots:
         parser.error(f"{args.config} has no storage.data_roots")
     if run(["scontrol", "ping"], check=False).find("UP") < 0:
         print("Slurm controller not reachable: start the dev cluster with `dev/cluster up`", file=sys.stderr)
         return 1
-    run_ = StagingRun(base, args.keep)
+    run_ = StagingRun(base, args.keep, args.jitter)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -395,7 +444,7 @@ def main() -> int:
         run_.cleanup()
     env = {"when": datetime.now().strftime("%Y-%m-%d %H:%M"), "repeat": args.repeat, "cpus": os.cpu_count(),
            "slurm": run(["sinfo", "--version"], check=False).strip(), "elapsed": time.time() - t_start,
-           "foreign": len(run_.foreign_seen)}
+           "jitter": args.jitter, "foreign": len(run_.foreign_seen)}
     report(env, inp, outp, reg)
     return 0
 
