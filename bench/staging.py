@@ -56,6 +56,7 @@ from tes_submit import (
     Server,
     iso_epoch,
     median,
+    print_footer,
     progress,
     run,
     say,
@@ -390,10 +391,7 @@ def report(env: dict, inp: dict, outp: dict, reg: dict) -> None:
     print(f"   cold - warm = {median(reg['cold']) - median(reg['warm']):+.2f}s end to end, "
           f"{median(reg['submit_cold']) - median(reg['submit_warm']):+.2f}s to sbatch")
     print()
-    if env["foreign"]:
-        print(f"note: {env['foreign']} job(s) of other submitters were active during the run "
-              "(figures may be disturbed)")
-    print(line)
+    print_footer(env, line)
 
 
 def main() -> int:

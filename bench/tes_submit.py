@@ -29,7 +29,6 @@ SIGTERM stops the server, cancels this run's jobs and removes its temporary file
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
 import shutil
@@ -646,6 +645,11 @@ def report(env: dict, api: dict | None, raw: dict | None, cyc: dict | None, lat:
         print(f"   API - raw (medians) = {ma - mr:+.2f}s; target API <= raw + 1 s + min_interval = "
               f"{target:.2f}s: {'met' if ma <= target else 'NOT met'}")
         print()
+    print_footer(env, line)
+
+
+def print_footer(env: dict, line: str) -> None:
+    """Last lines of a report: a warning when other submitters' jobs may have disturbed it."""
     if env["foreign"]:
         print(f"note: {env['foreign']} job(s) of other submitters were active during the run "
               "(figures may be disturbed)")
