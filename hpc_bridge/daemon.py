@@ -35,7 +35,7 @@ from hpc_bridge.staging.paths import within
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.staging.workarea import WorkArea
 from hpc_bridge.store import Store, TaskRow
-from hpc_bridge.store.tasks import now_iso
+from hpc_bridge.store.tasks import iso, now_iso
 from hpc_bridge.tes.jobspec import (
     Download,
     InvalidTask,
@@ -96,7 +96,7 @@ def _tail(path: str, workdir: str, limit: int) -> str:
     """The end of an executor's output, read by the daemon (possibly root): the path must still
     resolve inside the task's work area, and a symlink planted by the task is not followed."""
     real, base = os.path.realpath(path), os.path.realpath(workdir)
-    if os.path.commonpath([real, base]) != base:
+    if not within(real, base):
         return ""
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -365,23 +365,23 @@ class Daemon:
             if time.monotonic() - first < self.config.monitor.record_grace:
                 return  # the record may still be on its way through the shared filesystem
         self._unconfirmed.pop(row.id, None)
+        terminal = State(mapped.state).terminal
         logs = list(row.system_logs)
-        if mapped.log and mapped.log not in logs:
-            logs.append(mapped.log)
+        new_lines = [mapped.log] if mapped.log else []
+        if terminal and record:
+            new_lines += record.output_warnings
+        logs.extend(line for line in dict.fromkeys(new_lines) if line not in logs)
         changes: dict = {}
         if logs != row.system_logs:
             changes["system_logs"] = logs
         if record and record.start_time and not row.start_time:
             changes["start_time"] = record.start_time
-        if State(mapped.state).terminal:
+        if terminal:
             now = now_iso()  # the record's clock is the job's: never later than ours (retention)
             changes["end_time"] = min(record.end_time, now) if record and record.end_time else now
             changes["executor_logs"] = self._executor_logs(row, record)
             if record:
                 changes["outputs"] = record.outputs
-                logs.extend(w for w in record.output_warnings if w not in logs)
-                if logs != row.system_logs:
-                    changes["system_logs"] = logs
             self._cancel_sent.discard(row.job_id or "")
         elif mapped.state == State.RUNNING and record:
             changes["executor_logs"] = self._executor_logs(row, record, tails=False)
@@ -396,7 +396,7 @@ class Daemon:
         hours = self.config.storage.work_retention_hours
         if hours is None:
             return 0
-        cutoff = (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        cutoff = iso(datetime.now(UTC) - timedelta(hours=hours))
         root = os.path.realpath(self.config.storage.work_root)
         removed = 0
         for row in self.store.tasks.due_for_cleanup(cutoff):

@@ -78,11 +78,8 @@ class ImageCache:
     def _check_registry(self, image: RegistryImage) -> None:
         """The daemon pulls as root from the login node, which reaches internal services: a registry
         the site did not name must resolve to public addresses only (as http inputs must)."""
-        scheme, _, rest = image.pull_uri.partition("://")
-        if scheme not in ("docker", "oras"):
-            return  # library:// goes to the configured Sylabs-style library
-        hostport = rest.split("/", 1)[0]
-        if hostport in self._trusted:
+        hostport = image.registry
+        if hostport is None or hostport in self._trusted:  # None: library:// (the configured library)
             return
         host = hostport.rsplit(":", 1)[0] if not hostport.endswith("]") else hostport
         try:

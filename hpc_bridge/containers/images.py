@@ -62,6 +62,7 @@ class RegistryImage:
     pull_uri: str
     insecure: bool
     sif: Path
+    registry: str | None = None  # host[:port] pulled from (mirror applied); None for library://
 
 
 Image = LocalImage | RegistryImage
@@ -115,14 +116,15 @@ def _resolve(reference: str, target: str, settings: ApptainerSettings) -> Image:
             raise ImageError(f"{label}: registry_mirrors[{domain!r}] = {mirror!r} is not a registry "
                              "host[:port][/path]")
         pull_uri = f"{scheme}://{mirror}/{path}{suffix}"
-        insecure = mirror.split("/", 1)[0] in settings.insecure_registries
+        registry = mirror.split("/", 1)[0]
+        insecure = registry in settings.insecure_registries
     elif scheme == "library":
         match = _LIBRARY.match(rest)
         if not match:
             raise ImageError(f"{label}: not a valid library:// reference "
                              "([entity/collection/]name[:tag], lowercase)")
         normalized = pull_uri = f"library://{match['path']}:{match['tag'] or 'latest'}"
-        insecure = False
+        insecure, registry = False, None
     else:
         raise ImageError(f"{label}: unsupported scheme {scheme!r}:// (use docker://, oras://, library:// "
                          "or a .sif from the site's image directories)")
@@ -130,7 +132,7 @@ def _resolve(reference: str, target: str, settings: ApptainerSettings) -> Image:
         raise ImageError(f"{label}: registry images need an image cache: set apptainer.cache_dir "
                          "(or point apptainer.image_map at a local SIF)")
     sif = cache_path(normalized, settings.cache_dir)
-    return RegistryImage(reference, normalized, pull_uri, insecure, sif)
+    return RegistryImage(reference, normalized, pull_uri, insecure, sif, registry)
 
 
 def cache_path(normalized: str, cache_dir: Path) -> Path:

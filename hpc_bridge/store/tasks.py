@@ -17,8 +17,13 @@ _JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "out
 _LIVE_STATES = {"QUEUED", "INITIALIZING", "RUNNING", "PAUSED"}
 
 
+def iso(moment: datetime) -> str:
+    """The one timestamp format of the store (UTC, microseconds): its strings sort by time."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso(datetime.now(UTC))
 
 
 @dataclass
