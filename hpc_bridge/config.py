@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from hpc_bridge.auth.settings import AuthSettings
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -63,13 +65,40 @@ class PreemptibleSettings(_Strict):
     partition: str | None = None
 
 
-class LimitSettings(_Strict):
-    """Site maxima per task (None: Slurm's own limits apply) and the default time limit."""
+class UserLimits(_Strict):
+    """What one user may ask for; every field None means no limit of this service's own (Slurm's
+    limits still apply). The site maxima per task, and per-user overrides, use the same fields."""
 
     max_cpu_cores: Annotated[int, Field(ge=1)] | None = None
     max_ram_gb: Annotated[float, Field(gt=0)] | None = None
     max_disk_gb: Annotated[float, Field(gt=0)] | None = None
+    max_gpus: Annotated[int, Field(ge=0)] | None = None
+    # Longest time limit a task may ask for (backend parameter `time`), in minutes.
+    max_time_minutes: Annotated[int, Field(ge=1)] | None = None
+    # Tasks (and workflow runs) not yet in a final state.
+    max_active_tasks: Annotated[int, Field(ge=1)] | None = None
+    max_content_bytes: Annotated[int, Field(ge=0)] | None = None
+    max_request_bytes: Annotated[int, Field(ge=1024)] | None = None
+    # Sustained requests per second (a token bucket of `burst` requests).
+    requests_per_second: Annotated[float, Field(gt=0)] | None = None
+    burst: Annotated[int, Field(ge=1)] | None = None
+
+
+class LimitSettings(UserLimits):
+    """Site limits: the fields of UserLimits for everyone, `users` overriding them per identity
+    (keyed by owner, `<issuer>#<subject>`; "local" without authentication), and the default time
+    limit of a task that names none."""
+
     default_time: str | None = None
+    users: dict[str, UserLimits] = Field(default_factory=dict)
+
+    def for_owner(self, owner: str) -> UserLimits:
+        """The effective limits of one user: the override's set fields win over the site's."""
+        base = {name: getattr(self, name) for name in UserLimits.model_fields}
+        override = self.users.get(owner)
+        if override is not None:
+            base.update({name: getattr(override, name) for name in override.model_fields_set})
+        return UserLimits(**base)
 
 
 class MonitorSettings(_Strict):
@@ -175,6 +204,9 @@ class StorageSettings(_Strict):
 
 
 class SiteConfig(_Strict):
+    """`auth` has no default: a site must choose JWT issuers or, for development only, `mode: none`."""
+
+    auth: AuthSettings
     service: ServiceSettings = ServiceSettings()
     server: ServerSettings = ServerSettings()
     database: Path = Path("hpc-bridge.sqlite")
@@ -225,6 +257,11 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     raw = dict(raw)
     if "database" in raw:
         raw["database"] = fix(raw["database"])
+    auth = raw.get("auth")
+    if isinstance(auth, dict) and isinstance(auth.get("issuers"), list):
+        raw["auth"] = {**auth, "issuers": [
+            {**i, **{k: fix(i[k]) for k in ("jwks_file", "pem_file") if i.get(k) is not None}}
+            if isinstance(i, dict) else i for i in auth["issuers"]]}
     for section, keys in _PATH_KEYS.items():
         sub = raw.get(section)
         if not isinstance(sub, dict):

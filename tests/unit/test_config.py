@@ -19,7 +19,7 @@ def test_example_config_is_valid() -> None:
 
 
 def test_bare_binary_name_is_left_for_path_lookup(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text("apptainer:\n  binary: apptainer\n  image_dirs: [img]\n")
+    (tmp_path / "c.yaml").write_text("auth: {mode: none}\napptainer:\n  binary: apptainer\n  image_dirs: [img]\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.apptainer.binary == Path("apptainer")
     assert cfg.apptainer.image_dirs == [tmp_path / "img"]
@@ -50,7 +50,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_work_root_must_be_plain(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("storage: {work_root: /scratch/my work}\n")
+    path.write_text("auth: {mode: none}\nstorage: {work_root: /scratch/my work}\n")
     with pytest.raises(ConfigError, match="storage.work_root"):
         load_config(path)
 
@@ -62,6 +62,31 @@ def test_data_roots_may_not_overlap_the_work_root_or_image_cache(tmp_path: Path)
         (f"{{work_root: {tmp_path}/work, data_roots: [{tmp_path}/data]}}", f"{{cache_dir: {tmp_path}/data/img}}"),
     ):
         path = tmp_path / "site.yaml"
-        path.write_text(f"storage: {storage}\napptainer: {apptainer}\n")
+        path.write_text(f"auth: {{mode: none}}\nstorage: {storage}\napptainer: {apptainer}\n")
         with pytest.raises(ConfigError, match="overlap"):
             load_config(path)
+
+
+def test_auth_must_be_chosen_explicitly(tmp_path: Path) -> None:
+    """No silent default: a site without an auth section would otherwise run open or not at all."""
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {port: 8000}\n")
+    with pytest.raises(ConfigError, match="auth: Field required"):
+        load_config(path)
+
+
+def test_auth_key_files_resolve_against_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("auth:\n  issuers:\n    - {issuer: 'https://id.example.org', jwks_file: keys/jwks.json}\n")
+    cfg = load_config(path)
+    assert cfg.auth.issuers[0].jwks_file == tmp_path / "keys" / "jwks.json"
+
+
+def test_per_user_limits_override_only_what_they_set(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("auth: {mode: none}\nlimits:\n  max_cpu_cores: 4\n  max_active_tasks: 10\n"
+                    "  users:\n    'https://id.example.org#alice': {max_active_tasks: 100}\n")
+    limits = load_config(path).limits
+    assert limits.for_owner("https://id.example.org#alice").max_active_tasks == 100
+    assert limits.for_owner("https://id.example.org#alice").max_cpu_cores == 4
+    assert limits.for_owner("https://id.example.org#bob").max_active_tasks == 10
