@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from hpc_bridge.auth import AuthError, TokenVerifier
+from hpc_bridge.auth.context import authenticate, current_identity, is_public
 from hpc_bridge.config import SiteConfig
-from hpc_bridge.errors import ServiceError
+from hpc_bridge.errors import ServiceError, TooManyRequests
+from hpc_bridge.ratelimit import RateLimiter
 from hpc_bridge.store import Store
 from hpc_bridge.tes.api import bp as tes_bp
 from hpc_bridge.tes.service import TaskService
+
+log = logging.getLogger(__name__)
+
+# Request bodies of users without a `max_request_bytes` limit: a tesTask, or a WES run's attachments.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024**2
 
 
 def _body(message: str, code: int) -> ResponseReturnValue:
@@ -26,22 +35,57 @@ def _http_error(exc: HTTPException) -> ResponseReturnValue:
 
 
 def _service_error(exc: ServiceError) -> ResponseReturnValue:
-    return _body(exc.message, exc.status)
+    response, code = _body(exc.message, exc.status)
+    if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response, code
+
+
+def _auth_error(exc: AuthError) -> ResponseReturnValue:
+    message = exc.message
+    if exc.instructions_url:
+        message += f" (how to get a token: {exc.instructions_url})"
+    response, code = _body(message, exc.status)
+    if exc.www_authenticate:
+        response.headers["WWW-Authenticate"] = exc.www_authenticate
+    return response, code
+
+
+def _admit() -> None:
+    """before_request: who is calling, and may they send this now (rate, body size)?
+    Service-info stays public so that clients can discover how to authenticate."""
+    if is_public():
+        return
+    authenticate()
+    config: SiteConfig = current_app.config["SITE"]
+    limits = config.limits.for_owner(current_identity().owner)
+    if limits.requests_per_second is not None:
+        burst = limits.burst or max(1, round(limits.requests_per_second))
+        current_app.extensions["hpc_bridge.ratelimit"].check(current_identity().owner,
+                                                            limits.requests_per_second, burst)
+    request.max_content_length = limits.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
 
 
 def create_app(config: SiteConfig, *, store: Store | None = None,
-               on_change: Callable[[], None] = lambda: None) -> Flask:
-    """`on_change` wakes the daemon when a task is created or cancelled (same process)."""
+               on_change: Callable[[], None] = lambda: None,
+               verifier: TokenVerifier | None = None) -> Flask:
+    """`on_change` wakes the daemon when a task is created or cancelled (same process).
+    `verifier` holds the issuers' key caches: one per process, built here unless passed in."""
     app = Flask("hpc_bridge")
     app.config["SITE"] = config
     app.config["STARTED_AT"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    app.config["DEFAULT_OWNER"] = "local"
-    app.config["MAX_CONTENT_LENGTH"] = 16 * 1024 * 1024
     app.json.sort_keys = False
+    if config.auth.mode == "none":
+        log.warning("AUTHENTICATION IS OFF (auth.mode: none): every caller is the same user "
+                    "and sees every task. Use this for development only.")
     store = store or Store(config.database)
     app.extensions["hpc_bridge.store"] = store
+    app.extensions["hpc_bridge.verifier"] = verifier or TokenVerifier(config.auth)
+    app.extensions["hpc_bridge.ratelimit"] = RateLimiter()
     app.extensions["hpc_bridge.tasks"] = TaskService(store, config, on_change)
+    app.before_request(_admit)
     app.register_blueprint(tes_bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(AuthError, _auth_error)
     return app

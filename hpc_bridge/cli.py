@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import os
 import re
 import shlex
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +27,7 @@ from tes.models import datetime_json_handler
 from tes.utils import UnmarshalError, unmarshal
 
 from hpc_bridge.config import ConfigError, SiteConfig, load_config
+from hpc_bridge.slurm.timelimit import SLURM_TIME
 from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient, error_message
 from hpc_bridge.tes.models import State
 
@@ -39,7 +43,6 @@ EXIT_INTERRUPTED = 130
 POLL_SECONDS = 1.0
 STATE_STYLES = {"COMPLETE": "green", "EXECUTOR_ERROR": "red", "SYSTEM_ERROR": "red", "CANCELED": "yellow",
                 "CANCELING": "yellow", "PREEMPTED": "yellow", "INITIALIZING": "cyan", "RUNNING": "cyan"}
-SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
 SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT])(?:I?B)?", re.IGNORECASE)
 GB_PER_UNIT = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}  # as the server: 1G = 1024M
 
@@ -50,14 +53,27 @@ _CONFIG_OPTION = click.option(
 )
 _URL_OPTION = click.option(
     "--url", metavar="URL", envvar="HPC_BRIDGE_URL", default=DEFAULT_URL, show_default=True,
-    help="The hpc-bridge server, with or without /ga4gh/tes/v1 (env: HPC_BRIDGE_URL).",
+    help="The hpc-bridge server, with or without /ga4gh/tes/v1 (env: HPC_BRIDGE_URL; "
+         "bearer token: env HPC_BRIDGE_TOKEN).",
 )
+TOKEN_ENV = "HPC_BRIDGE_TOKEN"
 _JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 def _fail(message: str, code: int) -> NoReturn:
     err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     sys.exit(code)
+
+
+def is_loopback(host: str) -> bool:
+    """True only for addresses no other machine can reach; a name is resolved, and must only
+    resolve to loopback addresses (`localhost`)."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback
+                               for info in infos)
 
 
 def _load(config_path: Path) -> SiteConfig:
@@ -119,9 +135,10 @@ def _slurm_time(ctx: click.Context, param: click.Parameter, value: str | None) -
 @contextmanager
 def _connect(url: str) -> Iterator[BridgeClient]:
     """A client whose failures end the command with a message: exit 2 if the server called the
-    request bad (HTTP 400), else 1 (not found, server error, no answer)."""
+    request bad (HTTP 400), else 1 (not found, server error, no answer). The bearer token comes
+    from HPC_BRIDGE_TOKEN (an environment variable, so it stays out of shell history and `ps`)."""
     try:
-        client = BridgeClient(url)
+        client = BridgeClient(url, token=os.environ.get(TOKEN_ENV) or None)
     except ValueError as exc:  # py-tes validates the scheme
         raise click.BadParameter(str(exc), param_hint="--url") from None
     try:
@@ -228,7 +245,9 @@ def _wait(client: BridgeClient, task_id: str) -> tes.Task:
 @_CONFIG_OPTION
 @click.option("--host", help="Listen address (default: server.host of the config).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: server.port).")
-def serve(config_path: Path, host: str | None, port: int | None) -> None:
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Serve with auth mode none on a non-loopback address (never do this with real data).")
+def serve(config_path: Path, host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     """Run the API (waitress) and, if no other daemon holds this database, the daemon loop."""
     import threading
 
@@ -240,6 +259,12 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     from hpc_bridge.store import Store
 
     config = _load(config_path)
+    host = host or config.server.host
+    port = port or config.server.port
+    if config.auth.mode == "none" and not is_loopback(host) and not insecure_no_auth:
+        _fail(f"refusing to serve without authentication (auth.mode: none) on {host}, which is not "
+              "a loopback address: configure auth.issuers, listen on 127.0.0.1, or pass "
+              "--insecure-no-auth", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store(config.database)
     lock = DaemonLock(config.database)
@@ -250,8 +275,6 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
         threading.Thread(target=daemon.run, name="hpc-bridge-daemon", daemon=True).start()
     else:
         err.print(f"another daemon holds {lock.path}: serving the API only", highlight=False)
-    host = host or config.server.host
-    port = port or config.server.port
     err.print(f"hpc-bridge serving [bold]http://{host}:{port}/ga4gh/tes/v1[/bold] "
               f"(config {config_path}, database {config.database})", highlight=False)
     try:

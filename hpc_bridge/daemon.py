@@ -235,7 +235,8 @@ class Daemon:
         workdir = self.config.storage.work_root / row.id
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
-                            config=self.config, schemes=self.schemes)
+                            config=self.config, schemes=self.schemes,
+                            limits=self.config.limits.for_owner(row.owner))
             script_text = render(plan.script, self.config.template_search_path)
         except (InvalidTask, UnsafeValue) as exc:  # valid at POST, not any more (site config changed)
             self._fail(row, f"cannot run task: {exc}")

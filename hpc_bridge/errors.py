@@ -17,3 +17,21 @@ class BadRequest(ServiceError):
 
 class NotFound(ServiceError):
     status = 404
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class TooManyRequests(ServiceError):
+    """A per-user limit (active tasks, request rate) is reached; `retry_after` seconds, if known."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

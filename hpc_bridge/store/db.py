@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -51,7 +51,14 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["tasks"].create_index(["cleaned_at", "end_time"])
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2}
+def _v3(db: sqlite_utils.Database) -> None:
+    """The Unix user a task's job runs as when the site maps identities to users (NULL: the
+    service account), and an index for the per-owner queries of tenancy and limits."""
+    db["tasks"].add_column("run_as", str)
+    db["tasks"].create_index(["owner", "state"])
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 class Store:

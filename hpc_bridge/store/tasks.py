@@ -15,6 +15,16 @@ if TYPE_CHECKING:
 _JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "outputs")
 # States a daemon write must not put back over a cancel the API recorded meanwhile.
 _LIVE_STATES = {"QUEUED", "INITIALIZING", "RUNNING", "PAUSED"}
+# What counts against a user's active-task limit: everything that may still hold a Slurm job.
+ACTIVE_STATES = (*sorted(_LIVE_STATES), "CANCELING")
+
+
+class ActiveLimitReached(Exception):
+    """The owner already has `limit` active tasks; nothing was written."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} active tasks")
+        self.limit = limit
 
 
 def iso(moment: datetime) -> str:
@@ -49,6 +59,7 @@ class TaskRow:
     streams: list[dict[str, str]]
     outputs: list[dict[str, str]]
     cleaned_at: str | None
+    run_as: str | None
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> TaskRow:
@@ -87,12 +98,22 @@ class TaskStore:
         return self._store.db["tasks"]
 
     def create(self, *, id: str, owner: str, name: str | None, task: dict[str, Any],
-               tags: dict[str, str], state: str = "QUEUED") -> TaskRow:
+               tags: dict[str, str], state: str = "QUEUED", run_as: str | None = None,
+               max_active: int | None = None) -> TaskRow:
+        """`max_active` is checked in the same write transaction as the insert, so concurrent
+        requests of one user cannot together exceed it."""
         stamp = now_iso()
         with self._store.transaction() as db:
+            if max_active is not None:
+                marks = ",".join("?" for _ in ACTIVE_STATES)
+                (active,) = db.execute(f"SELECT count(*) FROM tasks WHERE owner = ? AND state IN ({marks})",
+                                       [owner, *ACTIVE_STATES]).fetchone()
+                if active >= max_active:
+                    raise ActiveLimitReached(max_active)
             db["tasks"].insert({
                 "id": id, "owner": owner, "name": name, "state": state, "created_at": stamp,
                 "updated_at": stamp, "task": json.dumps(task), "tags": json.dumps(tags),
+                "run_as": run_as,
             })
             db["events"].insert({"task_id": id, "time": stamp, "state": state, "message": "created"})
         row = self.get(id)

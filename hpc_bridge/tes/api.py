@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hpc_bridge import __version__
+from hpc_bridge.auth.context import current_identity, owner_filter, public
 from hpc_bridge.errors import BadRequest
 from hpc_bridge.tes.models import CreateTaskResponse, ServiceInfo
 from hpc_bridge.tes.service import TaskService, parse_view
@@ -15,11 +16,6 @@ bp = Blueprint("tes", __name__, url_prefix="/ga4gh/tes/v1")
 
 def _service() -> TaskService:
     return current_app.extensions["hpc_bridge.tasks"]
-
-
-def _owner() -> str:
-    """The caller's identity; until authentication exists every caller is the same local user."""
-    return current_app.config["DEFAULT_OWNER"]
 
 
 def _int_arg(name: str) -> int | None:
@@ -33,6 +29,7 @@ def _int_arg(name: str) -> int | None:
 
 
 @bp.get("/service-info")
+@public
 def get_service_info() -> ResponseReturnValue:
     info = ServiceInfo.for_site(current_app.config["SITE"], __version__, current_app.config["STARTED_AT"],
                                 storage=_service().schemes.locations())
@@ -44,14 +41,14 @@ def create_task() -> ResponseReturnValue:
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("body: a JSON tesTask is required (Content-Type: application/json)")
-    task_id = _service().create(body, _owner())
+    task_id = _service().create(body, current_identity().owner)
     return jsonify(CreateTaskResponse(id=task_id).to_json())
 
 
 @bp.get("/tasks")
 def list_tasks() -> ResponseReturnValue:
     return jsonify(_service().list(
-        _owner(),
+        owner_filter(),
         view=parse_view(request.args.get("view")),
         page_size=_int_arg("page_size"),
         page_token=request.args.get("page_token") or None,
@@ -64,10 +61,10 @@ def list_tasks() -> ResponseReturnValue:
 
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str) -> ResponseReturnValue:
-    return jsonify(_service().get(task_id, _owner(), parse_view(request.args.get("view"))))
+    return jsonify(_service().get(task_id, owner_filter(), parse_view(request.args.get("view"))))
 
 
 @bp.post("/tasks/<task_id>:cancel")
 def cancel_task(task_id: str) -> ResponseReturnValue:
-    _service().cancel(task_id, _owner())
+    _service().cancel(task_id, owner_filter())
     return jsonify({})

@@ -13,10 +13,11 @@ import posixpath
 from dataclasses import dataclass, field
 from importlib import resources
 
-from hpc_bridge.config import SiteConfig
+from hpc_bridge.config import SiteConfig, UserLimits
 from hpc_bridge.containers.apptainer import Bind, UnsafeValue, exec_argv
 from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
 from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
+from hpc_bridge.slurm.timelimit import gpu_count, minutes
 from hpc_bridge.staging.schemes import SchemeError, Schemes
 from hpc_bridge.tes.models import FileType, Task
 
@@ -77,32 +78,34 @@ def _mb(gb: float) -> str:
     return f"{max(1, math.ceil(gb * 1024))}M"
 
 
-def sbatch_options(task: Task, config: SiteConfig) -> tuple[list[tuple[str, str | None]], list[str], bool]:
-    """Resources and backend parameters -> (#SBATCH options, warnings, needs GPU)."""
+def sbatch_options(task: Task, config: SiteConfig, limits: UserLimits | None = None,
+                   ) -> tuple[list[tuple[str, str | None]], list[str], bool]:
+    """Resources and backend parameters -> (#SBATCH options, warnings, needs GPU).
+    `limits` are the submitting user's (default: the site's)."""
     res = task.resources
-    limits = config.limits
+    limits = limits or config.limits
     opts: dict[str, str | None] = {}
     warnings: list[str] = []
     if config.slurm.default_partition:
         opts["partition"] = config.slurm.default_partition
     if config.slurm.account:
         opts["account"] = config.slurm.account
-    if limits.default_time:
-        opts["time"] = limits.default_time
+    if config.limits.default_time:
+        opts["time"] = config.limits.default_time
     if res is not None:
         if res.cpu_cores is not None:
             if limits.max_cpu_cores and res.cpu_cores > limits.max_cpu_cores:
                 raise InvalidTask("resources.cpu_cores",
-                                  f"{res.cpu_cores} exceeds the site maximum of {limits.max_cpu_cores}")
+                                  f"{res.cpu_cores} exceeds the maximum of {limits.max_cpu_cores}")
             opts["cpus-per-task"] = str(res.cpu_cores)
         if res.ram_gb is not None:
             if limits.max_ram_gb and res.ram_gb > limits.max_ram_gb:
-                raise InvalidTask("resources.ram_gb", f"{res.ram_gb:g} exceeds the site maximum of "
+                raise InvalidTask("resources.ram_gb", f"{res.ram_gb:g} exceeds the maximum of "
                                   f"{limits.max_ram_gb:g}")
             opts["mem"] = _mb(res.ram_gb)
         if res.disk_gb is not None:
             if limits.max_disk_gb and res.disk_gb > limits.max_disk_gb:
-                raise InvalidTask("resources.disk_gb", f"{res.disk_gb:g} exceeds the site maximum of "
+                raise InvalidTask("resources.disk_gb", f"{res.disk_gb:g} exceeds the maximum of "
                                   f"{limits.max_disk_gb:g}")
             opts["tmp"] = _mb(res.disk_gb)
         if res.zones:
@@ -136,8 +139,32 @@ def sbatch_options(task: Task, config: SiteConfig) -> tuple[list[tuple[str, str 
                 sbatch_value(value)
             except UnsafeValue as exc:
                 raise InvalidTask(f"resources ({key})", str(exc)) from None
+    _check_time_and_gpus(opts, limits)
     gpu = "gpus" in opts or "gpu" in (opts.get("gres") or "")
     return list(opts.items()), warnings, gpu
+
+
+def _check_time_and_gpus(opts: dict[str, str | None], limits: UserLimits) -> None:
+    """A user's time cap also bounds a task that asks for none (else the partition's default,
+    possibly longer, would apply)."""
+    where = "resources.backend_parameters"
+    if limits.max_time_minutes is not None:
+        if opts.get("time") is None:
+            opts["time"] = str(limits.max_time_minutes)
+        try:
+            asked = minutes(str(opts["time"]))
+        except ValueError as exc:
+            raise InvalidTask(f"{where}.time", str(exc)) from None
+        if asked is None or asked > limits.max_time_minutes:
+            raise InvalidTask(f"{where}.time", f"{opts['time']} exceeds your maximum of "
+                              f"{limits.max_time_minutes} minutes")
+    if limits.max_gpus is not None:
+        try:
+            gpus = gpu_count("gpus", opts.get("gpus")) + gpu_count("gres", opts.get("gres"))
+        except ValueError:
+            raise InvalidTask(where, "cannot count the GPUs asked for") from None
+        if gpus > limits.max_gpus:
+            raise InvalidTask(f"{where}.gpus", f"{gpus} GPU(s) exceed your maximum of {limits.max_gpus}")
 
 
 def _partition(name: str, config: SiteConfig, where: str) -> str:
@@ -175,8 +202,12 @@ def _glob_base(path: str) -> str:
     return posixpath.dirname(path)
 
 
-def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, schemes: Schemes) -> JobPlan:
-    options, warnings, gpu = sbatch_options(task, config)
+def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, schemes: Schemes,
+             limits: UserLimits | None = None) -> JobPlan:
+    """`limits` are the owner's (`config.limits.for_owner`; default: the site's). The daemon plans
+    again with the same limits at submission, so both see the same time limit."""
+    limits = limits or config.limits
+    options, warnings, gpu = sbatch_options(task, config, limits)
     directories: list[str] = []
     files: dict[str, str] = {}
     binds: list[Bind] = []
@@ -209,9 +240,12 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         if item.content is not None:  # TES: when content is set, url is ignored
             if "\0" in item.content:
                 raise InvalidTask(f"{where}.content", "NUL bytes are not allowed")
-            if len(item.content.encode()) > config.storage.max_content_bytes:
-                raise InvalidTask(f"{where}.content", f"larger than the site maximum of "
-                                  f"{config.storage.max_content_bytes} bytes; use a url")
+            max_content = min(config.storage.max_content_bytes,
+                              limits.max_content_bytes if limits.max_content_bytes is not None
+                              else config.storage.max_content_bytes)
+            if len(item.content.encode()) > max_content:
+                raise InvalidTask(f"{where}.content", f"larger than the maximum of {max_content} "
+                                  "bytes; use a url")
             if item.type == FileType.DIRECTORY:
                 raise InvalidTask(f"{where}.type", "an input with content is a FILE")
             files[host] = item.content

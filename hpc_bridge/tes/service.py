@@ -12,10 +12,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from hpc_bridge.config import SiteConfig
-from hpc_bridge.errors import BadRequest, NotFound
+from hpc_bridge.errors import BadRequest, NotFound, TooManyRequests
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store import Store, TaskFilter, TaskRow
-from hpc_bridge.store.tasks import decode_token, encode_token
+from hpc_bridge.store.tasks import ActiveLimitReached, decode_token, encode_token
 from hpc_bridge.tes.jobspec import InvalidTask, plan_job
 from hpc_bridge.tes.models import FileType, State, Task, View, apply_view
 
@@ -48,7 +48,9 @@ class TaskService:
         self._on_change = on_change
         self.schemes = Schemes(config)
 
-    def create(self, body: Any, owner: str) -> str:
+    def create(self, body: Any, owner: str, *, run_as: str | None = None) -> str:
+        """Validate, plan (with the owner's limits) and record a task; `run_as` is the Unix user
+        its job runs as (None: the service account)."""
         if not isinstance(body, dict):
             raise BadRequest("body: must be a JSON object (a tesTask)")
         try:  # JSON may carry lone surrogates (\ud800), which no file or argv can hold
@@ -62,16 +64,22 @@ class TaskService:
         except ValidationError as exc:
             raise BadRequest(validation_message(exc)) from None
         task_id = str(uuid.uuid4())
+        limits = self._config.limits.for_owner(owner)
         try:  # the same planning the daemon does later, so bad values fail now, with a 400
             plan = plan_job(task, task_id=task_id, workdir=str(self._config.storage.work_root / task_id),
-                            config=self._config, schemes=self.schemes)
+                            config=self._config, schemes=self.schemes, limits=limits)
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
         for item, resolved in zip(task.inputs or [], plan.input_types, strict=True):
             item.type = FileType(resolved)
         document = task.model_dump(mode="json", exclude_none=True, exclude=set(SERVER_FIELDS))
-        self._store.tasks.create(id=task_id, owner=owner, name=task.name, task=document,
-                                 tags=task.tags or {})
+        try:
+            self._store.tasks.create(id=task_id, owner=owner, name=task.name, task=document,
+                                     tags=task.tags or {}, run_as=run_as,
+                                     max_active=limits.max_active_tasks)
+        except ActiveLimitReached as exc:
+            raise TooManyRequests(f"you already have {exc.limit} active tasks, the maximum here: "
+                                  "wait for some to finish or cancel them") from None
         self._on_change()
         return task_id
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import ValidationError
 
 from hpc_bridge.auth import (
@@ -31,6 +27,8 @@ from hpc_bridge.auth import (
     IssuerSettings,
     TokenVerifier,
 )
+
+from ..oidc import Issuer, b64, b64json, claims, jwk, token
 
 # --- keys, tokens, issuer server ------------------------------------------------------------
 
@@ -48,70 +46,6 @@ def rsa_key2() -> rsa.RSAPrivateKey:
 @pytest.fixture(scope="module")
 def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
-
-
-def jwk(private_key: Any, kid: str, **extra: Any) -> dict[str, Any]:
-    algorithm = RSAAlgorithm if isinstance(private_key, rsa.RSAPrivateKey) else ECAlgorithm
-    return {**algorithm.to_jwk(private_key.public_key(), as_dict=True), "kid": kid, **extra}
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64json(value: dict[str, Any]) -> str:
-    return b64(json.dumps(value).encode())
-
-
-class Issuer:
-    """An OIDC issuer on 127.0.0.1 that counts every request per path."""
-
-    def __init__(self) -> None:
-        self.jwks: dict[str, Any] = {"keys": []}
-        self.requests: Counter[str] = Counter()
-        self.fail_jwks = False
-        self.discovery_issuer: str | None = None  # override the issuer named by discovery
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                issuer.requests[self.path] += 1
-                if self.path == "/oidc/.well-known/openid-configuration":
-                    body: object = {
-                        "issuer": issuer.discovery_issuer or issuer.issuer,
-                        "jwks_uri": issuer.base + "/jwks",
-                    }
-                elif self.path == "/jwks" and not issuer.fail_jwks:
-                    body = issuer.jwks
-                else:
-                    self.send_error(500 if self.path == "/jwks" else 404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.issuer = self.base + "/oidc/"  # trailing slash, like ELIXIR AAI
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def total(self) -> int:
-        return sum(self.requests.values())
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -146,22 +80,6 @@ def verifier_for(
 ) -> TokenVerifier:
     config = settings([{"issuer": idp.issuer, "audience": audience}], **extra)
     return TokenVerifier(config, clock=clock or Clock())
-
-
-def claims(idp: Issuer, **overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base = {"iss": idp.issuer, "sub": "alice@example.org", "exp": now + 600, "iat": now}
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def token(key: Any, payload: dict[str, Any], kid: str | None = "rsa-1", alg: str = "RS256") -> str:
-    """Signed with pyjwt's JWS layer, so that claims pyjwt would refuse to encode can be tested."""
-    headers = {"kid": kid} if kid is not None else {}
-    encoded = jwt.PyJWS().encode(json.dumps(payload).encode(), key, algorithm=alg, headers=headers)
-    if kid is None:  # pyjwt adds no kid by itself, but be explicit
-        assert "kid" not in jwt.get_unverified_header(encoded)
-    return encoded
 
 
 def refused(verifier: TokenVerifier, header: str | None, message: str = "") -> AuthError:

@@ -325,3 +325,67 @@ def test_ctrl_c_while_waiting_leaves_the_task_running(bridge: Bridge,
     assert f"hpc-bridge cancel --url {bridge.url} {task_id}" in result.stderr
     row = bridge.store.tasks.get(task_id)
     assert row is not None and row.state == "QUEUED"
+
+
+def test_serve_refuses_no_auth_off_loopback_unless_forced(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before anything is opened: no database file, no listening socket."""
+    config = tmp_path / "site.yaml"
+    config.write_text(f"auth: {{mode: none}}\ndatabase: {tmp_path}/db.sqlite\n")
+    result = CliRunner().invoke(main, ["serve", "--config", str(config), "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "refusing to serve without authentication" in result.output
+    assert not (tmp_path / "db.sqlite").exists()
+    served: list[str] = []
+    monkeypatch.setattr("waitress.serve", lambda app, host, **kw: served.append(host))
+    monkeypatch.setattr("hpc_bridge.daemon.Daemon.run", lambda self: None)
+    result = CliRunner().invoke(main, ["serve", "--config", str(config), "--host", "0.0.0.0",
+                                       "--insecure-no-auth"])
+    assert result.exit_code == 0, result.output
+    assert served == ["0.0.0.0"]
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("::1", True), ("localhost", True), ("127.8.9.10", True),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.1", False), ("no-such-host.invalid", False),
+])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert cli.is_loopback(host) is loopback
+
+
+def test_client_commands_send_the_token_from_the_environment(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against an app that requires tokens: without HPC_BRIDGE_TOKEN the server's 401 message is
+    shown (exit 1); with it, the caller's own tasks are listed."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from hpc_bridge.auth import AuthSettings
+
+    from ..oidc import Issuer, claims, jwk, token
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    idp = Issuer()
+    idp.jwks = {"keys": [jwk(key, "rsa-1")]}
+    base = load_config(ROOT / "site_config/dev.yaml")
+    config = base.model_copy(update={
+        "database": tmp_path / "db.sqlite",
+        "auth": AuthSettings.model_validate({"issuers": [{"issuer": idp.issuer}]})})
+    store = Store(config.database)
+    server = make_server("127.0.0.1", 0, create_app(config, store=store), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        store.tasks.create(id="t-alice", owner=f"{idp.issuer}#alice", name="mine", task={}, tags={})
+        store.tasks.create(id="t-bob", owner=f"{idp.issuer}#bob", name="theirs", task={}, tags={})
+        result = CliRunner().invoke(main, ["list", "--json", "--url", url])
+        assert result.exit_code == 1 and "a bearer token is required" in result.output
+        monkeypatch.setenv("HPC_BRIDGE_TOKEN", token(key, claims(idp, sub="alice")))
+        result = CliRunner().invoke(main, ["list", "--json", "--url", url])
+        assert result.exit_code == 0, result.output
+        assert [t["id"] for t in json.loads(result.stdout)] == ["t-alice"]
+    finally:
+        server.shutdown()
+        thread.join(5)
+        idp.close()
+        store.close()

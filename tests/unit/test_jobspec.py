@@ -79,7 +79,7 @@ def test_site_limits_are_enforced(dev_config: SiteConfig) -> None:
     config = dev_config.model_copy(update={"limits": dev_config.limits.model_copy(
         update={"max_cpu_cores": 2, "default_time": "01:00:00"})})
     assert options(task(), config)["time"] == "01:00:00"
-    with pytest.raises(InvalidTask, match="site maximum"):
+    with pytest.raises(InvalidTask, match="exceeds the maximum of"):
         make_plan(task(resources={"cpu_cores": 3}), config)
 
 

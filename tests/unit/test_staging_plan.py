@@ -121,7 +121,7 @@ def test_content_inputs_up_to_the_site_maximum(config: SiteConfig) -> None:
     p = plan(config, inputs=[{"content": big, "path": "/in/big.txt", "url": "s3://ignored"}])
     assert p.files == {f"{WORK}/inputs/0": big} and p.input_types == ["FILE"]
     small = config.model_copy(update={"storage": config.storage.model_copy(update={"max_content_bytes": 10})})
-    assert "site maximum" in refused(small, "inputs[0].content", inputs=[{"content": big, "path": "/in/b"}])
+    assert "maximum of" in refused(small, "inputs[0].content", inputs=[{"content": big, "path": "/in/b"}])
 
 
 def manifest(p: JobPlan) -> dict:
