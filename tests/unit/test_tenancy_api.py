@@ -216,3 +216,54 @@ def test_request_rate_limit_is_429_with_retry_after(dev_config: SiteConfig, idp:
     assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
     assert "per second" in resp.get_json()["msg"]
     assert client.get(f"{BASE}/tasks", headers=bob).status_code == 200  # buckets are per user
+
+
+AUD = "hpc-bridge"
+
+
+def _forged(idp: Issuer, key: rsa.RSAPrivateKey, kind: str) -> str:
+    """A token that must be refused, made the way an attacker would."""
+    import hashlib
+    import hmac
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+
+    from ..oidc import b64, b64json
+
+    now = int(time.time())
+    if kind == "alg-none":
+        return f"{b64json({'alg': 'none', 'kid': 'rsa-1'})}.{b64json(claims(idp, aud=AUD))}."
+    if kind == "hs256-with-public-key":
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        signing_input = f"{b64json({'alg': 'HS256', 'kid': 'rsa-1'})}.{b64json(claims(idp, aud=AUD))}"
+        return f"{signing_input}.{b64(hmac.new(pem, signing_input.encode(), hashlib.sha256).digest())}"
+    if kind == "tampered-payload":
+        header, _, signature = token(key, claims(idp, sub="alice", aud=AUD)).split(".")
+        return f"{header}.{b64json(claims(idp, sub='bob', aud=AUD))}.{signature}"
+    payload = {
+        "expired": claims(idp, exp=now - 3600, aud=AUD),
+        "not-yet-valid": claims(idp, nbf=now + 3600, aud=AUD),
+        "wrong-issuer": claims(idp, iss="https://evil.example.org/", aud=AUD),
+        "wrong-audience": claims(idp, aud="another-service"),
+        "missing-sub": claims(idp, sub=None, aud=AUD),
+        "unknown-kid": claims(idp, aud=AUD),
+    }[kind]
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return token(other, payload, kid="rsa-9") if kind == "unknown-kid" else token(key, payload)
+
+
+@pytest.mark.parametrize("kind", ["expired", "not-yet-valid", "wrong-issuer", "wrong-audience",
+                                  "alg-none", "hs256-with-public-key", "unknown-kid",
+                                  "tampered-payload", "missing-sub"])
+def test_forged_and_invalid_tokens_are_refused(dev_config: SiteConfig, idp: Issuer, store: Store,
+                                               key: rsa.RSAPrivateKey, kind: str) -> None:
+    auth = AuthSettings.model_validate({"issuers": [{"issuer": idp.issuer, "audience": AUD}]})
+    client = create_app(dev_config.model_copy(update={"auth": auth}), store=store).test_client()
+    valid = {"Authorization": "Bearer " + token(key, claims(idp, aud=AUD))}
+    assert client.get(f"{BASE}/tasks", headers=valid).status_code == 200
+    resp = client.post(f"{BASE}/tasks", json=TASK, headers={"Authorization": "Bearer " + _forged(idp, key, kind)})
+    assert resp.status_code == 401, resp.get_json()
+    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    assert store.tasks.list(TaskFilter(), before_seq=None, limit=10) == []

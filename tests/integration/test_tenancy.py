@@ -1,0 +1,117 @@
+"""Tenancy through the real server, Slurm and Apptainer: tokens from a local OIDC issuer, two users
+and an admin; another user's task does not exist for you, whatever you try with it."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ..oidc import Issuer, claims, jwk, token
+from .conftest import ServerProcess
+
+FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"}
+
+
+@pytest.fixture(scope="module")
+def keys() -> list[rsa.RSAPrivateKey]:
+    return [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2)]
+
+
+@pytest.fixture
+def idp(keys: list[rsa.RSAPrivateKey]) -> Iterator[Issuer]:
+    server = Issuer()
+    server.jwks = {"keys": [jwk(keys[0], "k1")]}
+    yield server
+    server.close()
+
+
+class User:
+    def __init__(self, server: ServerProcess, idp: Issuer, key: rsa.RSAPrivateKey, sub: str,
+                 kid: str = "k1", **extra: Any) -> None:
+        self.base = f"{server.url}/ga4gh/tes/v1"
+        self.headers = {"Authorization": "Bearer " + token(key, claims(idp, sub=sub, **extra), kid=kid)}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, self.base + path, headers=self.headers, timeout=10, **kwargs)
+
+    def create(self, script: str) -> str:
+        body = {"name": "tenancy", "executors": [{"image": "busybox", "command": ["sh", "-c", script]}]}
+        resp = self.call("POST", "/tasks", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["id"]
+
+    def wait(self, task_id: str, states: set[str], timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.call("GET", f"/tasks/{task_id}?view=FULL").json()
+            if task["state"] in states:
+                return task
+            time.sleep(0.3)
+        pytest.fail(f"task {task_id} not in {states} after {timeout}s")
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., ServerProcess], idp: Issuer) -> ServerProcess:
+    return server_factory(auth={"mode": "jwt", "issuers": [{"issuer": idp.issuer}],
+                                "admin_claim": "roles", "admin_values": ["hpc-admin"],
+                                "jwks_refresh_min_interval": 1, "jwks_cache_lifespan": 3})
+
+
+def test_users_cannot_see_or_touch_each_others_tasks(server: ServerProcess, idp: Issuer,
+                                                     keys: list[rsa.RSAPrivateKey]) -> None:
+    alice, bob = User(server, idp, keys[0], "alice"), User(server, idp, keys[0], "bob")
+    admin = User(server, idp, keys[0], "root-of-all", roles=["hpc-admin"])
+    done = alice.create("echo secret-of-alice")
+    running = bob.create("echo started; sleep 300")
+    task = alice.wait(done, FINAL)
+    assert task["state"] == "COMPLETE"
+    assert task["logs"][0]["logs"][0]["stdout"] == "secret-of-alice\n"
+    job_id = bob.wait(running, {"RUNNING"})["logs"][0]["metadata"]["slurm_job_id"]
+
+    for view in ("MINIMAL", "BASIC", "FULL"):
+        resp = bob.call("GET", f"/tasks/{done}?view={view}")
+        assert resp.status_code == 404 and "secret-of-alice" not in resp.text
+    assert [t["id"] for t in bob.call("GET", "/tasks?view=FULL").json()["tasks"]] == [running]
+    assert "secret-of-alice" not in bob.call("GET", "/tasks?view=FULL").text
+    assert alice.call("POST", f"/tasks/{running}:cancel").status_code == 404
+    assert bob.call("GET", f"/tasks/{running}").json()["state"] == "RUNNING"
+    assert {t["id"] for t in admin.call("GET", "/tasks").json()["tasks"]} == {done, running}
+
+    assert bob.call("POST", f"/tasks/{running}:cancel").status_code == 200
+    assert bob.wait(running, FINAL)["state"] == "CANCELED"
+    queue = subprocess.run(["squeue", "--noheader", "--jobs", job_id, "--format=%T"],
+                           capture_output=True, text=True, check=False).stdout
+    assert "RUNNING" not in queue
+
+
+def test_forged_tokens_are_refused_by_the_live_server(server: ServerProcess, idp: Issuer,
+                                                      keys: list[rsa.RSAPrivateKey]) -> None:
+    good = User(server, idp, keys[0], "alice")
+    assert good.call("GET", "/tasks").status_code == 200
+    forged = [
+        User(server, idp, keys[1], "alice"),                      # right kid, wrong key
+        User(server, idp, keys[0], "alice", exp=int(time.time()) - 3600),
+    ]
+    for user in forged:
+        resp = user.call("POST", "/tasks", json={"executors": [{"image": "busybox", "command": ["true"]}]})
+        assert resp.status_code == 401 and resp.json()["status_code"] == 401
+    assert good.call("GET", "/tasks").json()["tasks"] == []  # nothing was created by them
+
+
+def test_key_rotation_is_picked_up_without_restart(server: ServerProcess, idp: Issuer,
+                                                   keys: list[rsa.RSAPrivateKey]) -> None:
+    old = User(server, idp, keys[0], "alice", kid="k1")
+    assert old.call("GET", "/tasks").status_code == 200
+    idp.jwks = {"keys": [jwk(keys[1], "k2")]}  # the issuer rotates: k1 gone, k2 new
+    new = User(server, idp, keys[1], "alice", kid="k2")
+    time.sleep(1.2)  # the server's jwks_refresh_min_interval
+    assert new.call("GET", "/tasks").status_code == 200  # unknown kid: one refetch finds it
+    time.sleep(3.2)  # jwks_cache_lifespan: the removed key is no longer trusted
+    assert old.call("GET", "/tasks").status_code == 401
+    assert new.call("GET", "/tasks").status_code == 200
