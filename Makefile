@@ -6,6 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 SITE_CONFIG ?= site_config/dev.yaml
 PYTEST_ARGS ?=
+FUZZ_EXAMPLES ?= 25
 
 .PHONY: run test unit venv cluster clean
 
@@ -28,7 +29,7 @@ run: venv cluster
 
 # pytest exits 5 when it collected nothing: say so, and fail like any other error.
 test: venv cluster
-	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@HPCB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "[make] pytest collected no tests: failing" >&2; fi; exit $$rc
 
 unit: venv

@@ -18,6 +18,8 @@ from hpc_bridge.ratelimit import RateLimiter
 from hpc_bridge.store import Store
 from hpc_bridge.tes.api import bp as tes_bp
 from hpc_bridge.tes.service import TaskService
+from hpc_bridge.wes.api import bp as wes_bp
+from hpc_bridge.wes.service import RunService
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,10 @@ def create_app(config: SiteConfig, *, store: Store | None = None,
     app.extensions["hpc_bridge.verifier"] = verifier or TokenVerifier(config.auth)
     app.extensions["hpc_bridge.ratelimit"] = RateLimiter()
     app.extensions["hpc_bridge.tasks"] = TaskService(store, config, on_change)
+    app.extensions["hpc_bridge.runs"] = RunService(store, config)  # `serve` sets its on_change
     app.before_request(_admit)
     app.register_blueprint(tes_bp)
+    app.register_blueprint(wes_bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(AuthError, _auth_error)

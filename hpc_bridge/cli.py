@@ -271,16 +271,28 @@ def serve(config_path: Path, host: str | None, port: int | None, insecure_no_aut
     daemon = Daemon(config, store, CliSlurmClient(bin_dir=config.slurm.bin_dir,
                                                   submit_as=config.slurm.submit_as,
                                                   timeout=config.slurm.command_timeout))
+    supervisor = None
     if lock.acquire():
         threading.Thread(target=daemon.run, name="hpc-bridge-daemon", daemon=True).start()
+        from hpc_bridge.tes.service import TaskService
+        from hpc_bridge.wes.supervisor import Supervisor
+
+        # WES engines run next to the daemon (one supervisor per database, like the daemon).
+        supervisor = Supervisor(config, store, TaskService(store, config, daemon.wake),
+                                config_path=config_path)
+        threading.Thread(target=supervisor.run, name="hpc-bridge-wes", daemon=True).start()
     else:
         err.print(f"another daemon holds {lock.path}: serving the API only", highlight=False)
     err.print(f"hpc-bridge serving [bold]http://{host}:{port}/ga4gh/tes/v1[/bold] "
               f"(config {config_path}, database {config.database})", highlight=False)
+    app = create_app(config, store=store, on_change=daemon.wake)
+    if supervisor is not None:
+        app.extensions["hpc_bridge.runs"].on_change = supervisor.wake
     try:
-        waitress.serve(create_app(config, store=store, on_change=daemon.wake), host=host, port=port,
-                       threads=config.server.threads, ident="hpc-bridge")
+        waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="hpc-bridge")
     finally:
+        if supervisor is not None:
+            supervisor.shutdown()
         daemon.stop()
         lock.release()
 

@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 from hpc_bridge.auth.settings import AuthSettings
+from hpc_bridge.runas.settings import RunAsSettings
+from hpc_bridge.wes.settings import WesSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -215,6 +217,8 @@ class SiteConfig(_Strict):
     storage: StorageSettings = StorageSettings()
     limits: LimitSettings = LimitSettings()
     monitor: MonitorSettings = MonitorSettings()
+    run_as: RunAsSettings = RunAsSettings()
+    wes: WesSettings = WesSettings()
     backend_parameters: list[str] = Field(
         default_factory=lambda: [
             "account", "qos", "partition", "time", "gres", "gpus", "constraint", "nodes", "exclusive",
@@ -235,6 +239,11 @@ class SiteConfig(_Strict):
                 if os.path.commonpath([real_root, real_area]) in (real_root, real_area):
                     raise ValueError(f"{name} ({area}) and data root {root} overlap: tasks could reach "
                                      "other tasks' files through the data root")
+        return self
+
+    @model_validator(mode="after")
+    def _runs_inside_data(self) -> SiteConfig:
+        self.wes.check(self.storage.data_roots)
         return self
 
     @property
@@ -281,6 +290,7 @@ _PATH_KEYS = {
     "slurm": ("bin_dir", "template_dirs"),
     "apptainer": ("binary", "image_dirs", "cache_dir"),
     "storage": ("work_root", "data_roots", "job_python"),
+    "wes": ("runs_root",),
 }
 
 

@@ -9,6 +9,7 @@ per database: `DaemonLock` guards it.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -22,18 +23,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-from hpc_bridge.config import SiteConfig
+from hpc_bridge.config import ConfigError, SiteConfig
 from hpc_bridge.containers.apptainer import UnsafeValue
 from hpc_bridge.containers.cache import ImageCache, PullError
 from hpc_bridge.containers.images import RegistryImage
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
 from hpc_bridge.slurm.record import JobRecord, parse_record
-from hpc_bridge.slurm.script import render
+from hpc_bridge.slurm.script import JobScript, render
 from hpc_bridge.slurm.states import map_state, still_active
 from hpc_bridge.staging import http
 from hpc_bridge.staging.paths import within
 from hpc_bridge.staging.schemes import Schemes
-from hpc_bridge.staging.workarea import WorkArea
+from hpc_bridge.staging.workarea import WorkArea, status_dir, status_root
 from hpc_bridge.store import Store, TaskRow
 from hpc_bridge.store.tasks import iso, now_iso
 from hpc_bridge.tes.jobspec import (
@@ -127,6 +128,7 @@ class Daemon:
         self._last_cleanup = 0.0
         self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
         self._job_user = pwd.getpwnam(config.slurm.submit_as) if config.slurm.submit_as else None
+        self._check_run_as()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -160,8 +162,9 @@ class Daemon:
         active = self.store.tasks.in_states(ACTIVE)
         if not active:
             return False
+        users = sorted({row.run_as for row in active if row.run_as})
         try:
-            jobs = self.slurm.queue()
+            jobs = self.slurm.queue(users) if users else self.slurm.queue()
         except SlurmError as exc:
             log.warning("Slurm unavailable, tasks stay as they are: %s", exc)
             return False
@@ -169,6 +172,7 @@ class Daemon:
         by_task = {tid: j for j in jobs if (tid := task_id_from_comment(j.comment))}
         busy = any(row.job_id for row in active)
         to_cancel: list[str] = []
+        to_cancel_as_user: list[TaskRow] = []
         to_submit: list[TaskRow] = []
         for row in active:
             try:
@@ -186,7 +190,10 @@ class Daemon:
                 status = by_id.get(row.job_id)
                 if row.cancel_requested and status is not None and still_active(status.state) \
                         and row.job_id not in self._cancel_sent:
-                    to_cancel.append(row.job_id)
+                    if row.run_as:
+                        to_cancel_as_user.append(row)
+                    else:
+                        to_cancel.append(row.job_id)
                 self._update(row, status)
             except Exception:  # one task's trouble (a bug, an I/O error) must not stall the others
                 log.exception("task %s: monitoring failed, retrying next cycle", row.id)
@@ -196,7 +203,17 @@ class Daemon:
                 self._cancel_sent.update(to_cancel)
             except SlurmError as exc:
                 log.warning("scancel failed, retrying next cycle: %s", exc)
+        # One helper call per task (it acts on that task alone), a few at a time.
+        list(self._pool.map(self._cancel_as_user, to_cancel_as_user))
         return self._submit(to_submit) or busy
+
+    def _cancel_as_user(self, row: TaskRow) -> None:
+        try:
+            self.slurm.cancel_as_user(row.id, sudo=self.config.run_as.sudo, helper=self.config.run_as.helper)
+            self._cancel_sent.add(row.job_id or "")
+        except SlurmError as exc:
+            log.warning("task %s: cancelling job %s as %s failed, retrying next cycle: %s",
+                        row.id, row.job_id, row.run_as, exc)
 
     # -- submission -------------------------------------------------------------------------
 
@@ -206,7 +223,7 @@ class Daemon:
         if (job := by_task.get(row.id)) is not None:
             return job.job_id
         if row.submit_attempts:
-            record = read_record(row.workdir)
+            record = read_record(self._record_dir(row))
             if record is not None and record.job_id:
                 return record.job_id
         return None
@@ -232,31 +249,43 @@ class Daemon:
     def prepare(self, row: TaskRow) -> Path | None:
         """Everything before sbatch: plan, work area, script, and the store told where the job's
         files will be. Returns the script, or None when the task cannot run (it is then failed)."""
+        if self.config.run_as.enabled and not row.run_as:  # fail closed: never the service account
+            self._fail(row, f"cannot run task: run_as.mode is {self.config.run_as.mode!r} and the task "
+                            "has no Unix user (created before per-user execution was turned on?)")
+            return None
         workdir = self.config.storage.work_root / row.id
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
                             config=self.config, schemes=self.schemes,
                             limits=self.config.limits.for_owner(row.owner))
+            if row.run_as:  # the work area will be private to the user: record and logs go apart
+                plan.script = self._with_status_dir(plan.script, row.id)
             script_text = render(plan.script, self.config.template_search_path)
         except (InvalidTask, UnsafeValue) as exc:  # valid at POST, not any more (site config changed)
             self._fail(row, f"cannot run task: {exc}")
             return None
-        area = self._work_area(workdir)
-        if not self._staged(row, area, plan):
-            return None
-        try:
-            area.create()
-            for directory in plan.directories:
-                area.make_dirs(area.relative(directory))
-            for name, content in plan.files.items():
-                area.write(area.relative(name), content)
-            area.write("job.sh", script_text)
-            area.hand_over()
-            script = workdir / "job.sh"
-        except OSError as exc:
-            self._fail(row, f"cannot prepare work directory {workdir}: {exc}")
-            return None
-        streams = [dict(zip(("stdout", "stderr"), plan.script.output_paths(i), strict=True))
+        script = workdir / "job.sh"
+        if row.run_as and self._handed_over(workdir):
+            pass  # complete: the helper took it over in an attempt whose sbatch did not get through
+        else:
+            area = self._work_area(workdir, row)
+            if not self._staged(row, area, plan):
+                return None
+            try:
+                if row.run_as:
+                    status_root(self.config.storage.work_root).mkdir(mode=0o755, parents=True,
+                                                                     exist_ok=True)
+                area.create()
+                for directory in plan.directories:
+                    area.make_dirs(area.relative(directory))
+                for name, content in plan.files.items():
+                    area.write(area.relative(name), content)
+                area.write("job.sh", script_text)
+                area.hand_over()
+            except OSError as exc:
+                self._fail(row, f"cannot prepare work directory {workdir}: {exc}")
+                return None
+        streams = [dict(zip(("stdout", "stderr"), plan.script.log_paths(i), strict=True))
                    for i in range(len(plan.script.executors))]
         self.store.tasks.update(row.id, workdir=str(workdir), streams=streams,
                                 system_logs=[*row.system_logs,
@@ -319,7 +348,11 @@ class Daemon:
             return  # cancelled while being prepared: the next cycle makes it CANCELED
         workdir = script.parent
         try:
-            job_id = self.slurm.submit(script, workdir=workdir)
+            if row.run_as:
+                job_id = self.slurm.submit_as_user(row.id, sudo=self.config.run_as.sudo,
+                                                   helper=self.config.run_as.helper)
+            else:
+                job_id = self.slurm.submit(script, workdir=workdir)
         except SlurmError as exc:
             if exc.unavailable:
                 # Not less than the command timeout: a timed-out sbatch may still have been
@@ -328,6 +361,8 @@ class Daemon:
                             max(self.config.slurm.command_timeout, 2.0 ** row.submit_attempts))
                 self.store.tasks.update(row.id, next_attempt_at=time.time() + delay)
                 log.warning("task %s: Slurm unavailable, retrying in %.0fs: %s", row.id, delay, exc)
+            elif row.run_as:
+                self._fail(row, f"could not submit the job as Unix user {row.run_as}: {exc}")
             else:
                 self._fail(row, f"Slurm refused the job: {exc}")
             return
@@ -338,9 +373,40 @@ class Daemon:
         self.store.tasks.update(row.id, job_id=job_id,  # prepare() recorded the work dir before sbatch
                                 message=f"adopted Slurm job {job_id} after a restart")
 
-    def _work_area(self, workdir: Path) -> WorkArea:
-        user = self._job_user if os.geteuid() == 0 else None
+    def _work_area(self, workdir: Path, row: TaskRow) -> WorkArea:
+        """A per-user task's area stays the daemon's until the helper hands it over."""
+        user = self._job_user if os.geteuid() == 0 and not row.run_as else None
         return WorkArea(workdir, user.pw_uid if user else None, user.pw_gid if user else None)
+
+    # -- per-user execution -------------------------------------------------------------------
+
+    def _check_run_as(self) -> None:
+        settings = self.config.run_as
+        if not settings.enabled:
+            return
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        if me != settings.service_user:
+            raise ConfigError(f"run_as.service_user is {settings.service_user!r} but the daemon runs as "
+                              f"{me!r}: per-user execution needs the daemon to run as that account")
+
+    def _with_status_dir(self, script: JobScript, task_id: str) -> JobScript:
+        return dataclasses.replace(script, status_dir=str(status_dir(self.config.storage.work_root, task_id)),
+                                   log_tail=self.config.storage.log_tail_bytes)
+
+    def _record_dir(self, row: TaskRow) -> str | None:
+        """Where a task's job leaves its record and logs: the work area, or for a per-user task
+        its status directory (the work area is private to the user)."""
+        if row.run_as:
+            return str(status_dir(self.config.storage.work_root, row.id))
+        return row.workdir
+
+    @staticmethod
+    def _handed_over(path: Path | str) -> bool:
+        """True when the path exists and is no longer the daemon's (the helper gave it to the user)."""
+        try:
+            return os.lstat(path).st_uid != os.geteuid()
+        except FileNotFoundError:
+            return False
 
     def _fail(self, row: TaskRow, message: str) -> None:
         """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""
@@ -356,7 +422,7 @@ class Daemon:
                 and not row.cancel_requested:
             return  # nothing new until the job ends: spare the record read
         needs_record = status is None or status.state not in ("PENDING", "CONFIGURING")
-        record = read_record(row.workdir) if needs_record else None
+        record = read_record(self._record_dir(row)) if needs_record else None
         ignore = [bool(e.get("ignore_error")) for e in row.task["executors"]]
         mapped = map_state(status.state if status else None, status.reason if status else "",
                            record, ignore_error=ignore, cancel_requested=bool(row.cancel_requested))
@@ -406,6 +472,15 @@ class Daemon:
                 log.error("task %s: work area %s is outside %s; not removing it", row.id, workdir, root)
                 self.store.tasks.update(row.id, cleaned_at=now_iso())
                 continue
+            if row.run_as and (self._handed_over(workdir)
+                               or os.path.lexists(status_dir(self.config.storage.work_root, row.id))):
+                try:  # the user's: removed as the user, by the helper
+                    self.slurm.clean_as_user(row.id, sudo=self.config.run_as.sudo,
+                                             helper=self.config.run_as.helper)
+                except SlurmError as exc:
+                    log.warning("task %s: could not remove work area %s as %s, retrying later: %s",
+                                row.id, workdir, row.run_as, exc)
+                    continue
             shutil.rmtree(workdir, ignore_errors=True)  # never follows symlinks planted inside
             if os.path.exists(workdir):
                 log.warning("task %s: could not remove work area %s, retrying later", row.id, workdir)
@@ -426,8 +501,8 @@ class Daemon:
                 entry["start_time"] = ex.start_time
             if ex.end_time:
                 entry["end_time"] = ex.end_time
-            if tails and index < len(row.streams) and row.workdir:
-                entry["stdout"] = _tail(row.streams[index]["stdout"], row.workdir, limit)
-                entry["stderr"] = _tail(row.streams[index]["stderr"], row.workdir, limit)
+            if tails and index < len(row.streams) and (base := self._record_dir(row)):
+                entry["stdout"] = _tail(row.streams[index]["stdout"], base, limit)
+                entry["stderr"] = _tail(row.streams[index]["stderr"], base, limit)
             out.append(entry)
         return out

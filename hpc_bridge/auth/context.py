@@ -8,6 +8,9 @@ from typing import TypeVar
 
 from flask import current_app, g, request
 
+from hpc_bridge.errors import Forbidden
+from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
+
 from .verifier import Identity, TokenVerifier
 
 View = TypeVar("View", bound=Callable[..., object])
@@ -33,6 +36,18 @@ def authenticate() -> None:
 
 def current_identity() -> Identity:
     return g.identity
+
+
+def current_run_as() -> str | None:
+    """The Unix user the caller's jobs run as (None: the service account). A caller the site's
+    mapping cannot place is refused (403) before anything is created."""
+    settings = current_app.config["SITE"].run_as
+    if settings.mode == "service":
+        return None
+    try:
+        return unix_user_for(current_identity(), settings)
+    except NoUnixUser as exc:
+        raise Forbidden(str(exc)) from None
 
 
 def owner_filter() -> str | None:

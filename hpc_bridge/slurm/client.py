@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
+TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 # One squeue call covers every job; '|' ends each field. Comment is last because it is free text.
 _QUEUE_FIELDS = ("JobID", "State", "Reason", "exit_code", "Name", "Comment")
@@ -47,7 +49,7 @@ class JobStatus:
 class SlurmClient(Protocol):
     def submit(self, script: Path, *, workdir: Path) -> str: ...
 
-    def queue(self) -> list[JobStatus]: ...
+    def queue(self, users: Sequence[str] = ()) -> list[JobStatus]: ...
 
     def cancel(self, job_ids: Sequence[str]) -> None: ...
 
@@ -126,15 +128,40 @@ class CliSlurmClient:
             raise SlurmError(f"sbatch returned no job id: {out.strip()!r}")
         return job_id
 
-    def queue(self) -> list[JobStatus]:
-        """Every job of the job user the controller still knows, finished ones included, in one
-        call whatever the count (other users' jobs are left out: on a real cluster they are most)."""
+    def queue(self, users: Sequence[str] = ()) -> list[JobStatus]:
+        """Every job of the job user (and of `users`: those per-user tasks run as) the controller
+        still knows, finished ones included, in one call whatever the count (other users' jobs are
+        left out: on a real cluster they are most)."""
+        names = ",".join(dict.fromkeys([self._user, *users]))
         return parse_queue(self._call([self._cmd("squeue"), "--noheader", "--states=all",
-                                       f"--user={self._user}", f"--Format={_QUEUE_FORMAT}"]))
+                                       f"--user={names}", f"--Format={_QUEUE_FORMAT}"]))
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
             self._call([self._cmd("scancel"), *job_ids])
+
+    # -- per-user execution: `sudo -n HELPER TASK_ID`; the helper acts on the task's stored state --
+
+    def submit_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> str:
+        """Submit a task whose job runs as its own Unix user; returns the job id."""
+        out = self._helper(task_id, sudo, helper)
+        job_id = out.strip().split(";", 1)[0]
+        if not job_id.isdigit():
+            raise SlurmError(f"the submit helper returned no job id: {out.strip()!r}")
+        return job_id
+
+    def cancel_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> None:
+        """Cancel the job of a task being cancelled, as the task's Unix user."""
+        self._helper(task_id, sudo, helper)
+
+    def clean_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> None:
+        """Remove an ended task's work area (the user's, private) as that user."""
+        self._helper(task_id, sudo, helper)
+
+    def _helper(self, task_id: str, sudo: Path, helper: Path) -> str:
+        if not TASK_ID.match(task_id):
+            raise SlurmError(f"not a task id: {task_id!r}")
+        return self._call([str(sudo), "-n", str(helper), task_id])
 
     def ping(self) -> bool:
         try:

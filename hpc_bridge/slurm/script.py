@@ -21,6 +21,7 @@ from hpc_bridge.containers.apptainer import UnsafeValue
 # #SBATCH lines are split on whitespace by sbatch and never go through a shell: only plain tokens pass.
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=+/@%-]+\Z")
 _SBATCH_OPTION = re.compile(r"[a-z][a-z-]*\Z")
+SBATCH_VALUE_MAX = 1024
 
 
 def shell_quote(value: object) -> str:
@@ -33,6 +34,8 @@ def shell_quote(value: object) -> str:
 
 def sbatch_value(value: object) -> str:
     text = str(value)
+    if len(text) > SBATCH_VALUE_MAX:  # slurmctld refuses longer strings ("Pathname ... too long")
+        raise UnsafeValue(f"value longer than {SBATCH_VALUE_MAX} characters on an #SBATCH line")
     if not _SBATCH_VALUE.match(text):
         raise UnsafeValue(f"value not allowed on an #SBATCH line: {text!r}")
     return text
@@ -78,18 +81,64 @@ class JobScript:
     inputs: Sequence[InputCheck] = field(default_factory=tuple)
     # argv of the output collector, run on the compute node after the executors succeeded
     collect: Sequence[str] | None = None
+    # Per-user execution: the work area is private to the job user (0700), so the job's record,
+    # slurm.out and executor logs go to this status directory instead (the user's, readable by the
+    # service account's group); an executor's own stdout/stderr file is copied there, its last
+    # `log_tail` bytes, when the executor ends. None: everything in the work area, as before.
+    status_dir: str | None = None
+    log_tail: int = 0
+
+    @property
+    def record_dir(self) -> str:
+        """Where the record, slurm.out and the default executor logs are written."""
+        return self.status_dir or self.workdir
+
+    @property
+    def record_path(self) -> str:
+        return f"{self.record_dir}/record.jsonl"
 
     def output_paths(self, index: int) -> tuple[str, str]:
         """Where executor `index` writes stdout and stderr on the host: its TES paths, or files of
-        its own in the work dir. The template and the daemon's log reader both ask here."""
+        its own next to the record. The template and the daemon's log reader both ask here."""
         ex = self.executors[index]
-        return (ex.stdout or f"{self.workdir}/executor-{index}.stdout",
-                ex.stderr or f"{self.workdir}/executor-{index}.stderr")
+        return (ex.stdout or f"{self.record_dir}/executor-{index}.stdout",
+                ex.stderr or f"{self.record_dir}/executor-{index}.stderr")
+
+    def log_paths(self, index: int) -> tuple[str, str]:
+        """The files the daemon reads executor `index`'s logs from: its output files, or with a
+        status directory the files there (its own TES paths are copied there when it ends)."""
+        if self.status_dir is None:
+            return self.output_paths(index)
+        return (f"{self.status_dir}/executor-{index}.stdout", f"{self.status_dir}/executor-{index}.stderr")
+
+    def log_copies(self, index: int) -> list[tuple[str, str, str]]:
+        """(source, its redirect root, copy in the status dir) of each stream executor `index` sends
+        to a TES path: the daemon cannot read the private work area, so the job copies a tail."""
+        if self.status_dir is None or self.log_tail <= 0:
+            return []
+        ex = self.executors[index]
+        return [(src, self.redirect_root(index, stream), dst)
+                for stream, src, dst in zip(("stdout", "stderr"), (ex.stdout, ex.stderr),
+                                            self.log_paths(index), strict=True) if src]
 
     def redirect_root(self, index: int, stream: str) -> str:
         """What a redirection must resolve inside: its bind's host path, or for the default log
-        files (which no container sees) the work area."""
-        return self.executors[index].roots.get(stream, self.workdir)
+        files (which no container sees) the directory of the record."""
+        return self.executors[index].roots.get(stream, self.record_dir)
+
+    @property
+    def collect_argv(self) -> Sequence[str] | None:
+        """The collector appends to `record.jsonl` next to its manifest (its last argument): with a
+        status directory the template copies the manifest there, and the collector reads the copy."""
+        if self.collect is None or self.status_dir is None:
+            return self.collect
+        return [*self.collect[:-1], self.manifest_copy[1]]
+
+    @property
+    def manifest_copy(self) -> tuple[str, str]:
+        """(manifest in the work area, its copy next to the record) -- with a status directory."""
+        assert self.collect is not None and self.status_dir is not None
+        return self.collect[-1], f"{self.status_dir}/{self.collect[-1].rsplit('/', 1)[-1]}"
 
 
 @functools.lru_cache(maxsize=8)

@@ -15,7 +15,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hpc_bridge.runas.helper import STATUS_DIR
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def status_root(work_root: Path) -> Path:
+    """Per-user execution: the directory holding each task's status directory (made by the daemon)."""
+    return work_root / STATUS_DIR
+
+
+def status_dir(work_root: Path, task_id: str) -> Path:
+    """Per-user execution: where a task's job leaves its record, slurm.out and executor logs. The
+    root helper makes it (owner the job user, group the service account's, mode 2750) because the
+    work area itself is private to the user; the same layout is fixed in the helper."""
+    return status_root(work_root) / task_id
 
 
 class WorkAreaError(OSError):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -58,7 +58,33 @@ def _v3(db: sqlite_utils.Database) -> None:
     db["tasks"].create_index(["owner", "state"])
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(db: sqlite_utils.Database) -> None:
+    """WES runs and their state history (hpc_bridge/store/runs.py), and an index that finds the
+    TES tasks of a run by their `wes_run_id` tag."""
+    db["runs"].create(
+        {
+            "seq": int, "id": str, "owner": str, "state": str, "created_at": str, "updated_at": str,
+            "start_time": str, "end_time": str, "request": str, "tags": str, "run_dir": str,
+            "workflow": str, "cancel_requested": int, "engine_pid": int, "engine_start": str,
+            "launches": int, "exit_code": int, "outputs": str, "system_logs": str,
+        },
+        pk="seq",
+        not_null={"id", "owner", "state", "created_at", "updated_at", "request", "tags", "run_dir",
+                  "workflow", "cancel_requested", "launches", "system_logs"},
+        defaults={"tags": "{}", "cancel_requested": 0, "launches": 0, "system_logs": "[]"},
+    )
+    db["runs"].create_index(["id"], unique=True)
+    db["runs"].create_index(["owner", "state"])
+    db["runs"].create_index(["state"])
+    db["run_events"].create(
+        {"seq": int, "run_id": str, "time": str, "state": str, "message": str},
+        pk="seq", not_null={"run_id", "time", "state"},
+    )
+    db["run_events"].create_index(["run_id"])
+    db.execute("CREATE INDEX idx_tasks_wes_run_id ON tasks (json_extract(tags, '$.wes_run_id'))")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 class Store:

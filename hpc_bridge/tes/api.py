@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hpc_bridge import __version__
-from hpc_bridge.auth.context import current_identity, owner_filter, public
+from hpc_bridge.auth.context import current_identity, current_run_as, owner_filter, public
 from hpc_bridge.errors import BadRequest
 from hpc_bridge.tes.models import CreateTaskResponse, ServiceInfo
 from hpc_bridge.tes.service import TaskService, parse_view
@@ -41,7 +41,7 @@ def create_task() -> ResponseReturnValue:
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("body: a JSON tesTask is required (Content-Type: application/json)")
-    task_id = _service().create(body, current_identity().owner)
+    task_id = _service().create(body, current_identity().owner, run_as=current_run_as())
     return jsonify(CreateTaskResponse(id=task_id).to_json())
 
 

@@ -19,7 +19,7 @@ from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_imag
 from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
 from hpc_bridge.slurm.timelimit import gpu_count, minutes
 from hpc_bridge.staging.schemes import SchemeError, Schemes
-from hpc_bridge.tes.models import FileType, Task
+from hpc_bridge.tes.models import NAME_MAX, FileType, Task
 
 FLAG_PARAMETERS = {"exclusive"}
 TRUE_VALUES = {"", "true", "yes", "1"}
@@ -276,6 +276,9 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             dest = schemes.for_url(out.url).output(out.url)
         except SchemeError as exc:
             raise InvalidTask(f"{where}.url", str(exc)) from None
+        if len(dest.encode()) >= 4096 or any(len(p.encode()) > NAME_MAX for p in dest.split("/")):
+            raise InvalidTask(f"{where}.url", f"path too long for a file system ({len(dest)} characters, "
+                                              f"or a component longer than {NAME_MAX} bytes)")
         path = normalize(out.path)
         wildcard = _wildcard(path)
         prefix = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from hpc_bridge.config import SiteConfig
 
@@ -53,7 +53,29 @@ class FileType(StrEnum):
     DIRECTORY = "DIRECTORY"
 
 
-AbsPath = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^/")]
+NAME_MAX = 255  # bytes in one path component (Linux)
+
+
+def _storable_path(path: str) -> str:
+    """A path no file system can hold is refused now (400), not when the job fails to create it."""
+    if "\0" in path:
+        raise ValueError("NUL bytes are not allowed in paths")
+    if any(len(part.encode()) > NAME_MAX for part in path.split("/")):
+        raise ValueError(f"a path component is longer than {NAME_MAX} bytes")
+    return path
+
+
+AbsPath = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^/"),
+                    AfterValidator(_storable_path)]
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:  # SQLite's text functions stop at NUL: name_prefix and tag filters would miss it
+        raise ValueError("NUL bytes are not allowed here")
+    return text
+
+
+Searchable = Annotated[str, AfterValidator(_no_nul)]  # what GET /tasks filters on
 
 
 class Input(_Model):
@@ -124,14 +146,14 @@ class Task(_Model):
 
     id: str | None = None
     state: State | None = None
-    name: str | None = None
+    name: Searchable | None = None
     description: str | None = None
     inputs: list[Input] | None = None
     outputs: list[Output] | None = None
     resources: Resources | None = None
     executors: Annotated[list[Executor], Field(min_length=1)]
     volumes: list[AbsPath] | None = None
-    tags: dict[str, str] | None = None
+    tags: dict[Searchable, Searchable] | None = None
     logs: list[TaskLog] | None = None
     creation_time: str | None = None
 

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Benchmark: an N-way CWL scatter of a trivial tool through hpc-bridge (WES -> TES -> Slurm ->
+Apptainer) versus `toil-cwl-runner --batchSystem slurm` on the same cluster, in the same run.
+
+    .venv/bin/python bench/scatter.py [--n 100] [--skip-toil]
+
+Run as root on the dev machine with the cluster up. Bridge: a fresh `hpc-bridge serve` (own database
+and work root) receives the workflow through `hpc-bridge-cwl-runner`, which submits over the WES API,
+waits and copies the outputs; the clock covers that one command. Toil: `toil-cwl-runner` from its own
+venv (`.venv-toil`, made with `pip install 'toil[cwl]'` on first use: Toil pins its own cwltool), with
+`--no-container` (it has no Apptainer support for the local registry), its job store and work dir on
+the shared /srv. Slurm jobs used are counted from job ids: a marker job submitted just before and just
+after each side brackets every job id Slurm handed out in between. Outputs of both are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from tes_submit import Run, print_footer, say  # noqa: E402
+
+from hpc_bridge.config import load_config  # noqa: E402
+
+WORKFLOW = ROOT / "bench" / "workflows" / "scatter.cwl"
+TOIL_VENV = ROOT / ".venv-toil"
+
+
+def marker_job() -> int:
+    """A held job's id, cancelled at once: Slurm ids are sequential, so two markers bracket a run."""
+    out = subprocess.run(["sbatch", "--parsable", "--hold", "--job-name=bench-marker", "--wrap=true"],
+                         capture_output=True, text=True, check=True).stdout
+    job_id = out.strip().split(";")[0]
+    subprocess.run(["scancel", job_id], check=False)
+    return int(job_id)
+
+
+def check_outputs(result: dict, n: int, where: str) -> None:
+    outs = result.get("outs") or []
+    if len(outs) != n:
+        raise SystemExit(f"{where}: expected {n} outputs, got {len(outs)}")
+    texts = sorted(Path(o["path"] if "path" in o else o["location"].removeprefix("file://")).read_text()
+                   for o in outs)
+    if texts != sorted(f"m{i}\n" for i in range(n)):
+        raise SystemExit(f"{where}: wrong output contents")
+
+
+def bridge(run_: Run, job: Path, n: int) -> dict:
+    server, _config = run_.server("scatter")
+    outdir = run_.tmp / "bridge-out"
+    env = {**os.environ, "HPC_BRIDGE_URL": server.url}
+    runner = Path(sys.executable).parent / "hpc-bridge-cwl-runner"
+    before = marker_job()
+    start = time.monotonic()
+    proc = subprocess.run([str(runner), "--quiet", "--outdir", str(outdir), str(WORKFLOW), str(job)],
+                          capture_output=True, text=True, env=env, check=False)
+    wall = time.monotonic() - start
+    after = marker_job()
+    if proc.returncode != 0:
+        raise SystemExit(f"hpc-bridge-cwl-runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    check_outputs(json.loads(proc.stdout), n, "bridge")
+    return {"wall": wall, "jobs": after - before - 1}
+
+
+def ensure_toil() -> Path:
+    exe = TOIL_VENV / "bin" / "toil-cwl-runner"
+    if not exe.exists():
+        say("installing toil[cwl] into .venv-toil (first use)")
+        subprocess.run([sys.executable, "-m", "venv", str(TOIL_VENV)], check=True)
+        subprocess.run([str(TOIL_VENV / "bin" / "pip"), "install", "--quiet", "toil[cwl]"], check=True)
+    return exe
+
+
+def toil(run_: Run, job: Path, n: int) -> dict:
+    exe = ensure_toil()
+    base = Path("/srv/hpc-bridge") / f"bench-toil-{run_.id}"  # shared with the compute node
+    base.mkdir(parents=True)
+    try:
+        env = {**os.environ, "PATH": f"{exe.parent}:{os.environ['PATH']}"}  # Toil's workers need it
+        before = marker_job()
+        start = time.monotonic()
+        proc = subprocess.run([str(exe), "--batchSystem", "slurm", "--jobStore", str(base / "js"),
+                               "--workDir", str(base), "--outdir", str(base / "out"), "--no-container",
+                               "--logLevel", "WARNING", str(WORKFLOW), str(job)],
+                              capture_output=True, text=True, env=env, check=False)
+        wall = time.monotonic() - start
+        after = marker_job()
+        if proc.returncode != 0:
+            raise SystemExit(f"toil-cwl-runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        check_outputs(json.loads(proc.stdout), n, "toil")
+        return {"wall": wall, "jobs": after - before - 1,
+                "version": subprocess.run([str(exe), "--version"], capture_output=True, text=True,
+                                          check=False).stdout.strip().splitlines()[-1]}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="scatter width (default 100)")
+    parser.add_argument("--skip-toil", action="store_true", help="measure the bridge only")
+    parser.add_argument("--config", type=Path, default=ROOT / "site_config" / "dev.yaml")
+    parser.add_argument("--keep", action="store_true", help="keep temp configs, databases, logs")
+    args = parser.parse_args()
+    run_ = Run(load_config(args.config), args.keep)
+    job = run_.tmp / "job.json"
+    job.write_text(json.dumps({"messages": [f"m{i}" for i in range(args.n)]}))
+    started = time.time()
+    try:
+        say(f"bridge: {args.n}-way scatter through WES")
+        ours = bridge(run_, job, args.n)
+        say(f"bridge: {ours['wall']:.1f} s, {ours['jobs']} Slurm jobs")
+        theirs = None
+        if not args.skip_toil:
+            say(f"toil: {args.n}-way scatter with --batchSystem slurm")
+            theirs = toil(run_, job, args.n)
+            say(f"toil: {theirs['wall']:.1f} s, {theirs['jobs']} Slurm jobs")
+    finally:
+        run_.cleanup()
+    print(f"\n{args.n}-way scatter of a trivial CWL tool, {os.cpu_count()} CPUs, same cluster, same run")
+    print(f"{'':28} {'wall s':>8} {'Slurm jobs':>11}")
+    print(f"{'hpc-bridge (Apptainer)':28} {ours['wall']:8.1f} {ours['jobs']:11d}")
+    if theirs:
+        print(f"{'toil-cwl-runner (no container)':28} {theirs['wall']:8.1f} {theirs['jobs']:11d}")
+        print(f"ratio bridge/toil wall time: {ours['wall'] / theirs['wall']:.2f} ({theirs['version']})")
+    print_footer({"foreign": len(run_.foreign_seen)}, f"total benchmark time {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+cwlVersion: v1.2
+class: CommandLineTool
+doc: A trivial tool, so that a scatter of it measures scheduling overhead, not work.
+baseCommand: echo
+inputs:
+  message: {type: string, inputBinding: {position: 1}}
+outputs:
+  out: {type: stdout}
+stdout: out.txt

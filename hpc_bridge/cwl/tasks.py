@@ -1,0 +1,196 @@
+"""The run's TES tasks: created in-process through TaskService, found again after a restart, and
+watched by one polling thread for all of them (the job threads just wait on an event).
+
+A task is reused when an earlier engine process of the same run and owner created one with the
+same job key: a COMPLETE one whose outputs are still on disk, or one still in flight (adopted and
+waited for, instead of a second Slurm job).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import unquote, urlsplit
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.errors import TooManyRequests
+from hpc_bridge.store import Store, TaskFilter, TaskRow
+from hpc_bridge.tes.models import State
+from hpc_bridge.tes.service import TaskService
+
+log = logging.getLogger("hpc_bridge.cwl")
+
+ACTIVE = {State.QUEUED, State.INITIALIZING, State.RUNNING, State.PAUSED}
+
+
+class RunCanceled(Exception):
+    """The run is being cancelled: no new task may start."""
+
+
+def url_path(url: str) -> str:
+    return unquote(urlsplit(url).path) if url.startswith("file://") else url
+
+
+def outputs_on_disk(row: TaskRow) -> bool:
+    """The task's output directory and every file it reported are still there."""
+    outputs = row.task.get("outputs") or []
+    if not outputs or not os.path.isdir(url_path(outputs[0]["url"])):
+        return False
+    return all(os.path.lexists(url_path(o["url"])) for o in row.outputs)
+
+
+def _parse_time(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Watch:
+    done: threading.Event = field(default_factory=threading.Event)
+    row: TaskRow | None = None
+    timelimit: int | None = None
+    tool_index: int = 0
+    seen_running: float | None = None
+    timed_out: bool = False
+
+
+class TaskRunner:
+    def __init__(self, store: Store, config: SiteConfig, *, run_id: str, owner: str,
+                 run_as: str | None = None, poll_interval: float = 0.5) -> None:
+        self.store, self.run_id, self.owner, self.run_as = store, run_id, owner, run_as
+        self.service = TaskService(store, config)
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._watches: dict[str, _Watch] = {}
+        self._claimed: set[str] = set()  # tasks this process created or reused
+        self._closing = False
+        self.created: list[str] = []
+        self.reused: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cwl-task-watch", daemon=True)
+        self._thread.start()
+
+    # -- creating or finding ------------------------------------------------------------------
+
+    def find_reusable(self, key: str) -> TaskRow | None:
+        """A task of an earlier engine process with this key: COMPLETE with its outputs on disk,
+        or still live. Each is used once per process (two identical jobs get two tasks)."""
+        rows = self.store.tasks.list(TaskFilter(owner=self.owner, tags=(("wes_run_id", self.run_id),
+                                                                          ("cwl_job_key", key))),
+                                     before_seq=None, limit=50)
+        with self._lock:
+            for row in rows:
+                if row.id in self._claimed:
+                    continue
+                if row.state == State.COMPLETE and outputs_on_disk(row) or \
+                        row.state in ACTIVE and not row.cancel_requested:
+                    self._claimed.add(row.id)
+                    self.reused.append(row.id)
+                    return row
+        return None
+
+    def create(self, body: dict, *, step: str, key: str) -> str:
+        body = {**body, "tags": {**(body.get("tags") or {}), "wes_run_id": self.run_id,
+                                 "cwl_step": step[:200], "cwl_job_key": key}}
+        while True:  # the owner's active-task limit: wait for some of the run's tasks to end
+            with self._lock:
+                if self._closing:
+                    raise RunCanceled("the run is being cancelled")
+            try:
+                task_id = self.service.create(body, self.owner, run_as=self.run_as)
+                break
+            except TooManyRequests as exc:
+                log.info("[job %s] waiting to create its task: %s", step, exc.message)
+                self._stop.wait(max(self.poll_interval, exc.retry_after or 2.0))
+        with self._lock:
+            self._claimed.add(task_id)
+            self.created.append(task_id)
+            closing = self._closing
+        if closing:  # cancelled while it was being created
+            self.service.cancel(task_id, self.owner)
+            raise RunCanceled("the run is being cancelled")
+        return task_id
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def wait(self, task_id: str, *, timelimit: int | None = None, tool_index: int = 0,
+             on_state: Callable[[TaskRow], None] | None = None) -> tuple[TaskRow, bool]:
+        """Block until the task ends; returns its row and whether the engine stopped it for
+        exceeding `timelimit` seconds of run time (ToolTimeLimit)."""
+        watch = _Watch(timelimit=timelimit or None, tool_index=tool_index)
+        with self._lock:
+            self._watches[task_id] = watch
+        try:
+            watch.done.wait()
+        finally:
+            with self._lock:
+                self._watches.pop(task_id, None)
+        assert watch.row is not None
+        return watch.row, watch.timed_out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            with self._lock:
+                watches = list(self._watches.items())
+            for task_id, watch in watches:
+                try:
+                    self._poll(task_id, watch)
+                except Exception:  # a store hiccup: try again next round
+                    log.exception("polling task %s failed", task_id)
+
+    def _poll(self, task_id: str, watch: _Watch) -> None:
+        row = self.store.tasks.get(task_id)
+        if row is None:
+            return
+        watch.row = row
+        if State(row.state).terminal:
+            watch.done.set()
+            return
+        if watch.timelimit and not watch.timed_out and row.state == State.RUNNING \
+                and time.time() - self._tool_start(row, watch) > watch.timelimit:
+            watch.timed_out = True
+            log.warning("task %s exceeded its time limit of %ss: cancelling it", task_id, watch.timelimit)
+            self.service.cancel(task_id, self.owner)
+
+    @staticmethod
+    def _tool_start(row: TaskRow, watch: _Watch) -> float:
+        """When the tool's executor started: its log, else the job's start, else when first seen
+        running (the daemon refreshes executor logs only now and then while a job runs)."""
+        logs = row.executor_logs
+        if len(logs) > watch.tool_index:
+            started = _parse_time(logs[watch.tool_index].get("start_time"))
+            if started is not None:
+                return started
+        started = _parse_time(row.start_time)
+        if started is not None:
+            return started
+        if watch.seen_running is None:
+            watch.seen_running = time.time()
+        return watch.seen_running
+
+    # -- cancelling ---------------------------------------------------------------------------
+
+    def cancel_all(self) -> int:
+        """Stop every live task this process created or adopted; no new task starts after this."""
+        with self._lock:
+            self._closing = True
+            ids = list(self._claimed)
+        cancelled = 0
+        for task_id in ids:
+            row = self.store.tasks.get(task_id)
+            if row is not None and not State(row.state).terminal and not row.cancel_requested:
+                self.service.cancel(task_id, self.owner)
+                cancelled += 1
+        return cancelled
+
+    def close(self) -> None:
+        self._stop.set()

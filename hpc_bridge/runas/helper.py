@@ -1,0 +1,570 @@
+#!/usr/bin/python3 -IS
+"""submit-as: the root helper of per-user execution, run by the service account through sudo.
+
+    sudo -n /usr/local/libexec/hpc-bridge/submit-as TASK_ID
+
+Its only argument is a task id. Everything else comes from trusted places: its own configuration
+(CONFIG_PATH, a root-owned JSON file fixed when the helper is installed, never taken from the
+caller or the environment) and the task's row in the service's database, which it reads as the
+service account, read-only. What it does follows from that row, never from the caller:
+
+- a QUEUED task without a job: hand the work area the daemon staged over to the task's user
+  (walked from directory descriptors, every entry opened with O_NOFOLLOW and checked: made by the
+  service account, a directory or a regular file with one link, no set-id bit), mode 0700; make
+  the task's status directory `<work_root>/.status/<task id>` (owner the user, group the service
+  account's, mode 2750) where the job leaves its record and logs for the daemon; then drop every
+  privilege (initgroups, setresgid, setresuid) and exec `sbatch --parsable`, whose output is the
+  job id
+- a task being cancelled: as the user, check with squeue that its job is the user's and carries
+  the task's comment, then exec `scancel` on it
+- a task that ended more than the retention time ago: as the user, delete its work area and status
+  directory
+
+Before any of that the user is checked again: the task names one, it exists, its uid is at least
+min_uid (never root), it is in users_group if one is set, it is not the service account, and in
+table mode the helper's own table maps the task's owner to it. No shell, no PATH lookup: programs
+run by absolute path from the configuration with a fixed environment. Anything unexpected ends
+the helper with one line on stderr and exit status 2 (refused) or 3 (internal error).
+
+Stdlib only (Python 3.11+): it is copied to its fixed path and run by the system's python3 with -I
+(no PYTHON* variables, no user site, no current directory on sys.path) and -S.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NoReturn
+
+# Where the helper's configuration lives: replaced when the helper is installed (install.py),
+# never read from the caller, its arguments or the environment.
+CONFIG_PATH = "/etc/hpc-bridge/submit-as.json"
+
+TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+# Portable user names (no leading '-' or digit, no ',' or ':' that Slurm or chown would split on).
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+JOB_ID = re.compile(r"[0-9]{1,18}\Z")
+PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./-]+\Z")
+STATUS_DIR = ".status"
+TERMINAL_STATES = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"})
+ENDED_JOB_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
+                              "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"})
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+EXIT_REFUSED = 2
+EXIT_INTERNAL = 3
+MAX_DEPTH = 64
+MAX_CONFIG_BYTES = 1024 * 1024
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ANY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class Refused(Exception):
+    """The helper will not do it: the message says why (one line)."""
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    database: str
+    work_root: str
+    service_user: str
+    mode: str
+    min_uid: int
+    sbatch: str
+    squeue: str
+    scancel: str
+    table: dict[str, str] = field(default_factory=dict)
+    users_group: str | None = None
+    work_retention_hours: float | None = None
+
+
+_REQUIRED = ("database", "work_root", "service_user", "mode", "min_uid", "sbatch", "squeue", "scancel")
+_OPTIONAL = ("table", "users_group", "work_retention_hours")
+
+
+def parse_config(data: Any) -> Config:
+    """The JSON install.py writes, checked strictly: an unknown or missing key is an error."""
+    if not isinstance(data, dict):
+        raise Refused("configuration: not a JSON object")
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    missing = sorted(set(_REQUIRED) - set(data))
+    if unknown or missing:
+        raise Refused(f"configuration: unknown keys {unknown}, missing keys {missing}")
+    for key in ("database", "work_root", "sbatch", "squeue", "scancel"):
+        if not isinstance(data[key], str) or not os.path.isabs(data[key]):
+            raise Refused(f"configuration: {key} must be an absolute path")
+    if not PLAIN_PATH.match(data["work_root"]):
+        raise Refused("configuration: work_root must be a plain absolute path")
+    if data["mode"] not in ("table", "claim"):
+        raise Refused("configuration: mode must be 'table' or 'claim'")
+    if not isinstance(data["service_user"], str) or not USER_NAME.match(data["service_user"]):
+        raise Refused("configuration: service_user must be a user name")
+    min_uid = data["min_uid"]
+    if isinstance(min_uid, bool) or not isinstance(min_uid, int) or min_uid < 1:
+        raise Refused("configuration: min_uid must be an integer of at least 1")
+    table = data.get("table") or {}
+    if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and USER_NAME.match(v) for k, v in table.items()):
+        raise Refused("configuration: table must map owners to user names")
+    if data["mode"] == "table" and not table:
+        raise Refused("configuration: mode 'table' needs a table")
+    group = data.get("users_group")
+    if group is not None and (not isinstance(group, str) or not USER_NAME.match(group)):
+        raise Refused("configuration: users_group must be a group name")
+    hours = data.get("work_retention_hours")
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0):
+        raise Refused("configuration: work_retention_hours must be a number >= 0 or null")
+    return Config(database=data["database"], work_root=data["work_root"].rstrip("/"),
+                  service_user=data["service_user"], mode=data["mode"], min_uid=min_uid,
+                  sbatch=data["sbatch"], squeue=data["squeue"], scancel=data["scancel"],
+                  table=dict(table), users_group=group,
+                  work_retention_hours=None if hours is None else float(hours))
+
+
+def _trusted(st: os.stat_result, what: str, owners: tuple = (0,)) -> None:
+    """Owned by root (or one of `owners`) and writable by nobody else."""
+    if st.st_uid not in owners or st.st_mode & 0o022:
+        raise Refused(f"{what} must be owned by uid {'/'.join(map(str, owners))} and not "
+                      f"writable by group or others (owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+
+
+def load_config(path: str = CONFIG_PATH) -> Config:
+    _trusted(os.stat(os.path.dirname(path)), os.path.dirname(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Refused(f"cannot open the configuration {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(f"configuration {path} is not a regular file")
+        _trusted(st, path)
+        raw = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise Refused(f"configuration {path} is too large")
+    try:
+        return parse_config(json.loads(raw))
+    except ValueError as exc:
+        raise Refused(f"configuration {path} is not valid JSON: {exc}") from None
+
+
+# -- who --------------------------------------------------------------------------------------
+
+
+def check_user(name: Any, *, min_uid: int, users_group: str | None = None,
+               getpwnam: Callable[[str], Any] = pwd.getpwnam,
+               getgrnam: Callable[[str], Any] = grp.getgrnam) -> Any:
+    """The passwd entry of a user jobs may run as; Refused (saying why) otherwise. Shared by the
+    service (at task creation) and the helper (again, just before acting)."""
+    if not isinstance(name, str) or not USER_NAME.match(name):
+        raise Refused(f"{name!r} is not a valid Unix user name")
+    try:
+        entry = getpwnam(name)
+    except KeyError:
+        raise Refused(f"Unix user {name!r} does not exist") from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0 or entry.pw_uid < min_uid:
+        raise Refused(f"Unix user {name!r} has uid {entry.pw_uid} (gid {entry.pw_gid}): jobs run only "
+                      f"as users with a uid of at least {min_uid} and not in group root")
+    if users_group is not None:
+        try:
+            group = getgrnam(users_group)
+        except KeyError:
+            raise Refused(f"Unix group {users_group!r} does not exist") from None
+        if name not in group.gr_mem and entry.pw_gid != group.gr_gid:
+            raise Refused(f"Unix user {name!r} is not in the group {users_group!r}")
+    return entry
+
+
+@dataclass(frozen=True)
+class TaskState:
+    id: str
+    owner: str
+    state: str
+    run_as: str | None
+    job_id: str | None
+    cancel_requested: bool
+    end_time: str | None
+    cleaned_at: str | None
+
+
+def authorize(task: TaskState, config: Config, **lookups: Any) -> Any:
+    """The passwd entry of the task's user, after every check the helper's own configuration asks."""
+    if not task.run_as:
+        raise Refused(f"task {task.id} runs as the service account, not through this helper")
+    entry = check_user(task.run_as, min_uid=config.min_uid, users_group=config.users_group, **lookups)
+    if entry.pw_name == config.service_user:
+        raise Refused("jobs do not run as the service account through this helper")
+    if config.mode == "table" and config.table.get(task.owner) != task.run_as:
+        raise Refused(f"this helper's table does not map owner {task.owner!r} to Unix user {task.run_as!r}")
+    return entry
+
+
+def decide(task: TaskState) -> str:
+    """What the task's own state calls for: 'submit', 'cancel' or 'clean'."""
+    if task.state in TERMINAL_STATES:
+        if task.cleaned_at:
+            raise Refused(f"task {task.id}: its work area was already removed")
+        return "clean"
+    if task.cancel_requested:
+        if not task.job_id:
+            raise Refused(f"task {task.id} is being cancelled and has no job")
+        return "cancel"
+    if task.state == "QUEUED" and not task.job_id:
+        return "submit"
+    job = f" (job {task.job_id})" if task.job_id else ""
+    raise Refused(f"task {task.id} is {task.state}{job}: nothing to do")
+
+
+# -- privileges -------------------------------------------------------------------------------
+
+
+def drop_privileges(entry: Any) -> None:
+    """For good: supplementary groups, then real/effective/saved gid and uid. Checked afterwards."""
+    uid, gid = entry.pw_uid, entry.pw_gid
+    os.initgroups(entry.pw_name, gid)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise RuntimeError("privileges were not dropped")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise RuntimeError("root could be regained after dropping privileges")
+
+
+def user_env(entry: Any) -> dict[str, str]:
+    """The whole environment of what runs as the user (sbatch passes it on to the job)."""
+    return {"PATH": SAFE_PATH, "HOME": entry.pw_dir, "USER": entry.pw_name,
+            "LOGNAME": entry.pw_name, "LANG": "C.UTF-8"}
+
+
+def as_user(entry: Any, func: Callable[[], Any]) -> Any:
+    """func() in a child process that dropped every privilege to `entry`; its (JSON) result,
+    or its refusal, comes back through a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; exercised by the integration tests
+        try:
+            os.close(read_end)
+            try:
+                drop_privileges(entry)
+                answer = {"ok": func()}
+            except Refused as exc:
+                answer = {"refused": str(exc)}
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            data = json.dumps(answer).encode()
+            while data:
+                data = data[os.write(write_end, data):]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as fh:
+        chunks.append(fh.read())
+    os.waitpid(pid, 0)
+    try:
+        answer = json.loads(b"".join(chunks))
+    except ValueError:
+        raise RuntimeError(f"no answer from the child running as {entry.pw_name}") from None
+    if "refused" in answer:
+        raise Refused(answer["refused"])
+    if "error" in answer:
+        raise RuntimeError(answer["error"])
+    return answer["ok"]
+
+
+# -- the task's row ---------------------------------------------------------------------------
+
+
+def query_task(database: str, task_id: str) -> dict[str, Any] | None:
+    uri = "file:" + urllib.parse.quote(database) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+    try:
+        conn.execute("PRAGMA query_only = 1")
+        row = conn.execute("SELECT id, owner, state, run_as, job_id, cancel_requested, end_time, "
+                           "cleaned_at FROM tasks WHERE id = ?", [task_id]).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    keys = ("id", "owner", "state", "run_as", "job_id", "cancel_requested", "end_time", "cleaned_at")
+    return dict(zip(keys, row))
+
+
+def read_task(config: Config, service: Any, task_id: str) -> TaskState:
+    """Read as the service account, so that whatever SQLite creates next to the database (the
+    shared-memory file) belongs to the account that writes it, never to root."""
+    row = as_user(service, lambda: query_task(config.database, task_id))
+    if row is None:
+        raise Refused(f"no task {task_id} in {config.database}")
+    return TaskState(id=str(row["id"]), owner=str(row["owner"]), state=str(row["state"]),
+                     run_as=row["run_as"], job_id=None if row["job_id"] is None else str(row["job_id"]),
+                     cancel_requested=bool(row["cancel_requested"]), end_time=row["end_time"],
+                     cleaned_at=row["cleaned_at"])
+
+
+# -- the work area ----------------------------------------------------------------------------
+
+
+def open_work_root(config: Config, service: Any) -> int:
+    try:
+        fd = os.open(config.work_root, _DIR_FLAGS)
+    except OSError as exc:
+        raise Refused(f"cannot open the work root {config.work_root}: {exc.strerror}") from None
+    _trusted(os.fstat(fd), config.work_root, (0, service.pw_uid))
+    return fd
+
+
+def _open_child(name: str, dir_fd: int, where: str, flags: int = _ANY_FLAGS) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:  # ELOOP: a symlink; ENXIO: a socket; ENOTDIR: not a directory
+        raise Refused(f"{where}: cannot be opened without following links ({exc.strerror})") from None
+
+
+def hand_over(dir_fd: int, user: Any, service_uid: int, where: str, depth: int = 0) -> None:
+    """Give a tree the service account built to the user: each object is checked on the
+    descriptor that is then chowned, so nothing swapped in between is ever touched."""
+    if depth > MAX_DEPTH:
+        raise Refused(f"{where}: nested too deeply")
+    owners = (service_uid, user.pw_uid)  # the user's: chowned by an earlier, interrupted run
+    st = os.fstat(dir_fd)
+    if st.st_uid not in owners:
+        raise Refused(f"{where}: owned by uid {st.st_uid}, not by the service account")
+    with os.scandir(dir_fd) as entries:
+        names = sorted(entry.name for entry in entries)
+    for name in names:
+        path = f"{where}/{name}"
+        fd = _open_child(name, dir_fd, path)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                hand_over(fd, user, service_uid, path, depth + 1)
+            elif stat.S_ISREG(st.st_mode):
+                if st.st_uid not in owners:
+                    raise Refused(f"{path}: owned by uid {st.st_uid}, not by the service account")
+                if st.st_nlink != 1:
+                    raise Refused(f"{path}: has {st.st_nlink} hard links")
+                if st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+                    raise Refused(f"{path}: has a set-id bit")
+                os.fchown(fd, user.pw_uid, user.pw_gid)
+            else:
+                raise Refused(f"{path}: not a regular file or directory")
+        finally:
+            os.close(fd)
+    os.fchown(dir_fd, user.pw_uid, user.pw_gid)
+
+
+def _is_empty(fd: int) -> bool:
+    with os.scandir(fd) as entries:
+        return next(iter(entries), None) is None
+
+
+def make_status_dir(root_fd: int, config: Config, task_id: str, user: Any, service: Any) -> None:
+    """`<work_root>/.status/<task id>`: the user's, group the service account's, mode 2750, so
+    the job writes its record and logs there and the daemon reads them (the work area is 0700)."""
+    status_root = f"{config.work_root}/{STATUS_DIR}"
+    try:
+        sfd = os.open(STATUS_DIR, _DIR_FLAGS, dir_fd=root_fd)
+    except OSError as exc:
+        raise Refused(f"cannot open {status_root} (the daemon makes it): {exc.strerror}") from None
+    try:
+        _trusted(os.fstat(sfd), status_root, (0, service.pw_uid))
+        try:
+            os.mkdir(task_id, 0o700, dir_fd=sfd)
+        except FileExistsError:
+            pass
+        fd = _open_child(task_id, sfd, f"{status_root}/{task_id}", _DIR_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid == 0 and _is_empty(fd):  # made just now, or by a run that stopped here
+                os.fchown(fd, user.pw_uid, service.pw_gid)
+            elif (st.st_uid, st.st_gid) != (user.pw_uid, service.pw_gid):
+                raise Refused(f"{status_root}/{task_id}: owned by {st.st_uid}:{st.st_gid}, not by "
+                              f"{user.pw_uid}:{service.pw_gid}")
+            os.fchmod(fd, 0o2750)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(sfd)
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+def submit(config: Config, task: TaskState, user: Any, service: Any) -> NoReturn:
+    root_fd = open_work_root(config, service)
+    workdir = f"{config.work_root}/{task.id}"
+    area_fd = _open_child(task.id, root_fd, workdir, _DIR_FLAGS)
+    owner = os.fstat(area_fd).st_uid
+    if owner == service.pw_uid:
+        hand_over(area_fd, user, service.pw_uid, workdir)
+    elif owner != user.pw_uid:
+        raise Refused(f"{workdir}: owned by uid {owner}, neither the service account nor {user.pw_name}")
+    os.fchmod(area_fd, 0o700)
+    script = _open_child("job.sh", area_fd, f"{workdir}/job.sh")
+    try:
+        st = os.fstat(script)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != user.pw_uid:
+            raise Refused(f"{workdir}/job.sh: not a regular file of {user.pw_name}")
+    finally:
+        os.close(script)
+    make_status_dir(root_fd, config, task.id, user, service)
+    os.fchdir(area_fd)  # sbatch reads ./job.sh from the directory checked above
+    os.close(area_fd)
+    os.close(root_fd)
+    drop_privileges(user)
+    os.umask(0o027)  # Slurm creates slurm.out with the submitter's umask: group-readable
+    sys.stdout.flush()
+    os.execve(config.sbatch, [config.sbatch, "--parsable", f"--chdir={workdir}", "job.sh"],
+              user_env(user))
+
+
+def _job_of(config: Config, task: TaskState, user: Any) -> str | None:
+    """The job's state if it is the user's and carries the task's comment; None if Slurm no longer
+    knows it. Runs as the user."""
+    argv = [config.squeue, "--noheader", "--states=all", f"--jobs={task.job_id}",
+            "--Format=UserName:|,State:|,Comment:|"]
+    proc = subprocess.run(argv, env=user_env(user), capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        if "invalid job id" in proc.stderr.lower():
+            return None
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(proc.returncode or 1)  # Slurm's own message: the daemon retries
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if not lines:
+        return None
+    name, state, comment = (part.strip() for part in lines[0].split("|", 2))
+    if name != user.pw_name or comment.rstrip("|").strip() != f"hpc-bridge:{task.id}":
+        raise Refused(f"job {task.job_id} is not the job of task {task.id} run by {user.pw_name}")
+    return state
+
+
+def cancel(config: Config, task: TaskState, user: Any, service: Any) -> int:
+    if not JOB_ID.match(task.job_id or ""):
+        raise Refused(f"task {task.id}: {task.job_id!r} is not a Slurm job id")
+    drop_privileges(user)
+    state = _job_of(config, task, user)
+    if state is None or state in ENDED_JOB_STATES:
+        print(f"job {task.job_id} already ended")
+        return 0
+    sys.stdout.flush()
+    os.execve(config.scancel, [config.scancel, str(task.job_id)], user_env(user))
+
+
+def _empty_dir(work_root: str, rel: str) -> None:
+    """As the user: delete everything inside work_root/rel (but not the directory itself, whose
+    entry is in a directory the user cannot write). A directory that is gone is fine."""
+    try:
+        fd = os.open(f"{work_root}/{rel}", _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for name, is_dir in names:
+            if is_dir:
+                shutil.rmtree(name, dir_fd=fd)  # fd-based: never follows a symlink
+            else:
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()  # 3.11 reads the trailing Z
+    except ValueError:
+        return None
+
+
+def clean(config: Config, task: TaskState, user: Any, service: Any, now: float | None = None) -> int:
+    hours = config.work_retention_hours
+    if hours is None:
+        raise Refused("work areas are kept here (work_retention_hours is null)")
+    ended = _parse_time(task.end_time)
+    if ended is None or (time.time() if now is None else now) - ended < hours * 3600:
+        raise Refused(f"task {task.id} ended less than {hours:g} h ago (at {task.end_time})")
+    root_fd = open_work_root(config, service)
+    try:
+        # The contents as the user (root never deletes by paths the user controls) ...
+        as_user(user, lambda: [_empty_dir(config.work_root, task.id),
+                               _empty_dir(config.work_root, f"{STATUS_DIR}/{task.id}")])
+        # ... and the two directories, now empty, whose entries only root (or the daemon) may remove.
+        _rmdir(task.id, root_fd)
+        try:
+            status_fd = os.open(STATUS_DIR, _DIR_FLAGS, dir_fd=root_fd)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                _rmdir(task.id, status_fd)
+            finally:
+                os.close(status_fd)
+    finally:
+        os.close(root_fd)
+    print(f"removed the work area of task {task.id}")
+    return 0
+
+
+def _rmdir(name: str, dir_fd: int) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)  # only ever removes an empty directory
+    except FileNotFoundError:
+        pass
+
+
+ACTIONS: dict[str, Callable[..., int]] = {"submit": submit, "cancel": cancel, "clean": clean}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list | None = None, config_path: str = CONFIG_PATH) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if len(args) != 1 or not TASK_ID.match(args[0]):
+            raise Refused("usage: submit-as TASK_ID (exactly one argument, a lowercase UUID)")
+        if os.geteuid() != 0:
+            raise Refused("must run as root, through sudo")
+        os.umask(0o077)
+        config = load_config(config_path)
+        try:
+            service = pwd.getpwnam(config.service_user)
+        except KeyError:
+            raise Refused(f"service account {config.service_user!r} does not exist") from None
+        task = read_task(config, service, args[0])
+        user = authorize(task, config)
+        action = decide(task)
+        return ACTIONS[action](config, task, user, service)
+    except Refused as exc:
+        print(f"submit-as: refused: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as exc:  # noqa: BLE001 - fail closed, in one line
+        print(f"submit-as: internal error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

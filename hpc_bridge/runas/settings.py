@@ -1,0 +1,93 @@
+"""Settings of optional per-user execution (`run_as` in the site config).
+
+`mode: service` (the default) runs every job as the service account, as before. `table` maps owners
+(`<issuer>#<subject>`, "local" without authentication) to POSIX user names; `claim` takes the user
+name from a token claim. Either way a task whose owner has no usable Unix user is refused (fail
+closed), and jobs are submitted through a root helper run with sudo (see `helper.py`).
+"""
+
+from __future__ import annotations
+
+import pwd
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpc_bridge.runas.helper import USER_NAME
+
+DEFAULT_HELPER = Path("/usr/local/libexec/hpc-bridge/submit-as")
+DEFAULT_HELPER_CONFIG = Path("/etc/hpc-bridge/submit-as.json")
+
+
+class RunAsSettings(BaseModel):
+    """Which Unix user a task's job runs as.
+
+    `service_user` is the account the daemon runs as (required by the mapping modes): the helper
+    only hands over work areas that account created, and gives it group read access to each task's
+    status directory (record and logs). `users_group`, when set, is a Unix group every mapped user
+    must belong to (recommended with `claim`, where the helper cannot see the token). `min_uid`
+    keeps system accounts out; root can never be a target.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["service", "table", "claim"] = "service"
+    service_user: str | None = None
+    table: dict[str, str] = Field(default_factory=dict)
+    claim: str | None = None
+    users_group: str | None = None
+    min_uid: Annotated[int, Field(ge=1)] = 1000
+    helper: Path = DEFAULT_HELPER
+    sudo: Path = Path("/usr/bin/sudo")
+
+    @field_validator("table")
+    @classmethod
+    def _user_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name in value.values() if not USER_NAME.match(name))
+        if bad:
+            raise ValueError(f"not valid POSIX user names: {bad}")
+        return value
+
+    @field_validator("service_user", "users_group")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not USER_NAME.match(value):
+            raise ValueError(f"not a valid POSIX user or group name: {value!r}")
+        return value
+
+    @field_validator("service_user")
+    @classmethod
+    def _service_user_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                pwd.getpwnam(value)
+            except KeyError:
+                raise ValueError(f"Unix user {value!r} does not exist") from None
+        return value
+
+    @field_validator("helper", "sudo")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """sudo matches the command by its full path; nothing may depend on the caller's PATH."""
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunAsSettings:
+        if self.mode == "table" and not self.table:
+            raise ValueError("mode 'table' needs a non-empty table (owner: unix user)")
+        if self.mode == "claim" and not self.claim:
+            raise ValueError("mode 'claim' needs claim (the token claim holding the unix user name)")
+        if self.mode != "table" and self.table:
+            raise ValueError("table is only used with mode 'table'")
+        if self.mode != "claim" and self.claim:
+            raise ValueError("claim is only used with mode 'claim'")
+        if self.mode != "service" and not self.service_user:
+            raise ValueError(f"mode {self.mode!r} needs service_user (the account the daemon runs as)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "service"

@@ -1,0 +1,344 @@
+"""The WES supervisor: one thread of `hpc-bridge serve` (only where the daemon lock is held, so one
+per database) that runs each workflow run's engine process and keeps the run's state.
+
+- QUEUED runs get an engine (`python -m hpc_bridge.cwl --config C --run-dir D`), at most
+  `wes.max_parallel_runs` at once, oldest first; the run goes INITIALIZING, then RUNNING once the
+  engine has created its first TES task.
+- The engine's exit code is the run's verdict: 0 COMPLETE (outputs from `outputs.json`),
+  3 EXECUTOR_ERROR, 4 SYSTEM_ERROR, 5 CANCELED; a signal or any other code is a SYSTEM_ERROR. The
+  end of the engine's stderr goes into the run's system logs when it failed.
+- Cancel: the API marks the run CANCELING; the supervisor sends the engine SIGTERM (it cancels its
+  own tasks), cancels every live TES task of the run through TaskService (the daemon scancels
+  their jobs), SIGKILLs an engine that outlives `wes.cancel_grace`, and makes the run CANCELED once
+  the engine has exited and none of its tasks is still live or CANCELING.
+- Engines die with the service (PR_SET_PDEATHSIG, SIGKILL: not SIGTERM, which would cancel their
+  tasks). A run left INITIALIZING/RUNNING by a previous service process gets a new engine, which
+  reuses the steps that completed; an engine of that process that somehow survived (same pid and
+  start time) is killed first, so two engines never drive one run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.errors import NotFound
+from hpc_bridge.store import Store
+from hpc_bridge.store.runs import RunRow, RunStore
+from hpc_bridge.store.tasks import now_iso
+from hpc_bridge.tes.service import TaskService
+from hpc_bridge.wes.attachments import open_beneath
+
+log = logging.getLogger(__name__)
+
+EXIT_STATES = {0: "COMPLETE", 3: "EXECUTOR_ERROR", 4: "SYSTEM_ERROR", 5: "CANCELED"}
+LIVE_TASK_STATES = ("QUEUED", "INITIALIZING", "RUNNING", "PAUSED")
+UNFINISHED_TASK_STATES = (*LIVE_TASK_STATES, "CANCELING")
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_BYTES = 4096
+# Runs between the engine's exec and the engine: dies with its parent (the supervisor thread) and
+# refuses to start if that parent is already gone. argv: parent pid, then the engine's argv.
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(4)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot, /proc/PID/stat field 22): with the pid,
+    it names one process, so a recycled pid is never mistaken for our engine."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+@dataclass
+class _Engine:
+    proc: subprocess.Popen[bytes]
+    term_at: float | None = None
+    killed: bool = False
+
+
+class Supervisor:
+    def __init__(self, config: SiteConfig, store: Store, tasks: TaskService, *, config_path: Path,
+                 engine_argv: Sequence[str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._settings = config.wes
+        self.runs = RunStore(store)
+        self._tasks = tasks
+        self._config_path = Path(config_path).resolve()
+        self._engine_argv = list(engine_argv or [sys.executable, "-m", "hpc_bridge.cwl"])
+        self._clock = clock
+        self._engines: dict[str, _Engine] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        log.info("WES supervisor started (%d engines at most)", self._settings.max_parallel_runs)
+        while not self._stopping.is_set():
+            try:
+                self.tick()
+            except Exception:  # a bad row must not stop every other run
+                log.exception("WES supervisor cycle failed")
+            self._wake.wait(self._settings.poll_interval)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        self._reap()
+        self._cancel()
+        self._progress()
+        self._launch()
+
+    @property
+    def engines(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {run_id: e.proc for run_id, e in self._engines.items()}
+
+    # -- starting engines ----------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        free = self._settings.max_parallel_runs - len(self._engines)
+        if free <= 0:
+            return
+        # Runs a previous service process was driving first (their engines died with it), then new ones.
+        orphans = [r for r in self.runs.in_states(["INITIALIZING", "RUNNING", "PAUSED"])
+                   if r.id not in self._engines]
+        queued = self.runs.in_states(["QUEUED"])
+        for row in [*orphans, *queued][:free]:
+            self._start(row)
+
+    def _start(self, row: RunRow) -> None:
+        if row.launches > self._settings.max_relaunches:
+            self._end(row, "SYSTEM_ERROR", f"the engine was started {row.launches} times (service "
+                      "restarts) without finishing; giving up")
+            return
+        self._kill_stale(row)
+        run_dir = Path(row.run_dir)
+        if not (run_dir / "request.json").is_file():
+            self._end(row, "SYSTEM_ERROR", f"the run directory {run_dir} or its request.json is gone")
+            return
+        try:
+            out = self._open_log(run_dir, "stdout.log")
+            err = self._open_log(run_dir, "stderr.log")
+        except OSError as exc:
+            self._end(row, "SYSTEM_ERROR", f"cannot open the run's log files: {exc}")
+            return
+        try:
+            if row.launches:
+                os.write(err, f"--- hpc-bridge: service restarted, engine started again "
+                              f"({now_iso()}) ---\n".encode())
+            argv = [*self._engine_argv, "--config", str(self._config_path), "--run-dir", str(run_dir)]
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self._resolve(argv)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=run_dir, close_fds=True,
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        except OSError as exc:
+            self._end(row, "SYSTEM_ERROR", f"cannot start the engine: {exc}")
+            return
+        finally:
+            os.close(out)
+            os.close(err)
+        self._engines[row.id] = _Engine(proc)
+        state = "INITIALIZING" if row.state == "QUEUED" else row.state
+        what = "started" if not row.launches else "started again after a service restart"
+        self.runs.update(row.id, state=state, engine_pid=proc.pid, engine_start=process_start(proc.pid),
+                         launches=row.launches + 1, start_time=row.start_time or now_iso(),
+                         message=f"engine {what} (pid {proc.pid})")
+        log.info("run %s: engine %s (pid %d)", row.id, what, proc.pid)
+
+    @staticmethod
+    def _resolve(argv: list[str]) -> list[str]:
+        """execv needs a path: look the program up on PATH as Popen would."""
+        if os.sep not in argv[0]:
+            import shutil
+
+            found = shutil.which(argv[0])
+            if found:
+                argv = [found, *argv[1:]]
+        return argv
+
+    @staticmethod
+    def _open_log(run_dir: Path, name: str) -> int:
+        dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           0o644, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def _kill_stale(self, row: RunRow) -> None:
+        """Kill an engine of an earlier service process still driving this run (its pid with the
+        same start time), with its process group, and wait until it is gone."""
+        if not row.engine_pid or not row.engine_start or row.id in self._engines:
+            return
+        if process_start(row.engine_pid) != row.engine_start:
+            return
+        log.warning("run %s: killing the engine left by an earlier service process (pid %d)",
+                    row.id, row.engine_pid)
+        try:
+            os.killpg(row.engine_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(row.engine_pid, signal.SIGKILL)
+        deadline = self._clock() + 10
+        while process_start(row.engine_pid) == row.engine_start and self._clock() < deadline:
+            time.sleep(0.05)
+
+    # -- watching engines ----------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        for run_id, engine in list(self._engines.items()):
+            code = engine.proc.poll()
+            if code is None:
+                continue
+            del self._engines[run_id]
+            row = self.runs.get(run_id)
+            if row is None:
+                continue
+            self._finish(row, code)
+
+    def _finish(self, row: RunRow, code: int) -> None:
+        how = (f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
+        if row.cancel_requested or row.state == "CANCELING":
+            self.runs.update(row.id, exit_code=code, engine_pid=None, message=f"engine {how}")
+            return  # _cancel() ends the run once its tasks are gone
+        state = EXIT_STATES.get(code, "SYSTEM_ERROR")
+        outputs: dict[str, Any] | None = None
+        logs = [f"engine {how}"]
+        if state == "COMPLETE":
+            try:
+                outputs = self._outputs(Path(row.run_dir))
+            except (OSError, ValueError) as exc:
+                state = "SYSTEM_ERROR"
+                logs.append(f"the engine reported success but its outputs.json is unusable: {exc}")
+        if state != "COMPLETE":
+            tail = self._stderr_tail(Path(row.run_dir))
+            if tail:
+                logs.append("end of the engine's stderr:\n" + tail)
+        self._end(row, state, *logs, exit_code=code, outputs=outputs)
+
+    def _end(self, row: RunRow, state: str, *logs: str, **fields: Any) -> None:
+        """Make the run final and cancel any task of it still live (an engine that crashed leaves
+        its tasks behind)."""
+        for line in logs:
+            self.runs.add_system_log(row.id, line)
+        self.runs.update(row.id, state=state, end_time=now_iso(), engine_pid=None, message=logs[0]
+                         if logs else None, **fields)
+        self._cancel_tasks(row.id)
+        log.info("run %s: %s", row.id, state)
+
+    @staticmethod
+    def _outputs(run_dir: Path) -> dict[str, Any]:
+        fd = open_beneath(str(run_dir), "outputs.json")
+        with os.fdopen(fd, "rb") as f:
+            data = json.loads(f.read(64 * 1024**2))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")  # noqa: TRY004 - caught with the JSON errors
+        return data
+
+    @staticmethod
+    def _stderr_tail(run_dir: Path) -> str:
+        try:
+            fd = open_beneath(str(run_dir), "stderr.log")
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - STDERR_TAIL_BYTES))
+            text = f.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-STDERR_TAIL_LINES:])
+
+    def _progress(self) -> None:
+        for row in self.runs.in_states(["INITIALIZING"]):
+            if row.id in self._engines and self.runs.tasks(row.id, limit=1):
+                self.runs.update(row.id, state="RUNNING", message="first task created")
+
+    # -- cancelling ----------------------------------------------------------------------------
+
+    def _cancel_tasks(self, run_id: str) -> int:
+        live = self.runs.tasks(run_id, states=LIVE_TASK_STATES)
+        for task in live:
+            try:
+                self._tasks.cancel(task.id, None)
+            except NotFound:
+                pass
+        return len(live)
+
+    def _cancel(self) -> None:
+        for row in self.runs.in_states(["CANCELING"]):
+            cancelled = self._cancel_tasks(row.id)
+            if cancelled:
+                self.runs.update(row.id, message=f"cancel requested for {cancelled} TES task(s)")
+            engine = self._engines.get(row.id)
+            if engine is not None:
+                now = self._clock()
+                if engine.term_at is None:
+                    engine.term_at = now
+                    self._signal(engine, signal.SIGTERM)
+                    self.runs.update(row.id, message="SIGTERM sent to the engine")
+                elif not engine.killed and now - engine.term_at > self._settings.cancel_grace:
+                    engine.killed = True
+                    self._signal(engine, signal.SIGKILL, group=True)
+                    self.runs.update(row.id, message=f"engine still running {self._settings.cancel_grace:g}s "
+                                                     "after SIGTERM: killed")
+                continue
+            self._kill_stale(row)
+            if self.runs.tasks(row.id, states=UNFINISHED_TASK_STATES, limit=1):
+                continue  # the daemon is still taking their jobs out of Slurm
+            self.runs.update(row.id, state="CANCELED", end_time=now_iso(), engine_pid=None,
+                             message="canceled: the engine and every task of the run have stopped")
+            log.info("run %s: CANCELED", row.id)
+
+    @staticmethod
+    def _signal(engine: _Engine, sig: signal.Signals, group: bool = False) -> None:
+        try:
+            if group:
+                os.killpg(engine.proc.pid, sig)
+            else:
+                engine.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the loop and kill the engines (as the service's death would): their runs are
+        re-launched by the next service process."""
+        self.stop()
+        for engine in self._engines.values():
+            self._signal(engine, signal.SIGKILL, group=True)
+        for engine in self._engines.values():
+            try:
+                engine.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self._engines.clear()

@@ -1,0 +1,127 @@
+"""The engine's task runner on a real store, with the daemon's part played by the test: tasks are
+created through TaskService with the run's tags, found again for reuse, waited for by one poller,
+stopped at their time limit, and all cancelled at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.cwl.tasks import RunCanceled, TaskRunner
+from hpc_bridge.store import Store
+from hpc_bridge.store.tasks import now_iso
+
+
+@pytest.fixture()
+def config(dev_config: SiteConfig, tmp_path: Path) -> SiteConfig:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "busybox.sif").write_bytes(b"")
+    (tmp_path / "data").mkdir()
+    return dev_config.model_copy(update={
+        "database": tmp_path / "db.sqlite",
+        "storage": dev_config.storage.model_copy(update={"data_roots": [tmp_path / "data"],
+                                                         "work_root": tmp_path / "work"}),
+        "apptainer": dev_config.apptainer.model_copy(update={"image_dirs": [images]}),
+    })
+
+
+@pytest.fixture()
+def store(config: SiteConfig) -> Store:
+    return Store(config.database)
+
+
+def body(config: SiteConfig, name: str) -> dict:
+    out = config.storage.data_roots[0] / "out" / name
+    return {"name": name, "executors": [{"image": "busybox", "command": ["true"]}],
+            "outputs": [{"path": "/var/spool/cwl", "url": out.as_uri(), "type": "DIRECTORY"}]}
+
+
+def runner(store: Store, config: SiteConfig, run_id: str = "run1") -> TaskRunner:
+    return TaskRunner(store, config, run_id=run_id, owner="local", poll_interval=0.05)
+
+
+def finish(store: Store, task_id: str, state: str = "COMPLETE", **fields) -> None:
+    store.tasks.update(task_id, state=state, end_time=now_iso(), **fields)
+
+
+def test_tasks_carry_the_run_tags_and_are_waited_for(store: Store, config: SiteConfig) -> None:
+    r = runner(store, config)
+    task_id = r.create(body(config, "a"), step="step1", key="k1")
+    row = store.tasks.get(task_id)
+    assert row.tags == {"wes_run_id": "run1", "cwl_step": "step1", "cwl_job_key": "k1"}
+    threading.Timer(0.2, finish, (store, task_id)).start()
+    final, timed_out = r.wait(task_id)
+    assert final.state == "COMPLETE" and not timed_out
+    r.close()
+
+
+def test_completed_tasks_of_earlier_attempts_are_reused_once_if_outputs_exist(
+        store: Store, config: SiteConfig) -> None:
+    first = runner(store, config)
+    done = first.create(body(config, "a"), step="s", key="k")
+    out = config.storage.data_roots[0] / "out" / "a"
+    out.mkdir(parents=True)
+    (out / "f").write_text("x")
+    finish(store, done, outputs=[{"url": (out / "f").as_uri(), "path": "/var/spool/cwl/f", "size_bytes": "1"}])
+    assert first.find_reusable("k") is None  # its own tasks are never reused by the same process
+    first.close()
+
+    second = runner(store, config)
+    assert second.find_reusable("other-key") is None
+    assert runner(store, config, run_id="run2").find_reusable("k") is None  # another run's task
+    assert second.find_reusable("k").id == done
+    assert second.find_reusable("k") is None  # two identical jobs get two tasks
+    (out / "f").unlink()
+    assert runner(store, config).find_reusable("k") is None  # outputs gone: run it again
+
+
+def test_live_tasks_of_earlier_attempts_are_adopted(store: Store, config: SiteConfig) -> None:
+    live = runner(store, config).create(body(config, "a"), step="s", key="k")
+    failed = runner(store, config).create(body(config, "b"), step="s", key="k2")
+    finish(store, failed, state="EXECUTOR_ERROR")
+    again = runner(store, config)
+    assert again.find_reusable("k").id == live
+    assert again.find_reusable("k2") is None
+
+
+def test_time_limit_cancels_the_task(store: Store, config: SiteConfig) -> None:
+    r = runner(store, config)
+    task_id = r.create(body(config, "a"), step="s", key="k")
+    store.tasks.update(task_id, state="RUNNING", start_time=now_iso())
+
+    def daemon() -> None:  # what the daemon does once the cancel is requested
+        deadline = time.monotonic() + 10
+        while not store.tasks.get(task_id).cancel_requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+        finish(store, task_id, state="CANCELED")
+
+    threading.Thread(target=daemon).start()
+    final, timed_out = r.wait(task_id, timelimit=1)
+    assert final.state == "CANCELED" and timed_out
+
+
+def test_cancel_all_stops_live_tasks_and_refuses_new_ones(store: Store, config: SiteConfig) -> None:
+    r = runner(store, config)
+    live = r.create(body(config, "a"), step="s", key="k1")
+    done = r.create(body(config, "b"), step="s", key="k2")
+    finish(store, done)
+    assert r.cancel_all() == 1
+    assert store.tasks.get(live).cancel_requested and not store.tasks.get(done).cancel_requested
+    with pytest.raises(RunCanceled):
+        r.create(body(config, "c"), step="s", key="k3")
+
+
+def test_the_owners_active_task_limit_makes_creation_wait(store: Store, config: SiteConfig) -> None:
+    limited = config.model_copy(update={"limits": config.limits.model_copy(update={"max_active_tasks": 1})})
+    r = runner(store, limited)
+    first = r.create(body(config, "a"), step="s", key="k1")
+    threading.Timer(0.3, finish, (store, first)).start()
+    started = time.monotonic()
+    second = r.create(body(config, "b"), step="s", key="k2")  # waits for the first to end
+    assert time.monotonic() - started >= 0.25
+    assert store.tasks.get(second).state == "QUEUED"
