@@ -16,9 +16,13 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
 
 from hpc_bridge import __version__
-from hpc_bridge.auth.context import current_identity, owner_filter, public
-from hpc_bridge.errors import BadRequest, Forbidden
-from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
+from hpc_bridge.auth.context import (
+    current_identity,
+    current_run_as,
+    owner_filter,
+    public,
+)
+from hpc_bridge.errors import BadRequest
 from hpc_bridge.wes.attachments import open_beneath
 from hpc_bridge.wes.service import (
     ATTACHMENT_FIELD,
@@ -76,6 +80,8 @@ def _submission() -> Submission:
         # No per-user cap: a run may carry its attachments (wes.max_attachments_bytes) and params.
         request.max_content_length = site.wes.max_attachments_bytes + site.wes.max_params_bytes + 2**20
     fields: dict[str, str] = {}
+    if any(not key for key in [*request.form, *request.files]):
+        raise BadRequest("body: every multipart part needs a name in its Content-Disposition header")
     for key in request.form:
         values = request.form.getlist(key)
         if key == ATTACHMENT_FIELD:
@@ -91,20 +97,9 @@ def _submission() -> Submission:
     return Submission(fields=fields, attachments=parts)
 
 
-def _run_as() -> str | None:
-    """The Unix user the run's tasks run as when the site maps identities to users."""
-    settings = current_app.config["SITE"].run_as
-    if settings.mode == "service":
-        return None
-    try:
-        return unix_user_for(current_identity(), settings)
-    except NoUnixUser as exc:
-        raise Forbidden(str(exc)) from None
-
-
 @bp.post("/runs")
 def run_workflow() -> ResponseReturnValue:
-    run_id = _service().create(_submission(), current_identity().owner, run_as=_run_as())
+    run_id = _service().create(_submission(), current_identity().owner, run_as=current_run_as())
     return jsonify({"run_id": run_id})
 
 
