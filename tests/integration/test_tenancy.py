@@ -115,3 +115,47 @@ def test_key_rotation_is_picked_up_without_restart(server: ServerProcess, idp: I
     time.sleep(3.2)  # jwks_cache_lifespan: the removed key is no longer trusted
     assert old.call("GET", "/tasks").status_code == 401
     assert new.call("GET", "/tasks").status_code == 200
+
+
+TOOL = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: [echo, secret-of-alice]
+inputs: []
+outputs:
+  out: {type: stdout}
+"""
+
+
+def test_users_cannot_see_or_touch_each_others_runs(server: ServerProcess, idp: Issuer,
+                                                    keys: list[rsa.RSAPrivateKey]) -> None:
+    """The same through WES: runs, their tasks, their log URLs and cancel."""
+    alice, bob = User(server, idp, keys[0], "alice"), User(server, idp, keys[0], "bob")
+    wes = f"{server.url}/ga4gh/wes/v1"
+    resp = requests.post(f"{wes}/runs", headers=alice.headers, timeout=30,
+                         files=[("workflow_attachment", ("tool.cwl", TOOL))],
+                         data={"workflow_url": "tool.cwl", "workflow_type": "CWL",
+                               "workflow_type_version": "v1.2", "workflow_params": "{}"})
+    assert resp.status_code == 200, resp.text
+    run_id = resp.json()["run_id"]
+    deadline = time.monotonic() + 180
+    while (state := requests.get(f"{wes}/runs/{run_id}/status", headers=alice.headers,
+                                 timeout=10).json()["state"]) not in {"COMPLETE", "EXECUTOR_ERROR",
+                                                                      "SYSTEM_ERROR", "CANCELED"}:
+        assert time.monotonic() < deadline, f"run {run_id} still {state}"
+        time.sleep(0.5)
+    assert state == "COMPLETE"
+    tasks = requests.get(f"{wes}/runs/{run_id}/tasks", headers=alice.headers, timeout=10).json()["task_logs"]
+    assert tasks and tasks[0]["tes_uri"]
+    log_url = tasks[0]["stdout"]
+    assert "secret-of-alice" in requests.get(log_url, headers=alice.headers, timeout=10).text
+
+    for method, path in (("GET", ""), ("GET", "/status"), ("GET", "/tasks"), ("GET", f"/tasks/{tasks[0]['id']}"),
+                         ("GET", "/stdout"), ("GET", "/stderr"), ("POST", "/cancel")):
+        resp = requests.request(method, f"{wes}/runs/{run_id}{path}", headers=bob.headers, timeout=10)
+        assert resp.status_code == 404, path
+    resp = requests.get(log_url, headers=bob.headers, timeout=10)
+    assert resp.status_code == 404 and "secret-of-alice" not in resp.text
+    assert requests.get(f"{wes}/runs", headers=bob.headers, timeout=10).json()["runs"] == []
+    tes_id = tasks[0]["tes_uri"].rstrip("/").rsplit("/", 1)[-1]
+    assert bob.call("GET", f"/tasks/{tes_id}").status_code == 404  # the run's TES task is alice's too
+    assert requests.get(f"{wes}/runs", headers={}, timeout=10).status_code == 401
