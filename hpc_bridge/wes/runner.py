@@ -4,14 +4,15 @@ its WES API, so `cwltest --tool hpc-bridge-cwl-runner` runs conformance tests on
     hpc-bridge-cwl-runner [--outdir DIR] [--quiet] [--url URL] tool.cwl [job.yml]
 
 The tool and every local file it references (`run:`, `$import`, `$include`, `$schemas`, default
-and InitialWorkDir files) and every local File/Directory of the job are attached, keeping their
+and InitialWorkDir files) and every local File/Directory of the job (with the files beside it that
+secondaryFiles patterns may name: `ref.fa` brings `ref.fa.fai`, `ref.bai`) are attached, keeping their
 relative layout, so the server needs no access to this machine; a job file that lies in a data root
 the server advertises (TES service-info `storage`) and that this machine sees too is passed by
 location instead (zero copy on a shared filesystem). The runner waits for the run, copies (same
 machine) or downloads (`/runs/{id}/outputs`) the outputs into --outdir and prints the output object
 as cwltool does. Exit code 0 COMPLETE, 33 for an unsupported requirement, 1 otherwise (130 after
-Ctrl-C, which cancels the run). Server: --url, else HPC_BRIDGE_URL, else http://127.0.0.1:8000;
-bearer token: HPC_BRIDGE_TOKEN.
+Ctrl-C or SIGTERM, which cancel the run). Server: --url, else HPC_BRIDGE_URL, else
+http://127.0.0.1:8000; bearer token: HPC_BRIDGE_TOKEN.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -133,6 +135,20 @@ def workflow_files(tool: str) -> list[str]:
     return list(found)
 
 
+def _companions(path: str) -> list[str]:
+    """Files next to an input that secondaryFiles patterns may name (`ref.fa` -> `ref.fa.fai`,
+    `ref.bai` with `^.bai`): the siblings whose name starts with the input's first name component
+    and a dot. cwltool finds implicit secondary files beside the input on the server."""
+    directory, name = os.path.split(os.path.abspath(path))
+    prefix = name.split(".", 1)[0] + "."
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [os.path.join(directory, e) for e in entries
+            if e != name and e.startswith(prefix) and os.path.isfile(os.path.join(directory, e))]
+
+
 def _walk(directory: str) -> Iterator[str]:
     for root, dirs, files in os.walk(directory):
         dirs.sort()
@@ -221,6 +237,7 @@ class Submission:
                     if not os.path.isfile(local):
                         raise RunnerError(f"input file not found: {local}")
                     self.files.append(os.path.abspath(local))
+                    self.files.extend(_companions(local))
                     self._locals.append((result, os.path.abspath(local)))
                 else:
                     if not os.path.isdir(local):
@@ -351,6 +368,11 @@ def run(args: argparse.Namespace, say) -> int:
     run_id = submission.post(client, _pairs(args.tag, "--tag"), _pairs(args.engine_param, "--engine-param"))
     say(f"hpc-bridge-cwl-runner: run {run_id} on {client.base}")
     state, delay = "QUEUED", 0.2
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # cwltest's timeout: cancel the run, as Ctrl-C does
     try:
         while state not in FINAL:
             time.sleep(delay)

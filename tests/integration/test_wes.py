@@ -243,3 +243,23 @@ def test_a_run_survives_a_service_crash(server_factory: Callable[..., ServerProc
     tasks = requests.get(f"{server.url}{WES}/runs/{run_id}/tasks", timeout=10).json()["task_logs"]
     assert len(tasks) == 1
     assert "service restarted" in requests.get(f"{server.url}{WES}/runs/{run_id}/stderr", timeout=10).text
+
+
+def test_sigterm_to_the_runner_cancels_its_run(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "sleep.cwl").write_text(SLEEPING)
+    runner = subprocess.Popen([str(Path(sys.executable).parent / "hpc-bridge-cwl-runner"), "--url", server.url,
+                               "--outdir", str(tmp_path / "out"), str(tmp_path / "sleep.cwl")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            runs = requests.get(f"{server.url}{WES}/runs", timeout=10).json()["runs"]
+            if runs and runs[0]["state"] == "RUNNING":
+                break
+            assert time.monotonic() < deadline and runner.poll() is None, runs
+            time.sleep(0.5)
+        runner.terminate()
+        assert runner.wait(60) == 130
+    finally:
+        runner.kill()
+    assert wait_state(server.url, runs[0]["run_id"], {"CANCELED"}, timeout=120) == "CANCELED"

@@ -48,6 +48,8 @@ def project(tmp_path: Path) -> Path:
     (root / "tools" / "defaults" / "extra.txt").write_text("extra")
     (root / "inputs" / "ref" / "sub").mkdir(parents=True)
     (root / "inputs" / "reads 1.txt").write_text("ACGT")
+    (root / "inputs" / "reads 1.txt.idx").write_text("index")  # a secondary file by pattern
+    (root / "inputs" / "reads 10.txt").write_text("not a companion")
     (root / "inputs" / "ref" / "sub" / "a.fa").write_text(">a")
     (root / "jobs").mkdir()
     return root
@@ -77,7 +79,7 @@ def test_submission_attaches_job_files_with_relative_names(project: Path, tmp_pa
     sub.prepare()
     assert sub.base == str(project)
     names = sorted(str(Path(p).relative_to(project)) for p in dict.fromkeys(sub.files))
-    assert names == ["inputs/reads 1.txt", "inputs/ref/sub/a.fa", "tools/cat.cwl",
+    assert names == ["inputs/reads 1.txt", "inputs/reads 1.txt.idx", "inputs/ref/sub/a.fa", "tools/cat.cwl",
                      "tools/defaults/extra.txt", "tools/lib.js", "wf.cwl"]
     assert sub.params == {
         "reads": {"class": "File", "location": "./inputs/reads%201.txt"},
