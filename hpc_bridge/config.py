@@ -7,7 +7,6 @@ keep its config next to its own templates and the service can be started from an
 from __future__ import annotations
 
 import os
-import pwd
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,7 +22,7 @@ from pydantic import (
 )
 
 from hpc_bridge.auth.settings import AuthSettings
-from hpc_bridge.runas.settings import RunAsSettings
+from hpc_bridge.runas.settings import RunAsSettings, existing_user
 from hpc_bridge.wes.settings import WesSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -135,12 +134,7 @@ class SlurmSettings(_Strict):
     @field_validator("submit_as")
     @classmethod
     def _user_exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                pwd.getpwnam(value)
-            except KeyError:
-                raise ValueError(f"Unix user {value!r} does not exist") from None
-        return value
+        return existing_user(value)
 
 
 class ApptainerSettings(_Strict):

@@ -20,6 +20,16 @@ DEFAULT_HELPER = Path("/usr/local/libexec/hpc-bridge/submit-as")
 DEFAULT_HELPER_CONFIG = Path("/etc/hpc-bridge/submit-as.json")
 
 
+
+def existing_user(name: str | None) -> str | None:
+    """A config field naming a Unix user: it must exist on this machine (None passes)."""
+    if name is not None:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ValueError(f"Unix user {name!r} does not exist") from None
+    return name
+
 class RunAsSettings(BaseModel):
     """Which Unix user a task's job runs as.
 
@@ -59,12 +69,7 @@ class RunAsSettings(BaseModel):
     @field_validator("service_user")
     @classmethod
     def _service_user_exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                pwd.getpwnam(value)
-            except KeyError:
-                raise ValueError(f"Unix user {value!r} does not exist") from None
-        return value
+        return existing_user(value)
 
     @field_validator("helper", "sudo")
     @classmethod

@@ -6,8 +6,14 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hpc_bridge import __version__
-from hpc_bridge.auth.context import current_identity, current_run_as, owner_filter, public
+from hpc_bridge.auth.context import (
+    current_identity,
+    current_run_as,
+    owner_filter,
+    public,
+)
 from hpc_bridge.errors import BadRequest
+from hpc_bridge.query import int_arg
 from hpc_bridge.tes.models import CreateTaskResponse, ServiceInfo
 from hpc_bridge.tes.service import TaskService, parse_view
 
@@ -16,16 +22,6 @@ bp = Blueprint("tes", __name__, url_prefix="/ga4gh/tes/v1")
 
 def _service() -> TaskService:
     return current_app.extensions["hpc_bridge.tasks"]
-
-
-def _int_arg(name: str) -> int | None:
-    value = request.args.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"{name}: must be an integer") from None
 
 
 @bp.get("/service-info")
@@ -50,7 +46,7 @@ def list_tasks() -> ResponseReturnValue:
     return jsonify(_service().list(
         owner_filter(),
         view=parse_view(request.args.get("view")),
-        page_size=_int_arg("page_size"),
+        page_size=int_arg("page_size"),
         page_token=request.args.get("page_token") or None,
         name_prefix=request.args.get("name_prefix") or None,
         state=request.args.get("state") or None,

@@ -23,6 +23,7 @@ from hpc_bridge.auth.context import (
     public,
 )
 from hpc_bridge.errors import BadRequest
+from hpc_bridge.query import int_arg
 from hpc_bridge.wes.attachments import open_beneath
 from hpc_bridge.wes.service import (
     ATTACHMENT_FIELD,
@@ -44,16 +45,6 @@ def _links() -> Links:
     return Links(wes=f"{root}/ga4gh/wes/v1", tes=f"{root}/ga4gh/tes/v1")
 
 
-def _int_arg(name: str) -> int | None:
-    value = request.args.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"{name}: must be an integer") from None
-
-
 @bp.get("/service-info")
 @public
 def get_service_info() -> ResponseReturnValue:
@@ -62,7 +53,7 @@ def get_service_info() -> ResponseReturnValue:
 
 @bp.get("/runs")
 def list_runs() -> ResponseReturnValue:
-    return jsonify(_service().list(owner_filter(), page_size=_int_arg("page_size"),
+    return jsonify(_service().list(owner_filter(), page_size=int_arg("page_size"),
                                    page_token=request.args.get("page_token") or None))
 
 
@@ -120,7 +111,7 @@ def cancel_run(run_id: str) -> ResponseReturnValue:
 
 @bp.get("/runs/<run_id>/tasks")
 def list_tasks(run_id: str) -> ResponseReturnValue:
-    return jsonify(_service().tasks(run_id, owner_filter(), _links(), page_size=_int_arg("page_size"),
+    return jsonify(_service().tasks(run_id, owner_filter(), _links(), page_size=int_arg("page_size"),
                                     page_token=request.args.get("page_token") or None))
 
 
