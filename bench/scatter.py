@@ -128,10 +128,10 @@ def main() -> int:
     finally:
         run_.cleanup()
     print(f"\n{args.n}-way scatter of a trivial CWL tool, {os.cpu_count()} CPUs, same cluster, same run")
-    print(f"{'':28} {'wall s':>8} {'Slurm jobs':>11}")
-    print(f"{'hpc-bridge (Apptainer)':28} {ours['wall']:8.1f} {ours['jobs']:11d}")
+    print(f"{'':32} {'wall s':>8} {'Slurm jobs':>11}")
+    print(f"{'hpc-bridge (Apptainer)':32} {ours['wall']:8.1f} {ours['jobs']:11d}")
     if theirs:
-        print(f"{'toil-cwl-runner (no container)':28} {theirs['wall']:8.1f} {theirs['jobs']:11d}")
+        print(f"{'toil-cwl-runner (no container)':32} {theirs['wall']:8.1f} {theirs['jobs']:11d}")
         print(f"ratio bridge/toil wall time: {ours['wall'] / theirs['wall']:.2f} ({theirs['version']})")
     print_footer({"foreign": len(run_.foreign_seen)}, f"total benchmark time {time.time() - started:.0f} s")
     return 0
