@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,29 @@ class EngineState:
         if self.job_user is not None and os.geteuid() == 0:
             os.chown(path, *self.job_user)
         os.chmod(path, 0o755)
+
+    def take_back(self, path: str) -> None:
+        """Before the engine (root on the dev cluster) relinks and reads a task's outputs, the
+        directory the job user wrote becomes the engine's again, top down, so no other job of
+        that user can swap a symlink in under it meanwhile; the job user's group keeps read access
+        (later steps read these files). The collector never writes symlinks: any found is removed."""
+        if self.job_user is None or os.geteuid() != 0 or not os.path.isdir(path) or os.path.islink(path):
+            return
+        uid, gid = os.geteuid(), self.job_user[1]
+
+        def own(full: str) -> None:
+            os.lchown(full, uid, gid)
+            mode = os.lstat(full).st_mode
+            os.chmod(full, 0o750 if stat.S_ISDIR(mode) or mode & 0o100 else 0o640)
+
+        own(path)
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                full = os.path.join(root, name)
+                if os.path.islink(full):
+                    os.unlink(full)
+                else:
+                    own(full)
 
     @staticmethod
     def stamps(plan: TaskPlan) -> dict[str, Any]:

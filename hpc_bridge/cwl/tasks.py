@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import TooManyRequests
 from hpc_bridge.store import Store, TaskFilter, TaskRow
+from hpc_bridge.store.tasks import now_iso
 from hpc_bridge.tes.models import State
 from hpc_bridge.tes.service import TaskService
 
@@ -70,8 +71,9 @@ class TaskRunner:
         self.service = TaskService(store, config)
         self.poll_interval = poll_interval
         self._lock = threading.Lock()
-        self._watches: dict[str, _Watch] = {}
+        self._watches: dict[str, list[_Watch]] = {}
         self._claimed: set[str] = set()  # tasks this process created or reused
+        self.started_at = now_iso()  # only tasks created before this are an earlier attempt's
         self._closing = False
         self.created: list[str] = []
         self.reused: list[str] = []
@@ -89,7 +91,7 @@ class TaskRunner:
                                      before_seq=None, limit=50)
         with self._lock:
             for row in rows:
-                if row.id in self._claimed:
+                if row.id in self._claimed or row.created_at >= self.started_at:
                     continue
                 if row.state == State.COMPLETE and outputs_on_disk(row) or \
                         row.state in ACTIVE and not row.cancel_requested:
@@ -128,33 +130,39 @@ class TaskRunner:
         exceeding `timelimit` seconds of run time (ToolTimeLimit)."""
         watch = _Watch(timelimit=timelimit or None, tool_index=tool_index)
         with self._lock:
-            self._watches[task_id] = watch
+            self._watches.setdefault(task_id, []).append(watch)
         try:
             watch.done.wait()
         finally:
             with self._lock:
-                self._watches.pop(task_id, None)
+                self._watches[task_id].remove(watch)
+                if not self._watches[task_id]:
+                    del self._watches[task_id]
         assert watch.row is not None
         return watch.row, watch.timed_out
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
             with self._lock:
-                watches = list(self._watches.items())
-            for task_id, watch in watches:
+                watches = [(task_id, list(ws)) for task_id, ws in self._watches.items()]
+            for task_id, waiting in watches:
                 try:
-                    self._poll(task_id, watch)
+                    self._poll(task_id, waiting)
                 except Exception:  # a store hiccup: try again next round
                     log.exception("polling task %s failed", task_id)
 
-    def _poll(self, task_id: str, watch: _Watch) -> None:
+    def _poll(self, task_id: str, waiting: list[_Watch]) -> None:
         row = self.store.tasks.get(task_id)
         if row is None:
             return
-        watch.row = row
-        if State(row.state).terminal:
-            watch.done.set()
-            return
+        for watch in waiting:
+            watch.row = row
+            if State(row.state).terminal:
+                watch.done.set()
+            else:
+                self._check_time(task_id, row, watch)
+
+    def _check_time(self, task_id: str, row: TaskRow, watch: _Watch) -> None:
         if watch.timelimit and not watch.timed_out and row.state == State.RUNNING \
                 and time.time() - self._tool_start(row, watch) > watch.timelimit:
             watch.timed_out = True

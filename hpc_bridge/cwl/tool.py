@@ -129,6 +129,7 @@ class TesJob(JobBase):
             self.outdir = url_path(row.task["outputs"][0]["url"])  # a reused task's own directory
             status, rcode = self._outcome(row, plan, timed_out, engine)
             if row.state == State.COMPLETE:
+                engine.take_back(self.outdir)
                 if self.generatemapper is not None:
                     if self.inplace_update:
                         self._write_back(engine)
@@ -152,7 +153,6 @@ class TesJob(JobBase):
             engine.system_error(f"[job {self.name}] {type(exc).__name__}: {exc}")
             log.exception("[job %s] engine error", self.name)
         if status != "success":
-            outputs = outputs or {}
             log.warning("[job %s] completed %s", self.name, status)
         else:
             log.info("[job %s] completed success", self.name)

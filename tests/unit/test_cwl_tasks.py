@@ -125,3 +125,25 @@ def test_the_owners_active_task_limit_makes_creation_wait(store: Store, config: 
     second = r.create(body(config, "b"), step="s", key="k2")  # waits for the first to end
     assert time.monotonic() - started >= 0.25
     assert store.tasks.get(second).state == "QUEUED"
+
+
+def test_two_jobs_may_wait_for_the_same_task(store: Store, config: SiteConfig) -> None:
+    r = runner(store, config)
+    task_id = r.create(body(config, "a"), step="s", key="k")
+    results: list[str] = []
+    waiters = [threading.Thread(target=lambda: results.append(r.wait(task_id)[0].state)) for _ in range(2)]
+    for t in waiters:
+        t.start()
+    time.sleep(0.2)
+    finish(store, task_id)
+    for t in waiters:
+        t.join(5)
+    assert results == ["COMPLETE", "COMPLETE"]
+
+
+def test_tasks_created_after_the_engine_started_are_never_reused(store: Store, config: SiteConfig) -> None:
+    r = runner(store, config)
+    # another thread of the same engine, mid-way through creating its task (not claimed yet)
+    other = r.service.create({**body(config, "a"), "tags": {"wes_run_id": "run1", "cwl_job_key": "k"}}, "local")
+    assert store.tasks.get(other).created_at > r.started_at
+    assert r.find_reusable("k") is None
