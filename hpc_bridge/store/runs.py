@@ -9,15 +9,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpc_bridge.store.tasks import TaskRow, now_iso
+from hpc_bridge.store.tasks import LIVE_STATES, TaskRow, now_iso
 
 if TYPE_CHECKING:
     from hpc_bridge.store.db import Store
 
 _JSON_COLUMNS = ("request", "tags", "outputs", "system_logs")
 FINAL_STATES = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"})
-# States the supervisor computes; once a cancel was requested they become CANCELING instead.
-_LIVE_STATES = frozenset({"QUEUED", "INITIALIZING", "RUNNING", "PAUSED"})
 _TASK_RUN_ID = "json_extract(tags, '$.wes_run_id')"
 
 
@@ -148,7 +146,7 @@ class RunStore:
                 raise KeyError(run_id)
             seq, old_state, cancel_requested = current
             if state is not None:
-                if cancel_requested and state in _LIVE_STATES:
+                if cancel_requested and state in LIVE_STATES:  # then CANCELING instead
                     state = "CANCELING"
                 values["state"] = state
             db["runs"].update(seq, values)

@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 
 _JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "outputs")
 # States a daemon write must not put back over a cancel the API recorded meanwhile.
-_LIVE_STATES = {"QUEUED", "INITIALIZING", "RUNNING", "PAUSED"}
+LIVE_STATES = ("QUEUED", "INITIALIZING", "RUNNING", "PAUSED")
 # What counts against a user's active-task limit: everything that may still hold a Slurm job.
-ACTIVE_STATES = (*sorted(_LIVE_STATES), "CANCELING")
+ACTIVE_STATES = (*LIVE_STATES, "CANCELING")
 
 
 class ActiveLimitReached(Exception):
@@ -179,7 +179,7 @@ class TaskStore:
                 raise KeyError(task_id)
             seq, old_state, cancel_requested = current
             if state is not None:
-                if cancel_requested and state in _LIVE_STATES:
+                if cancel_requested and state in LIVE_STATES:
                     state = "CANCELING"  # computed from a row read before the cancel arrived
                 values["state"] = state
             db["tasks"].update(seq, values)

@@ -36,15 +36,13 @@ from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import NotFound
 from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunRow, RunStore
-from hpc_bridge.store.tasks import now_iso
+from hpc_bridge.store.tasks import ACTIVE_STATES, LIVE_STATES, now_iso
 from hpc_bridge.tes.service import TaskService
 from hpc_bridge.wes.attachments import open_beneath
 
 log = logging.getLogger(__name__)
 
 EXIT_STATES = {0: "COMPLETE", 3: "EXECUTOR_ERROR", 4: "SYSTEM_ERROR", 5: "CANCELED"}
-LIVE_TASK_STATES = ("QUEUED", "INITIALIZING", "RUNNING", "PAUSED")
-UNFINISHED_TASK_STATES = (*LIVE_TASK_STATES, "CANCELING")
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4096
 # Runs between the engine's exec and the engine: dies with its parent (the supervisor thread) and
@@ -287,7 +285,7 @@ class Supervisor:
     # -- cancelling ----------------------------------------------------------------------------
 
     def _cancel_tasks(self, run_id: str) -> int:
-        live = self.runs.tasks(run_id, states=LIVE_TASK_STATES)
+        live = self.runs.tasks(run_id, states=LIVE_STATES)
         for task in live:
             try:
                 self._tasks.cancel(task.id, None)
@@ -314,7 +312,7 @@ class Supervisor:
                                                      "after SIGTERM: killed")
                 continue
             self._kill_stale(row)
-            if self.runs.tasks(row.id, states=UNFINISHED_TASK_STATES, limit=1):
+            if self.runs.tasks(row.id, states=ACTIVE_STATES, limit=1):
                 continue  # the daemon is still taking their jobs out of Slurm
             self.runs.update(row.id, state="CANCELED", end_time=now_iso(), engine_pid=None,
                              message="canceled: the engine and every task of the run have stopped")
