@@ -14,7 +14,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from hpc_bridge.config import SiteConfig
 
 
-class _Model(BaseModel):
+class ApiModel(BaseModel):
+    """Base of the GA4GH API models (TES and WES): spec field names, no unknown fields, None left out."""
+
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     def to_json(self) -> dict[str, Any]:
@@ -22,6 +24,8 @@ class _Model(BaseModel):
 
 
 class State(StrEnum):
+    """TES 1.1 task states; WES 1.1 run states are the same set."""
+
     UNKNOWN = "UNKNOWN"
     QUEUED = "QUEUED"
     INITIALIZING = "INITIALIZING"
@@ -78,7 +82,7 @@ def _no_nul(text: str) -> str:
 Searchable = Annotated[str, AfterValidator(_no_nul)]  # what GET /tasks filters on
 
 
-class Input(_Model):
+class Input(ApiModel):
     name: str | None = None
     description: str | None = None
     url: str | None = None
@@ -88,7 +92,7 @@ class Input(_Model):
     streamable: bool | None = None
 
 
-class Output(_Model):
+class Output(ApiModel):
     name: str | None = None
     description: str | None = None
     url: str
@@ -97,7 +101,7 @@ class Output(_Model):
     type: FileType | None = None
 
 
-class Resources(_Model):
+class Resources(ApiModel):
     cpu_cores: Annotated[int, Field(ge=1)] | None = None
     preemptible: bool | None = None
     ram_gb: Annotated[float, Field(gt=0)] | None = None
@@ -107,7 +111,7 @@ class Resources(_Model):
     backend_parameters_strict: bool | None = None
 
 
-class Executor(_Model):
+class Executor(ApiModel):
     image: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
     command: Annotated[list[str], Field(min_length=1)]
     workdir: AbsPath | None = None
@@ -118,7 +122,7 @@ class Executor(_Model):
     ignore_error: bool | None = None
 
 
-class ExecutorLog(_Model):
+class ExecutorLog(ApiModel):
     start_time: str | None = None
     end_time: str | None = None
     stdout: str | None = None
@@ -126,13 +130,13 @@ class ExecutorLog(_Model):
     exit_code: int
 
 
-class OutputFileLog(_Model):
+class OutputFileLog(ApiModel):
     url: str
     path: str
     size_bytes: str
 
 
-class TaskLog(_Model):
+class TaskLog(ApiModel):
     logs: list[ExecutorLog] = Field(default_factory=list)
     metadata: dict[str, str] | None = None
     start_time: str | None = None
@@ -141,7 +145,7 @@ class TaskLog(_Model):
     system_logs: list[str] | None = None
 
 
-class Task(_Model):
+class Task(ApiModel):
     """A task as the API shows it (and as a client may echo it back)."""
 
     id: str | None = None
@@ -158,7 +162,7 @@ class Task(_Model):
     creation_time: str | None = None
 
 
-class CreateTaskResponse(_Model):
+class CreateTaskResponse(ApiModel):
     id: str
 
 
@@ -181,18 +185,18 @@ def apply_view(task: dict[str, Any], view: View) -> dict[str, Any]:
     return basic
 
 
-class ServiceType(_Model):
+class ServiceType(ApiModel):
     group: str = "org.ga4gh"
     artifact: str = "tes"
     version: str = "1.1.0"
 
 
-class ServiceOrganization(_Model):
+class ServiceOrganization(ApiModel):
     name: str
     url: str
 
 
-class ServiceInfo(_Model):
+class ServiceInfo(ApiModel):
     id: str
     name: str
     type: ServiceType = ServiceType()

@@ -5,40 +5,18 @@ Responses carry only spec fields and leave out None values, like the TES models.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from hpc_bridge.tes.models import ServiceOrganization
+from hpc_bridge.tes.models import ApiModel, ServiceOrganization, State
 
 WES_VERSION = "1.1.0"
 CWL_VERSIONS = ("v1.0", "v1.1", "v1.2")
 ENGINE = "cwltool"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class State(StrEnum):
-    UNKNOWN = "UNKNOWN"
-    QUEUED = "QUEUED"
-    INITIALIZING = "INITIALIZING"
-    RUNNING = "RUNNING"
-    PAUSED = "PAUSED"
-    COMPLETE = "COMPLETE"
-    EXECUTOR_ERROR = "EXECUTOR_ERROR"
-    SYSTEM_ERROR = "SYSTEM_ERROR"
-    CANCELED = "CANCELED"
-    CANCELING = "CANCELING"
-    PREEMPTED = "PREEMPTED"
-
-
-class RunRequest(_Model):
+class RunRequest(ApiModel):
     """What a run was asked to do, normalized (`CWL`, `v1.2`, the engine and its version filled in).
     `workflow_url` is as the client gave it; the service keeps the resolved document separately."""
 
@@ -52,11 +30,11 @@ class RunRequest(_Model):
     workflow_url: str
 
 
-class RunId(_Model):
+class RunId(ApiModel):
     run_id: str
 
 
-class RunStatus(_Model):
+class RunStatus(ApiModel):
     run_id: str
     state: State
 
@@ -67,12 +45,12 @@ class RunSummary(RunStatus):
     tags: dict[str, str]
 
 
-class RunListResponse(_Model):
+class RunListResponse(ApiModel):
     runs: list[RunSummary]
     next_page_token: str | None = None
 
 
-class Log(_Model):
+class Log(ApiModel):
     name: str | None = None
     cmd: list[str] | None = None
     start_time: str | None = None
@@ -89,12 +67,12 @@ class TaskLog(Log):
     tes_uri: str | None = None
 
 
-class TaskListResponse(_Model):
+class TaskListResponse(ApiModel):
     task_logs: list[TaskLog]
     next_page_token: str | None = None
 
 
-class RunLog(_Model):
+class RunLog(ApiModel):
     run_id: str
     request: RunRequest
     state: State
@@ -103,27 +81,27 @@ class RunLog(_Model):
     outputs: dict[str, Any] = Field(default_factory=dict)
 
 
-class WorkflowTypeVersion(_Model):
+class WorkflowTypeVersion(ApiModel):
     workflow_type_version: list[str]
 
 
-class WorkflowEngineVersion(_Model):
+class WorkflowEngineVersion(ApiModel):
     workflow_engine_version: list[str]
 
 
-class DefaultWorkflowEngineParameter(_Model):
+class DefaultWorkflowEngineParameter(ApiModel):
     name: str
     type: str
     default_value: str
 
 
-class ServiceType(_Model):
+class ServiceType(ApiModel):
     group: str = "org.ga4gh"
     artifact: str = "wes"
     version: str = WES_VERSION
 
 
-class ServiceInfo(_Model):
+class ServiceInfo(ApiModel):
     id: str
     name: str
     type: ServiceType = ServiceType()

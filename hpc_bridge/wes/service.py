@@ -132,6 +132,18 @@ def _string_map(value: Any, field: str, *, scalars: bool = False) -> dict[str, s
     return result
 
 
+
+def _page(page_size: int | None, page_token: str | None) -> tuple[int, int | None]:
+    """A page request -> (size, the seq the page continues from); the spec lets a server cap the
+    size, so a large one is clamped, not refused."""
+    size = DEFAULT_PAGE_SIZE if page_size is None else min(page_size, MAX_PAGE_SIZE)
+    if size < 1:
+        raise BadRequest("page_size: must be at least 1")
+    try:
+        return size, decode_token(page_token) if page_token else None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
 class RunService:
     def __init__(self, store: Store, config: SiteConfig, *, on_change: Callable[[], None] = lambda: None,
                  schemes: Schemes | None = None) -> None:
@@ -380,13 +392,7 @@ class RunService:
     # -- reading runs --------------------------------------------------------------------------
 
     def list(self, owner: str | None, *, page_size: int | None, page_token: str | None) -> dict[str, Any]:
-        size = DEFAULT_PAGE_SIZE if page_size is None else min(page_size, MAX_PAGE_SIZE)
-        if size < 1:
-            raise BadRequest("page_size: must be at least 1")
-        try:
-            before = decode_token(page_token) if page_token else None
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        size, before = _page(page_size, page_token)
         rows = self.runs.list(owner, before_seq=before, limit=size + 1)
         more = len(rows) > size
         return RunListResponse(
@@ -472,13 +478,7 @@ class RunService:
     def tasks(self, run_id: str, owner: str | None, links: Links, *, page_size: int | None,
               page_token: str | None) -> dict[str, Any]:
         row = self.row(run_id, owner)
-        size = DEFAULT_PAGE_SIZE if page_size is None else min(page_size, MAX_PAGE_SIZE)
-        if size < 1:
-            raise BadRequest("page_size: must be at least 1")
-        try:
-            after = decode_token(page_token) if page_token else None
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        size, after = _page(page_size, page_token)
         tasks = self.runs.tasks(row.id, owner, after_seq=after, limit=size + 1)
         more = len(tasks) > size
         return TaskListResponse(
