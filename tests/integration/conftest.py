@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 import yaml
@@ -78,11 +79,16 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config_path.with_suffix(".log")
 
-    def start(self) -> ServerProcess:
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """The server process; subclasses change how (another user, another interpreter)."""
         exe = Path(sys.executable).parent / "hpc-bridge"
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([str(exe), "serve", "--config", str(self.config_path),
-                                          "--port", str(self.port)], stdout=out, stderr=out)
+            return subprocess.Popen([str(exe), "serve", "--config", str(self.config_path),
+                                     "--port", str(self.port)], stdout=out, stderr=out)
+
+    def start(self) -> Self:
+        """Spawn, then wait until service-info answers (30 s, or the process ended: fail)."""
+        self.proc = self.spawn()
         deadline = time.monotonic() + 30
         while True:
             try:
