@@ -66,6 +66,21 @@ class PreemptibleSettings(_Strict):
     partition: str | None = None
 
 
+class PackingSettings(_Strict):
+    """Short tasks of one owner that ask for exactly the same resources share a Slurm job, one job
+    step each, in turn: Slurm then schedules one job instead of several (a job costs about a
+    scheduling cycle, a step a tenth of a second). Only tasks known to be short are packed: a time
+    limit (TES `time` backend parameter, CWL `ToolTimeLimit`, or the site's default) of at most
+    `max_task_minutes`. A pack holds at most `max_tasks`, and as many as fit in `max_minutes` one
+    after the other, so every task keeps its whole limit and a task waits at most that long for
+    its turn."""
+
+    enabled: bool = True
+    max_tasks: Annotated[int, Field(ge=2, le=1000)] = 8
+    max_task_minutes: Annotated[float, Field(gt=0)] = 10
+    max_minutes: Annotated[int, Field(ge=2)] = 60
+
+
 class UserLimits(_Strict):
     """What one user may ask for; every field None means no limit of this service's own (Slurm's
     limits still apply). The site maxima per task, and per-user overrides, use the same fields."""
@@ -130,6 +145,7 @@ class SlurmSettings(_Strict):
     command_timeout: Annotated[float, Field(gt=0)] = 30.0
     template_dirs: list[Path] = Field(default_factory=list)
     preemptible: PreemptibleSettings = PreemptibleSettings()
+    packing: PackingSettings = PackingSettings()
 
     @field_validator("submit_as")
     @classmethod

@@ -18,6 +18,7 @@ import shutil
 import stat
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,10 +28,11 @@ from hpc_bridge.config import ConfigError, SiteConfig
 from hpc_bridge.containers.apptainer import UnsafeValue
 from hpc_bridge.containers.cache import ImageCache, PullError
 from hpc_bridge.containers.images import RegistryImage
+from hpc_bridge.slurm import pack
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
 from hpc_bridge.slurm.record import JobRecord, parse_record
 from hpc_bridge.slurm.script import JobScript, render
-from hpc_bridge.slurm.states import map_state, still_active
+from hpc_bridge.slurm.states import map_state, member_state, still_active
 from hpc_bridge.staging import http
 from hpc_bridge.staging.paths import within
 from hpc_bridge.staging.schemes import Schemes
@@ -41,6 +43,7 @@ from hpc_bridge.tes.jobspec import (
     Download,
     InvalidTask,
     JobPlan,
+    job_name,
     plan_job,
     task_id_from_comment,
 )
@@ -49,6 +52,15 @@ from hpc_bridge.tes.models import State, Task
 log = logging.getLogger(__name__)
 
 ACTIVE = [State.QUEUED, State.INITIALIZING, State.RUNNING, State.PAUSED, State.CANCELING]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A task ready for Slurm: its batch script on disk, and what the script was rendered from."""
+
+    row: TaskRow
+    script: Path
+    job: JobScript
 
 
 class DaemonLock:
@@ -157,11 +169,12 @@ class Daemon:
             self._wake.clear()
 
     def cycle(self) -> bool:
-        """One pass. True while jobs are in flight: the next cycle then comes after min_interval, so
-        a finished job is noticed within one interval; otherwise the loop backs off to idle."""
+        """One pass. True while jobs are in flight, or when there is nothing at all (then a cycle is
+        one indexed query, and a task created by another process, a WES engine, is picked up
+        within min_interval); False while tasks wait only for staging: the loop then backs off."""
         active = self.store.tasks.in_states(ACTIVE)
         if not active:
-            return False
+            return True
         users = sorted({row.run_as for row in active if row.run_as})
         try:
             jobs = self.slurm.queue(users) if users else self.slurm.queue()
@@ -170,6 +183,7 @@ class Daemon:
             return False
         by_id = {j.job_id: j for j in jobs}
         by_task = {tid: j for j in jobs if (tid := task_id_from_comment(j.comment))}
+        by_pack = {pid: j for j in jobs if (pid := pack.pack_id_from_comment(j.comment))}
         busy = any(row.job_id for row in active)
         to_cancel: list[str] = []
         to_cancel_as_user: list[TaskRow] = []
@@ -177,7 +191,7 @@ class Daemon:
         for row in active:
             try:
                 if row.job_id is None:
-                    adopted = self._submitted_before(row, by_task)
+                    adopted = self._submitted_before(row, by_task, by_pack)
                     if adopted is not None:
                         self._adopt(row, adopted)
                     elif row.cancel_requested:
@@ -189,6 +203,9 @@ class Daemon:
                     continue
                 status = by_id.get(row.job_id)
                 if row.cancel_requested and status is not None and still_active(status.state) \
+                        and row.pack_id:
+                    to_cancel.extend(self._cancel_packed(row))
+                elif row.cancel_requested and status is not None and still_active(status.state) \
                         and row.job_id not in self._cancel_sent:
                     if row.run_as:
                         to_cancel_as_user.append(row)
@@ -207,6 +224,22 @@ class Daemon:
         list(self._pool.map(self._cancel_as_user, to_cancel_as_user))
         return self._submit(to_submit) or busy
 
+    def _cancel_packed(self, row: TaskRow) -> list[str]:
+        """A packed task is cancelled alone: its step if it runs, else a marker so that the launcher
+        skips it (both, when it starts in between: the next cycle sees its step). Returns the steps
+        to scancel."""
+        record = read_record(self._record_dir(row))
+        if record is not None and record.finished:
+            return []
+        if record is not None and record.step_id:
+            step = f"{row.job_id}.{record.step_id}"
+            return [] if step in self._cancel_sent else [step]
+        if row.id not in self._cancel_sent:
+            directory = self._pack_dir(row.pack_id or "")
+            self._work_area(directory, row).write(f"cancel/{row.id}", "")
+            self._cancel_sent.add(row.id)
+        return []
+
     def _cancel_as_user(self, row: TaskRow) -> None:
         try:
             self.slurm.cancel_as_user(row.id, sudo=self.config.run_as.sudo, helper=self.config.run_as.helper)
@@ -217,10 +250,13 @@ class Daemon:
 
     # -- submission -------------------------------------------------------------------------
 
-    def _submitted_before(self, row: TaskRow, by_task: dict[str, JobStatus]) -> str | None:
-        """A job a previous attempt submitted: still known to Slurm (comment), or long gone from
-        the controller but recorded by the job itself in its work area."""
+    def _submitted_before(self, row: TaskRow, by_task: dict[str, JobStatus],
+                          by_pack: dict[str, JobStatus]) -> str | None:
+        """A job a previous attempt submitted: still known to Slurm (comment: the task's, or its
+        pack's), or long gone from the controller but recorded by the job itself in its work area."""
         if (job := by_task.get(row.id)) is not None:
+            return job.job_id
+        if row.pack_id and (job := by_pack.get(row.pack_id)) is not None:
             return job.job_id
         if row.submit_attempts:
             record = read_record(self._record_dir(row))
@@ -234,21 +270,47 @@ class Daemon:
         due = [r for r in rows if r.next_attempt_at <= now
                and not ((f := self._staging.get(r.id)) is not None and not f.done())]
         batch = due[: self.config.monitor.submit_batch]
-        list(self._pool.map(self._submit_one, batch))
+        ready = [p for p in self._pool.map(self._prepare_one, batch) if p is not None]
+        packing = self.config.slurm.packing
+        if packing.enabled:
+            groups = pack.group(ready, key=lambda p: (p.row.owner, p.row.run_as, tuple(p.job.options)),
+                                options=lambda p: p.job.options, settings=packing)
+        else:
+            groups = [[p] for p in ready]
+        list(self._pool.map(self._submit_group, groups))
         if len(due) > len(batch):
             self._wake.set()  # more are waiting: no pause before the next batch
         return bool(batch)
 
-    def _submit_one(self, row: TaskRow) -> None:
+    def _prepare_one(self, row: TaskRow) -> Prepared | None:
+        """None when the task is not ready (staging), cannot run (failed) or was cancelled meanwhile."""
         try:
-            self._try_submit(row)
+            if self._stop.is_set() or (ready := self.prepare(row)) is None:
+                return None
         except Exception as exc:  # a bug or an unforeseen input: fail this task, not the daemon
-            log.exception("task %s: submission failed", row.id)
+            log.exception("task %s: preparing the job failed", row.id)
             self._fail(row, f"internal error while submitting: {type(exc).__name__}: {exc}")
+            return None
+        if self.store.tasks.get(row.id).cancel_requested:
+            return None  # cancelled while being prepared: the next cycle makes it CANCELED
+        return ready
 
-    def prepare(self, row: TaskRow) -> Path | None:
+    def _submit_group(self, group: list[Prepared]) -> None:
+        rows = [p.row for p in group]
+        try:
+            if len(group) == 1 or rows[0].run_as:  # the helper submits one task of one user at a time
+                for ready in group:
+                    self._try_submit(ready)
+            else:
+                self._submit_pack(group)
+        except Exception as exc:  # a bug or an unforeseen input: fail these tasks, not the daemon
+            log.exception("tasks %s: submission failed", ", ".join(r.id for r in rows))
+            for row in rows:
+                self._fail(row, f"internal error while submitting: {type(exc).__name__}: {exc}")
+
+    def prepare(self, row: TaskRow) -> Prepared | None:
         """Everything before sbatch: plan, work area, script, and the store told where the job's
-        files will be. Returns the script, or None when the task cannot run (it is then failed)."""
+        files will be. None when the task is not staged yet, or cannot run (it is then failed)."""
         if self.config.run_as.enabled and not row.run_as:  # fail closed: never the service account
             self._fail(row, f"cannot run task: run_as.mode is {self.config.run_as.mode!r} and the task "
                             "has no Unix user (created before per-user execution was turned on?)")
@@ -291,7 +353,7 @@ class Daemon:
                                 system_logs=[*row.system_logs,
                                              *(w for w in plan.warnings if w not in row.system_logs)],
                                 submit_attempts=row.submit_attempts + 1)
-        return script
+        return Prepared(row, script, plan.script)
 
     def _staged(self, row: TaskRow, area: WorkArea, plan: JobPlan) -> bool:
         """True once the task's images are in the cache and its downloads are in its work area.
@@ -341,19 +403,51 @@ class Daemon:
         finally:
             shutil.rmtree(private, ignore_errors=True)
 
-    def _try_submit(self, row: TaskRow) -> None:
-        if self._stop.is_set() or (script := self.prepare(row)) is None:
-            return
-        if self.store.tasks.get(row.id).cancel_requested:
-            return  # cancelled while being prepared: the next cycle makes it CANCELED
-        workdir = script.parent
+    def _try_submit(self, ready: Prepared) -> None:
+        row = ready.row
         try:
             if row.run_as:
                 job_id = self.slurm.submit_as_user(row.id, sudo=self.config.run_as.sudo,
                                                    helper=self.config.run_as.helper)
             else:
-                job_id = self.slurm.submit(script, workdir=workdir)
+                job_id = self.slurm.submit(ready.script, workdir=ready.script.parent)
         except SlurmError as exc:
+            self._refused([row], exc)
+            return
+        self.store.tasks.update(row.id, job_id=job_id, pack_id=None,
+                                message=f"submitted as Slurm job {job_id}")
+
+    def _submit_pack(self, group: list[Prepared]) -> None:
+        """One Slurm job for the group, each task a step of it. The pack id is stored with the tasks
+        before sbatch, so a restart adopts the job by its comment as it adopts a task's own."""
+        pack_id = str(uuid.uuid4())
+        directory = self._pack_dir(pack_id)
+        first = group[0]
+        members = [pack.Member(task_id=p.row.id, name=job_name(p.row.id), workdir=p.job.workdir,
+                               record=p.job.record_path, output=f"{p.job.record_dir}/slurm.out")
+                   for p in group]
+        script = pack.PackScript(pack_id=pack_id, directory=str(directory), members=members,
+                                 options=pack.pack_options(first.job.options, len(group)),
+                                 step_time=next((v for k, v in first.job.options if k == "time"), None))
+        text = render(script, self.config.template_search_path, "pack.sh.j2")
+        for p in group:
+            self.store.tasks.update(p.row.id, pack_id=pack_id)
+        area = self._work_area(directory, first.row)
+        area.create()
+        area.make_dirs("cancel")
+        area.write("pack.sh", text)
+        area.hand_over()
+        try:
+            job_id = self.slurm.submit(directory / "pack.sh", workdir=directory)
+        except SlurmError as exc:
+            self._refused([p.row for p in group], exc)
+            return
+        for p in group:
+            self.store.tasks.update(p.row.id, job_id=job_id, message=f"submitted as a step of Slurm job "
+                                    f"{job_id}, shared with {len(group) - 1} other short tasks")
+
+    def _refused(self, rows: list[TaskRow], exc: SlurmError) -> None:
+        for row in rows:
             if exc.unavailable:
                 # Not less than the command timeout: a timed-out sbatch may still have been
                 # accepted, and the next squeue must get a chance to show (and adopt) it.
@@ -365,8 +459,9 @@ class Daemon:
                 self._fail(row, f"could not submit the job as Unix user {row.run_as}: {exc}")
             else:
                 self._fail(row, f"Slurm refused the job: {exc}")
-            return
-        self.store.tasks.update(row.id, job_id=job_id, message=f"submitted as Slurm job {job_id}")
+
+    def _pack_dir(self, pack_id: str) -> Path:
+        return self.config.storage.work_root / pack.PACK_DIR / pack_id
 
     def _adopt(self, row: TaskRow, job_id: str) -> None:
         log.info("task %s: adopting Slurm job %s submitted before a restart", row.id, job_id)
@@ -419,15 +514,19 @@ class Daemon:
 
     def _update(self, row: TaskRow, status: JobStatus | None) -> None:
         if status is not None and status.state == "RUNNING" and row.state == State.RUNNING \
-                and not row.cancel_requested:
+                and not row.cancel_requested and not row.pack_id:
             return  # nothing new until the job ends: spare the record read
         needs_record = status is None or status.state not in ("PENDING", "CONFIGURING")
         record = read_record(self._record_dir(row)) if needs_record else None
+        slurm_state, reason = (status.state, status.reason) if status else (None, "")
+        if row.pack_id:  # the shared job's state is not the task's: its step's end is in its record
+            slurm_state, reason = member_state(slurm_state, reason, record, carrier_id=row.job_id or "",
+                                               cancel_requested=bool(row.cancel_requested))
         ignore = [bool(e.get("ignore_error")) for e in row.task["executors"]]
-        mapped = map_state(status.state if status else None, status.reason if status else "",
-                           record, ignore_error=ignore, cancel_requested=bool(row.cancel_requested))
+        mapped = map_state(slurm_state, reason, record, ignore_error=ignore,
+                           cancel_requested=bool(row.cancel_requested))
         if mapped.state == State.SYSTEM_ERROR and not (record and record.finished) \
-                and (status is None or not still_active(status.state)):
+                and (slurm_state is None or not still_active(slurm_state)):
             first = self._unconfirmed.setdefault(row.id, time.monotonic())
             if time.monotonic() - first < self.config.monitor.record_grace:
                 return  # the record may still be on its way through the shared filesystem
@@ -450,6 +549,9 @@ class Daemon:
             if record:
                 changes["outputs"] = record.outputs
             self._cancel_sent.discard(row.job_id or "")
+            self._cancel_sent.discard(row.id)
+            if record and record.step_id:
+                self._cancel_sent.discard(f"{row.job_id}.{record.step_id}")
         elif mapped.state == State.RUNNING and record:
             changes["executor_logs"] = self._executor_logs(row, record, tails=False)
         if mapped.state != row.state or changes:
@@ -488,7 +590,19 @@ class Daemon:
             self.store.tasks.update(row.id, cleaned_at=now_iso(), system_logs=[
                 *row.system_logs, f"work area removed {hours:g} h after the task ended"])
             removed += 1
+        self._clean_pack_dirs()
         return removed
+
+    def _clean_pack_dirs(self) -> None:
+        """A pack's directory (launcher, slurm.out, cancel markers) goes with its last work area.
+        Its id is stored with the tasks before the directory is made, so a new one is never taken."""
+        root = self.config.storage.work_root / pack.PACK_DIR
+        if not root.is_dir():
+            return
+        in_use = self.store.tasks.packs_in_use()
+        for directory in root.iterdir():
+            if directory.name not in in_use and not directory.is_symlink():
+                shutil.rmtree(directory, ignore_errors=True)
 
     def _executor_logs(self, row: TaskRow, record: JobRecord | None, tails: bool = True) -> list[dict]:
         if record is None:

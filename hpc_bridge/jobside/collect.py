@@ -7,11 +7,14 @@ manifest, which is how the daemon learns the task's output logs.
 The files being copied were written by the task, which is hostile: it may plant symlinks, FIFOs or
 odd names anywhere under its binds. So sources are reached only through directory file descriptors
 opened with O_NOFOLLOW (nothing can be swapped between a check and its use), symlinks are never
-followed (a parent-directory symlink is resolved once, checked to stay inside the bind, and then
-walked without following), only regular files and directories are copied, and every destination
-file is written to a temporary name and renamed over the final name, so a symlink found there is
-replaced, never written through. Exit status: 0 all outputs copied, 1 some output failed (all are
-still tried), 2 the manifest (or the record file) is unusable.
+followed blindly (one is resolved once, checked to stay inside the bind, and its target then reached
+without following anything: so a symlink in a copied tree, or an output that is one, is copied as
+the file or directory it leads to in the bind, while one leading outside the bind, or nowhere, is
+skipped, or refused as the output itself; a wildcard skips any symlink it meets), only regular files and
+directories are copied, and every destination file is written to a temporary name and renamed over
+the final name, so a symlink found there is replaced, never written through. Exit status: 0 all
+outputs copied, 1 some output failed (all are still tried), 2 the manifest (or the record file) is
+unusable.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class ManifestError(ValueError):
 
 class _OutputFailed(Exception):
     """Stops the current item (a whole output at the top level); the message goes to the record."""
+
+
+class _Unfollowed(Exception):
+    """A symlink leading outside the bind or nowhere: skipped inside a tree, refused as the output itself."""
 
 
 @dataclass(frozen=True)
@@ -178,8 +185,10 @@ class _Collector:
 
     def __init__(self, spec: OutputSpec, roots: Sequence[str], workdir: str, emit: Emit) -> None:
         self.spec, self.roots, self.workdir, self.emit = spec, roots, workdir, emit
+        self.bind = os.path.realpath(spec.bind_host)  # the boundary every source, and symlink target, stays in
         self.failed = False
         self.dest_dirs: set[tuple[int, int]] = set()  # (dev, ino) of directories this output created or wrote into
+        self.copying: set[tuple[int, int]] = set()  # (dev, ino) of the source directories being copied, nested
 
     def _event(self, kind: str, **fields: Any) -> None:
         self.emit({"event": kind, "output": self.spec.index, **fields, "time": now()})
@@ -211,32 +220,31 @@ class _Collector:
     def _run(self) -> None:
         spec = self.spec
         workdir = os.path.realpath(self.workdir)
-        bind = os.path.realpath(spec.bind_host)
-        if not _inside(bind, workdir) or bind == workdir:
+        if not _inside(self.bind, workdir) or self.bind == workdir:
             raise _OutputFailed("the bind directory is not inside the task's work area; refused")
         bind_parts, path_parts = _parts(spec.bind_container), _parts(spec.path)
         if path_parts[:len(bind_parts)] != bind_parts:
             raise _OutputFailed(f"the path is not under its bind {spec.bind_container}")
         rel = path_parts[len(bind_parts):]
         if spec.wildcard:
-            self._wildcard(bind, bind_parts, rel)
+            self._wildcard(bind_parts, rel)
         else:
-            self._single(bind, rel)
+            self._single(rel)
 
     # -- sources
 
-    def _open_inside(self, bind: str, parts: list[str]) -> int:
+    def _open_inside(self, parts: list[str]) -> int:
         """Directory fd for bind/parts, whose real path must stay inside the bind.
 
         A symlink among `parts` is resolved once (it may legitimately point elsewhere in the bind),
         then the resolved path is opened component by component without following anything, so a
         symlink swapped in after the check makes the open fail instead of leading outside.
         """
-        real = os.path.realpath(os.path.join(bind, *parts))
-        if not _inside(real, bind):
+        real = os.path.realpath(os.path.join(self.bind, *parts))
+        if not _inside(real, self.bind):
             raise _OutputFailed("a parent directory is a symlink leading outside the task's work area; refused")
-        rel = os.path.relpath(real, bind)
-        fd = os.open(bind, _DIR_FLAGS)
+        rel = os.path.relpath(real, self.bind)
+        fd = os.open(self.bind, _DIR_FLAGS)
         try:
             for comp in ([] if rel == "." else rel.split(os.sep)):
                 nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
@@ -247,13 +255,42 @@ class _Collector:
             raise
         return fd
 
-    def _single(self, bind: str, rel: list[str]) -> None:
+    def _follow(self, cpath: str) -> tuple[int | None, str, os.stat_result]:
+        """(directory fd, name, lstat) of where the symlink at container path `cpath` leads.
+
+        Like a parent-directory symlink, it is resolved once, and the target must stay inside the
+        bind: otherwise the task could have a host file (say /etc/shadow) copied out to its outputs.
+        """
+        rel = _parts(cpath)[len(_parts(self.spec.bind_container)):]
+        real = os.path.realpath(os.path.join(self.bind, *rel))
+        if not _inside(real, self.bind):
+            raise _Unfollowed("is a symlink leading outside the output's bind")
+        parts = _parts(os.path.relpath(real, self.bind))
+        if not parts:  # the bind itself
+            return None, self.bind, os.stat(self.bind, follow_symlinks=False)
+        try:
+            parent = self._open_inside(parts[:-1])
+        except (FileNotFoundError, NotADirectoryError):
+            raise _Unfollowed("is a dangling symlink") from None
+        try:
+            st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):  # realpath stops where symlinks form a loop
+                raise _Unfollowed("is a symlink loop")
+        except FileNotFoundError:
+            os.close(parent)
+            raise _Unfollowed("is a dangling symlink") from None
+        except BaseException:
+            os.close(parent)
+            raise
+        return parent, parts[-1], st
+
+    def _single(self, rel: list[str]) -> None:
         spec = self.spec
         parent: int | None = None
         try:
             if rel:
                 try:
-                    parent = self._open_inside(bind, rel[:-1])
+                    parent = self._open_inside(rel[:-1])
                     st = os.stat(rel[-1], dir_fd=parent, follow_symlinks=False)
                 except (FileNotFoundError, NotADirectoryError):
                     raise _OutputFailed("not found \u2014 the executors did not create it") from None
@@ -263,9 +300,14 @@ class _Collector:
                     raise
                 name = rel[-1]
             else:  # the output is the whole bind directory
-                st, name = os.stat(bind, follow_symlinks=False), bind
+                st, name = os.stat(self.bind, follow_symlinks=False), self.bind
             if stat.S_ISLNK(st.st_mode):
-                raise _OutputFailed("is a symlink; refused")
+                try:
+                    target = self._follow(spec.path)
+                except _Unfollowed as exc:
+                    raise _OutputFailed(f"{exc}; refused") from None
+                _close(parent)
+                parent, name, st = target
             if stat.S_ISREG(st.st_mode):
                 if spec.type == "DIRECTORY":
                     raise _OutputFailed("is a file, but the output's type is DIRECTORY")
@@ -281,7 +323,7 @@ class _Collector:
 
     # -- wildcards
 
-    def _wildcard(self, bind: str, bind_parts: list[str], rel: list[str]) -> None:
+    def _wildcard(self, bind_parts: list[str], rel: list[str]) -> None:
         spec = self.spec
         if spec.path_prefix is None:
             raise _OutputFailed("a wildcard output needs a path_prefix")
@@ -289,7 +331,7 @@ class _Collector:
             raise _OutputFailed("the wildcard path has no pattern below its bind")
         first = next((i for i, p in enumerate(rel) if _MAGIC.search(p)), len(rel) - 1)
         try:
-            base = self._open_inside(bind, rel[:first])
+            base = self._open_inside(rel[:first])
         except (FileNotFoundError, NotADirectoryError):
             return  # nothing can match: not an error
         try:
@@ -425,34 +467,54 @@ class _Collector:
         """Copy a directory's contents, one `output` event per regular file, flattened by relative path."""
         with os.scandir(src) as it:
             entries = sorted(it, key=lambda e: e.name)  # read fully: one descriptor per level, not two
-        for entry in entries:
-            name = entry.name
-            path, sub_url = cpath.rstrip("/") + "/" + name, _join_url(url, name)
-            try:
-                if not _utf8(name):
-                    self.warn(f"{_printable(path)}: the name is not valid UTF-8; skipped")
-                elif entry.is_symlink():
-                    self.warn(f"{path} is a symlink; skipped")
-                elif entry.is_dir(follow_symlinks=False):
-                    self._subtree(src, dst, name, sub_url, path, depth + 1)
-                elif entry.is_file(follow_symlinks=False):
-                    size = _write(src, name, dst, name, f"of {path}")
-                    if size is None:
-                        self.warn(f"{path} is not a regular file; skipped")
-                    else:
-                        self.logged(sub_url, path, size)
-                else:
-                    self.warn(f"{path} is not a regular file or directory (FIFO, socket or device); skipped")
-            except _OutputFailed as exc:
-                self.error(str(exc))
-            except OSError as exc:
-                self.error(f"{path}: could not be copied: {exc.strerror or exc}")
+        st = os.fstat(src)
+        self.copying.add((st.st_dev, st.st_ino))
+        try:
+            for entry in entries:
+                self._entry(src, entry, dst, url, cpath, depth)
+        finally:
+            self.copying.discard((st.st_dev, st.st_ino))
 
-    def _subtree(self, src: int, dst: int, name: str, url: str, path: str, depth: int) -> None:
+    def _entry(self, src: int, entry: os.DirEntry[str], dst: int, url: str, cpath: str, depth: int) -> None:
+        """Copy one entry of a tree; a symlink as what it leads to, if that stays inside the bind."""
+        name = entry.name
+        path, sub_url = cpath.rstrip("/") + "/" + name, _join_url(url, name)
+        parent: int | None = None  # the symlink target's directory, when one is followed
+        try:
+            if not _utf8(name):
+                self.warn(f"{_printable(path)}: the name is not valid UTF-8; skipped")
+                return
+            src_dir, src_name = src, name
+            is_dir, is_file = entry.is_dir(follow_symlinks=False), entry.is_file(follow_symlinks=False)
+            if entry.is_symlink():
+                parent, src_name, st = self._follow(path)
+                src_dir, is_dir, is_file = parent, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
+            if is_dir:
+                self._subtree(src_dir, src_name, dst, name, sub_url, path, depth + 1)
+            elif is_file:
+                size = _write(src_dir, src_name, dst, name, f"of {path}")
+                if size is None:
+                    self.warn(f"{path} is not a regular file; skipped")
+                else:
+                    self.logged(sub_url, path, size)
+            else:
+                self.warn(f"{path} is not a regular file or directory (FIFO, socket or device); skipped")
+        except _Unfollowed as exc:
+            self.warn(f"{path} {exc}; skipped")
+        except _OutputFailed as exc:
+            self.error(str(exc))
+        except OSError as exc:
+            self.error(f"{path}: could not be copied: {exc.strerror or exc}")
+        finally:
+            _close(parent)
+
+    def _subtree(self, src: int | None, src_name: str, dst: int, name: str, url: str, path: str,
+                 depth: int) -> None:
+        """Copy directory src_name (a followed symlink's target, or just `name`) to `name` under dst."""
         if depth > MAX_DEPTH:
             raise _OutputFailed(f"{path}: nested deeper than {MAX_DEPTH} directories; not copied")
         try:
-            sub_src = os.open(name, _DIR_FLAGS, dir_fd=src)
+            sub_src = os.open(src_name, _DIR_FLAGS, dir_fd=src)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 self.warn(f"{path} changed into a symlink while being copied; skipped")
@@ -462,6 +524,9 @@ class _Collector:
             st = os.fstat(sub_src)
             if (st.st_dev, st.st_ino) in self.dest_dirs:
                 self.warn(f"{path} is where this output is being copied to; skipped")
+                return
+            if (st.st_dev, st.st_ino) in self.copying:
+                self.warn(f"{path} leads back into a directory being copied (a symlink loop); skipped")
                 return
             sub_dst = _subdir(dst, name, f"of {path}")
             try:

@@ -29,6 +29,12 @@ class JobRecord:
     output_errors: list[str] = field(default_factory=list)
     output_warnings: list[str] = field(default_factory=list)
     collect_exit: int | None = None
+    # A task packed into a shared Slurm job runs as one job step; the pack's launcher writes these.
+    step_id: str | None = None
+    step_exit: int | None = None  # the step's exit as srun saw it (None: not ended, or not packed)
+    step_timed_out: bool = False
+    skipped: bool = False  # cancelled before its turn: the launcher never started it
+    job_ended: bool = False  # the task's own script reached its end (it was not killed)
 
     @property
     def started_executing(self) -> bool:
@@ -65,7 +71,9 @@ def parse_record(text: str) -> JobRecord:
 def _apply(rec: JobRecord, event: dict) -> JobRecord:
     kind = event.get("event")
     if kind == "job_start":
-        return JobRecord(job_id=str(event.get("job_id") or "") or None, start_time=_time(event["time"]))
+        step = str(event.get("step_id") or "")
+        return JobRecord(job_id=str(event.get("job_id") or "") or None, start_time=_time(event["time"]),
+                         step_id=step if step.isdigit() else None)
     if kind == "executor_start":
         rec.executors.setdefault(int(event["executor"]), ExecutorRecord()).start_time = _time(event["time"])
     elif kind == "executor_end":
@@ -74,8 +82,16 @@ def _apply(rec: JobRecord, event: dict) -> JobRecord:
         ex.end_time, ex.exit_code = end, code
     elif kind == "job_end":
         rec.end_time = _time(event["time"])
+        rec.job_ended = True
     elif kind == "job_signal":
         rec.end_time = rec.end_time or _time(event["time"])
+    elif kind == "step_end":
+        rec.end_time = rec.end_time or _time(event["time"])
+        rec.step_exit = int(event["exit_code"])
+        rec.step_timed_out = event.get("timed_out") is True
+    elif kind == "skipped":
+        rec.end_time = _time(event["time"])
+        rec.skipped = True
     elif kind == "input_error":
         rec.input_error = f"input {int(event['input'])}: {event.get('message', 'could not be staged')}"
     elif kind == "output":

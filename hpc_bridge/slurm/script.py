@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from hpc_bridge.containers.apptainer import UnsafeValue
+from hpc_bridge.slurm.pack import PackScript
 
 # #SBATCH lines are split on whitespace by sbatch and never go through a shell: only plain tokens pass.
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:=+/@%-]+\Z")
@@ -158,7 +159,7 @@ def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:
     return env
 
 
-def render(job: JobScript, search_path: Sequence[Path], template: str = "task.sh.j2") -> str:
+def render(job: JobScript | PackScript, search_path: Sequence[Path], template: str = "task.sh.j2") -> str:
     for option, _ in job.options:
         if not _SBATCH_OPTION.match(option):
             raise UnsafeValue(f"invalid sbatch option name: {option!r}")

@@ -99,3 +99,25 @@ def _from_record(state: str | None, record: JobRecord | None, ignore_error: list
         return Mapped("SYSTEM_ERROR", f"the output collector failed (exit code {record.collect_exit}; "
                                       "see slurm.out in the work area)")
     return Mapped("COMPLETE")
+
+
+def member_state(carrier_state: str | None, carrier_reason: str, record: JobRecord | None, *,
+                 carrier_id: str, cancel_requested: bool) -> tuple[str | None, str]:
+    """The Slurm state a task packed into a shared job would have had as a job of its own, from the
+    shared job's state and the task's record, so `map_state` can judge it like any other task.
+
+    The shared job keeps running after one of its tasks ended, and waits while one of its tasks has
+    not had its turn yet; the record (its step's end, written by the pack's launcher) tells these apart.
+    """
+    if record is not None and record.finished:
+        if record.skipped:
+            return "CANCELLED", ""
+        if record.step_timed_out:
+            return "TIMEOUT", ""
+        if not record.job_ended and record.step_exit not in (None, 0):  # its step was killed
+            return ("CANCELLED" if cancel_requested else "FAILED"), ""
+        return None, ""  # over: the record alone decides
+    base = _base(carrier_state)
+    if base in RUNNING_STATES and (record is None or record.start_time is None):
+        return "PENDING", f"waiting for its turn in Slurm job {carrier_id}"
+    return carrier_state, carrier_reason

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -84,7 +84,13 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_tasks_wes_run_id ON tasks (json_extract(tags, '$.wes_run_id'))")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(db: sqlite_utils.Database) -> None:
+    """The shared Slurm job ("pack") a short task runs in as a job step; NULL: a job of its own."""
+    db["tasks"].add_column("pack_id", str)
+    db["tasks"].create_index(["pack_id"])
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 class Store:

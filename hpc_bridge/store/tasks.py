@@ -60,6 +60,7 @@ class TaskRow:
     outputs: list[dict[str, str]]
     cleaned_at: str | None
     run_as: str | None
+    pack_id: str | None
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> TaskRow:
@@ -165,6 +166,12 @@ class TaskStore:
         rows = self._table.rows_where("cleaned_at IS NULL AND workdir IS NOT NULL AND end_time < ?",
                                       [ended_before], order_by="end_time", limit=limit)
         return [TaskRow.from_db(r) for r in rows]
+
+    def packs_in_use(self) -> set[str]:
+        """Packs with a task whose work area is still there: their launcher's directory is kept."""
+        rows = self._store.db.execute("SELECT DISTINCT pack_id FROM tasks WHERE pack_id IS NOT NULL "
+                                      "AND cleaned_at IS NULL").fetchall()
+        return {r[0] for r in rows}
 
     def update(self, task_id: str, *, state: str | None = None, message: str | None = None,
                **fields: Any) -> None:

@@ -128,6 +128,8 @@ class TaskService:
             log: dict[str, Any] = {"logs": row.executor_logs, "outputs": row.outputs}
             if row.job_id:
                 log["metadata"] = {"slurm_job_id": row.job_id}
+                if row.pack_id:  # one job step of a job shared by several short tasks
+                    log["metadata"]["slurm_pack_id"] = row.pack_id
             if row.start_time:
                 log["start_time"] = row.start_time
             if row.end_time:

@@ -5,6 +5,7 @@ A missing cluster is a failure, not a skip: these tests are the proof that the p
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -157,3 +158,37 @@ def tes_client(server: ServerProcess):
     import tes
 
     return tes.HTTPClient(server.url, timeout=10)
+
+
+def slurm_runs(db: Path, task_ids: list[str], slurm: CliSlurmClient, work_root: Path) -> dict[str, int]:
+    """How many times Slurm ran each task (the `job_start` lines its script left in its record, one
+    per run as a job or a job step), checked against the Slurm jobs that carry the task: its own job
+    by comment, or a shared pack job by the launcher that lists it (any pack job listing it counts,
+    even one the store no longer points at)."""
+    import sqlite3
+
+    from hpc_bridge.slurm.pack import PACK_DIR, pack_id_from_comment
+    from hpc_bridge.tes.jobspec import task_id_from_comment
+
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        workdirs = dict(conn.execute("SELECT id, workdir FROM tasks").fetchall())
+    finally:
+        conn.close()
+    wanted = set(task_ids)
+    jobs: dict[str, int] = dict.fromkeys(task_ids, 0)
+    for job in slurm.queue():
+        if (task_id := task_id_from_comment(job.comment)) in wanted:
+            jobs[task_id] += 1
+        elif (pack_id := pack_id_from_comment(job.comment)) is not None:
+            launcher = work_root / PACK_DIR / pack_id / "pack.sh"
+            for line in launcher.read_text().splitlines() if launcher.exists() else []:
+                if line.startswith("run_task ") and (task_id := line.split()[1]) in wanted:
+                    jobs[task_id] += 1
+    events = {task_id: [json.loads(line).get("event") for line in
+                        Path(workdirs[task_id], "record.jsonl").read_text().splitlines()]
+              for task_id in task_ids}
+    # A pack job skips a task cancelled before its turn: it carried the task but did not run it.
+    carried = {task_id: e.count("job_start") + e.count("skipped") for task_id, e in events.items()}
+    assert jobs == carried, f"Slurm jobs per task {jobs} != runs (or skips) recorded by the tasks {carried}"
+    return {task_id: e.count("job_start") for task_id, e in events.items()}

@@ -257,32 +257,133 @@ def test_wildcard_prefix_cannot_produce_dot_dot(env: Env) -> None:
 
 # --- symlinks and other things the task may plant -------------------------------------------------
 
-def test_top_level_symlink_is_refused(env: Env) -> None:
+def test_top_level_symlink_leading_outside_the_bind_or_nowhere_is_refused(env: Env) -> None:
     (env.vol / "link").symlink_to(env.secret)
     (env.vol / "dlink").symlink_to(env.outside)
+    (env.vol / "dangling").symlink_to("missing.txt")
     assert not env.run(env.output("/out/link", "l", type="FILE"),
                        env.output("/out/dlink", "d", type="DIRECTORY", index=1),
-                       env.output("/out/link", "u", index=2))
+                       env.output("/out/link", "u", index=2),
+                       env.output("/out/dangling", "g", type="FILE", index=3))
     assert [e["message"] for e in env.events] == [
-        "output 0 (/out/link): is a symlink; refused",
-        "output 1 (/out/dlink): is a symlink; refused",
-        "output 2 (/out/link): is a symlink; refused"]
+        "output 0 (/out/link): is a symlink leading outside the output's bind; refused",
+        "output 1 (/out/dlink): is a symlink leading outside the output's bind; refused",
+        "output 2 (/out/link): is a symlink leading outside the output's bind; refused",
+        "output 3 (/out/dangling): is a dangling symlink; refused"]
     assert not env.secret_copied()
+    assert sorted(p.name for p in env.data.iterdir()) == []
 
 
-def test_symlinks_inside_a_tree_are_skipped(env: Env) -> None:
+def test_top_level_symlink_inside_the_bind_is_copied_as_its_target(env: Env) -> None:
+    (env.vol / "adir" / "sub").mkdir(parents=True)
+    (env.vol / "adir" / "original.txt").write_bytes(b"orig")
+    (env.vol / "adir" / "sub" / "g").write_bytes(b"gg")
+    (env.vol / "flink").symlink_to("adir/original.txt")
+    (env.vol / "dlink").symlink_to(env.vol / "adir")  # absolute, but inside the bind
+    assert env.run(env.output("/out/flink", "f", type="FILE"),
+                   env.output("/out/dlink", "d", type="DIRECTORY", index=1))
+    f = env.data / "f"
+    assert not f.is_symlink() and f.read_bytes() == b"orig"
+    assert not (env.data / "d").is_symlink()
+    assert (env.data / "d" / "sub" / "g").read_bytes() == b"gg"
+    assert {p: e["size_bytes"] for p, e in env.logs().items()} == {
+        "/out/flink": "4", "/out/dlink/original.txt": "4", "/out/dlink/sub/g": "2"}
+    assert not env.kinds("output_warning")
+
+
+def test_symlink_in_a_tree_to_a_file_in_the_bind_is_copied_as_a_regular_file(env: Env) -> None:
+    # CWL conformance test legal_symlink: `ln -s adir/original.txt symlink.txt` in the output directory
+    (env.vol / "adir").mkdir()
+    text = b"Who's gonna drive you home\n"
+    (env.vol / "adir" / "original.txt").write_bytes(text)
+    (env.vol / "symlink.txt").symlink_to("adir/original.txt")
+    (env.vol / "adir" / "up.txt").symlink_to("../adir/./original.txt")
+    (env.vol / "abs.txt").symlink_to(env.vol / "adir" / "original.txt")
+    (env.vol / "chain.txt").symlink_to("symlink.txt")
+    assert env.run(env.output("/out", "out", type="DIRECTORY"))
+    for name in ("symlink.txt", "adir/up.txt", "abs.txt", "chain.txt", "adir/original.txt"):
+        copy = env.data / "out" / name
+        assert not copy.is_symlink() and copy.is_file() and copy.read_bytes() == text, name
+    logs = env.logs()
+    assert logs["/out/symlink.txt"]["size_bytes"] == "27" == str(len(text))
+    assert logs["/out/symlink.txt"]["url"] == f"file://{env.data}/out/symlink.txt"
+    assert len(logs) == 5 and not env.kinds("output_warning")
+
+
+def test_symlink_in_a_tree_to_a_directory_in_the_bind_is_copied(env: Env) -> None:
+    (env.vol / "real" / "sub").mkdir(parents=True)
+    (env.vol / "real" / "a").write_bytes(b"a")
+    (env.vol / "real" / "sub" / "b").write_bytes(b"bb")
+    d = env.vol / "d"
+    d.mkdir()
+    (d / "linked").symlink_to("../real")
+    assert env.run(env.output("/out/d", "d", type="DIRECTORY"))
+    copy = env.data / "d" / "linked"
+    assert copy.is_dir() and not copy.is_symlink()
+    assert (copy / "a").read_bytes() == b"a" and (copy / "sub" / "b").read_bytes() == b"bb"
+    assert {p: e["url"] for p, e in env.logs().items()} == {
+        "/out/d/linked/a": f"file://{env.data}/d/linked/a",
+        "/out/d/linked/sub/b": f"file://{env.data}/d/linked/sub/b"}
+    assert not env.kinds("output_warning")
+
+
+def test_symlink_loops_in_a_tree_are_cut(env: Env) -> None:
+    d = env.vol / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "f").write_bytes(b"f")
+    (d / "sub" / "up").symlink_to("..")
+    (d / "self").symlink_to(".")
+    (d / "root").symlink_to(env.vol)  # the whole bind, which holds d again
+    (env.vol / "top.txt").write_bytes(b"t")
+    assert env.run(env.output("/out/d", "d", type="DIRECTORY"))
+    assert set(env.logs()) == {"/out/d/f", "/out/d/root/top.txt"}
+    assert sorted(e["message"].split(": ", 1)[1] for e in env.kinds("output_warning")) == [
+        f"{p} leads back into a directory being copied (a symlink loop); skipped"
+        for p in ("/out/d/root/d", "/out/d/self", "/out/d/sub/up")]
+    copy = env.data / "d"
+    assert sorted(p.name for p in copy.iterdir()) == ["f", "root", "sub"]
+    assert sorted(p.name for p in (copy / "root").iterdir()) == ["top.txt"]
+    assert list((copy / "sub").iterdir()) == []
+
+
+def test_symlinks_in_a_tree_leading_outside_the_bind_are_skipped(env: Env) -> None:
+    other = env.workdir / "volumes" / "1"
+    other.mkdir()
+    (other / "f").write_bytes(b"other volume")
     d = env.vol / "d"
     d.mkdir()
     (d / "real.txt").write_bytes(b"r")
     (d / "to_secret").symlink_to(env.secret)
+    (d / "to_dotdot_secret").symlink_to(os.path.relpath(env.secret, d))
     (d / "to_outside_dir").symlink_to(env.outside)
-    (d / "to_sibling").symlink_to("real.txt")
+    (d / "to_hostname").symlink_to("/etc/hostname")
+    (d / "to_other_volume").symlink_to(other / "f")
+    (d / "via_inside").symlink_to("to_secret")  # a chain that ends outside
     assert env.run(env.output("/out/d", "d", type="DIRECTORY"))
     assert set(env.logs()) == {"/out/d/real.txt"}
     assert sorted(e["message"] for e in env.kinds("output_warning")) == [
-        f"output 0 (/out/d): /out/d/{n} is a symlink; skipped"
-        for n in ("to_outside_dir", "to_secret", "to_sibling")]
+        f"output 0 (/out/d): /out/d/{n} is a symlink leading outside the output's bind; skipped"
+        for n in ("to_dotdot_secret", "to_hostname", "to_other_volume", "to_outside_dir", "to_secret",
+                  "via_inside")]
     assert not env.secret_copied()
+    assert sorted(p.name for p in (env.data / "d").iterdir()) == ["real.txt"]
+
+
+def test_dangling_symlinks_in_a_tree_are_skipped(env: Env) -> None:
+    d = env.vol / "d"
+    d.mkdir()
+    (d / "real.txt").write_bytes(b"r")
+    (d / "missing").symlink_to("nothing.txt")
+    (d / "missing_dir").symlink_to("nodir/nothing.txt")
+    (d / "through_a_file").symlink_to("real.txt/x")
+    (d / "loop_a").symlink_to("loop_b")
+    (d / "loop_b").symlink_to("loop_a")
+    assert env.run(env.output("/out/d", "d", type="DIRECTORY"))
+    assert set(env.logs()) == {"/out/d/real.txt"}
+    assert sorted(e["message"].split(": ", 1)[1] for e in env.kinds("output_warning")) == [
+        "/out/d/loop_a is a symlink loop; skipped", "/out/d/loop_b is a symlink loop; skipped",
+        "/out/d/missing is a dangling symlink; skipped", "/out/d/missing_dir is a dangling symlink; skipped",
+        "/out/d/through_a_file is a dangling symlink; skipped"]
     assert sorted(p.name for p in (env.data / "d").iterdir()) == ["real.txt"]
 
 

@@ -1,0 +1,200 @@
+"""Packing short tasks into one Slurm job: grouping, the launcher script (run for real by bash with
+a stand-in `srun`), the packed task's state, and the daemon's submit/cancel through a fake Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpc_bridge.config import PackingSettings, SiteConfig
+from hpc_bridge.slurm import pack
+from hpc_bridge.slurm.record import parse_record
+from hpc_bridge.slurm.script import render
+from hpc_bridge.slurm.states import map_state, member_state
+
+from .test_runas import FakeSlurm
+
+SHAPE = [("partition", "debug"), ("cpus-per-task", "1"), ("mem", "1024M"), ("time", "10")]
+
+
+def test_tasks_of_one_shape_are_split_evenly_and_others_stay_alone() -> None:
+    items = [("a", SHAPE)] * 10 + [("b", SHAPE)] + [("a", [*SHAPE, ("gres", "gpu:1")])]
+    packs = pack.group(list(enumerate(items)), key=lambda i: (i[1][0], tuple(i[1][1])),
+                       options=lambda i: i[1][1], settings=PackingSettings(max_tasks=4))
+    assert [len(p) for p in packs] == [4, 3, 3, 1, 1]
+    assert [i for i, _ in packs[0] + packs[1] + packs[2]] == list(range(10))
+
+
+@pytest.mark.parametrize(("time", "sizes"), [
+    (None, [1, 1, 1, 1, 1, 1, 1]),  # no time limit: it might be long, never packed
+    ("11", [1, 1, 1, 1, 1, 1, 1]),  # longer than max_task_minutes
+    ("10", [4, 3]),  # as many as fit in max_minutes (5 × 10 + 1 > 50)
+    ("0:30", [7]),
+])
+def test_only_tasks_known_to_be_short_are_packed(time: str | None, sizes: list[int]) -> None:
+    options = [("time", time)] if time else []
+    packs = pack.group(list(range(7)), key=lambda _: 0, options=lambda _: options,
+                       settings=PackingSettings(max_tasks=8, max_task_minutes=10, max_minutes=50))
+    assert [len(p) for p in packs] == sizes
+
+
+def test_the_shared_job_asks_time_for_every_task_in_turn() -> None:
+    assert pack.pack_options(SHAPE, 3) == [*SHAPE[:3], ("time", "31")]
+    assert pack.pack_options([("time", "1-00:00:00")], 2) == [("time", "2881")]
+    assert pack.pack_options([("mem", "1M")], 5) == [("mem", "1M")]
+
+
+def _script(tmp_path: Path, ids: list[str], step_time: str | None = "10") -> tuple[pack.PackScript, str]:
+    members = []
+    for task_id in ids:
+        workdir = tmp_path / task_id
+        workdir.mkdir()
+        (workdir / "job.sh").write_text(f'echo "{task_id} ran in $PWD" >>"{tmp_path}/ran"; exit ${{RC:-0}}\n')
+        members.append(pack.Member(task_id=task_id, name=f"tes-{task_id}", workdir=str(workdir),
+                                   record=str(workdir / "record.jsonl"), output=str(workdir / "slurm.out")))
+    script = pack.PackScript(pack_id="p1", directory=str(tmp_path / "pack"), members=members,
+                             options=pack.pack_options(SHAPE, len(ids)), step_time=step_time)
+    (tmp_path / "pack" / "cancel").mkdir(parents=True)
+    return script, render(script, [Path(__file__).parents[2] / "slurm_templates"], "pack.sh.j2")
+
+
+def _run_launcher(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> None:
+    """Run the launcher with an `srun` that runs its command with --chdir and --output applied."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    srun = bin_dir / "srun"
+    srun.write_text('#!/bin/bash\nall="$*"\nwhile [[ "$1" == --* ]]; do case "$1" in --chdir=*) cd "${1#*=}";; '
+                    '--output=*) out="${1#*=}";; esac; shift; done\n'
+                    'echo "$all" >>"$out.argv"; exec "$@" >>"$out" 2>&1\n')
+    srun.chmod(srun.stat().st_mode | stat.S_IXUSR)
+    launcher = tmp_path / "pack" / "pack.sh"
+    launcher.write_text(text)
+    subprocess.run(["bash", str(launcher)], check=True, timeout=30,
+                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})})
+
+
+def test_the_launcher_runs_each_task_as_a_step_in_turn(tmp_path: Path) -> None:
+    script, text = _script(tmp_path, ["t1", "t2", "t3"])
+    assert "#SBATCH --comment=hpc-bridge-pack:p1" in text and "#SBATCH --time=31" in text
+    (tmp_path / "pack" / "cancel" / "t2").touch()  # cancelled before its turn
+    _run_launcher(tmp_path, text)
+    assert (tmp_path / "ran").read_text().splitlines() == [f"t1 ran in {tmp_path}/t1", f"t3 ran in {tmp_path}/t3"]
+    assert "--time=10" in (tmp_path / "t1" / "slurm.out.argv").read_text()
+    t1 = parse_record((tmp_path / "t1" / "record.jsonl").read_text())
+    assert t1.finished and t1.step_exit == 0 and not t1.step_timed_out
+    t2 = parse_record((tmp_path / "t2" / "record.jsonl").read_text())
+    assert t2.skipped and t2.finished and not (tmp_path / "t2" / "slurm.out").exists()
+
+    # Requeued by Slurm: the tasks that ended are not run again.
+    (tmp_path / "ran").unlink()
+    _run_launcher(tmp_path, text)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_failing_step_is_recorded_with_its_exit(tmp_path: Path) -> None:
+    _, text = _script(tmp_path, ["t1", "t2"], step_time=None)
+    _run_launcher(tmp_path, text, {"RC": "3"})
+    record = parse_record((tmp_path / "t1" / "record.jsonl").read_text())
+    assert record.step_exit == 3 and not record.step_timed_out
+    assert (tmp_path / "t2" / "record.jsonl").exists()  # the next task still had its turn
+
+
+def _record(*events: dict) -> str:
+    return "".join(json.dumps({"time": "2026-01-01T00:00:00.000Z", **e}) + "\n" for e in events)
+
+
+START = {"event": "job_start", "job_id": "9", "step_id": "2"}
+DONE = [START, {"event": "executor_start", "executor": 0}, {"event": "executor_end", "executor": 0, "exit_code": 0},
+        {"event": "job_end", "exit_code": 0}, {"event": "step_end", "exit_code": 0, "timed_out": False}]
+
+
+@pytest.mark.parametrize(("carrier", "events", "cancel", "expected"), [
+    ("PENDING", [], False, "QUEUED"),
+    ("RUNNING", [], False, "QUEUED"),  # waiting for its turn
+    ("RUNNING", [START], False, "INITIALIZING"),
+    ("RUNNING", [START, {"event": "executor_start", "executor": 0}], False, "RUNNING"),
+    ("RUNNING", DONE, False, "COMPLETE"),  # the shared job goes on; this task is over
+    (None, DONE, False, "COMPLETE"),
+    ("RUNNING", [START, {"event": "executor_start", "executor": 0},
+                 {"event": "step_end", "exit_code": 137, "timed_out": False}], True, "CANCELED"),
+    ("RUNNING", [START, {"event": "step_end", "exit_code": 137, "timed_out": False}], False, "SYSTEM_ERROR"),
+    ("RUNNING", [START, {"event": "step_end", "exit_code": 1, "timed_out": True}], False, "EXECUTOR_ERROR"),
+    ("RUNNING", [{"event": "skipped"}], True, "CANCELED"),
+    ("RUNNING", [], True, "CANCELING"),
+    ("NODE_FAIL", [], False, "SYSTEM_ERROR"),
+])
+def test_a_packed_tasks_state(carrier: str | None, events: list[dict], cancel: bool, expected: str) -> None:
+    record = parse_record(_record(*events)) if events else None
+    slurm_state, reason = member_state(carrier, "", record, carrier_id="9", cancel_requested=cancel)
+    mapped = map_state(slurm_state, reason, record, ignore_error=[False], cancel_requested=cancel)
+    assert mapped.state == expected, mapped
+    if carrier == "RUNNING" and not events and not cancel:
+        assert mapped.log == "Slurm: job pending (waiting for its turn in Slurm job 9)"
+
+
+def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: SiteConfig, tmp_path: Path) -> None:
+    from hpc_bridge.daemon import Daemon
+    from hpc_bridge.slurm.client import JobStatus
+    from hpc_bridge.store import Store
+    from hpc_bridge.tes.service import TaskService
+
+    work = tmp_path / "work"
+    config = dev_config.model_copy(update={
+        "database": tmp_path / "db.sqlite",
+        "storage": dev_config.storage.model_copy(update={"work_root": work, "work_retention_hours": 0})})
+    store = Store(config.database)
+    service = TaskService(store, config)
+    short = {"executors": [{"image": "busybox", "command": ["true"]}],
+             "resources": {"cpu_cores": 1, "backend_parameters": {"time": "5"}}}
+    ids = [service.create(short, owner="local") for _ in range(3)]
+    big = service.create({**short, "resources": {"cpu_cores": 2, "backend_parameters": {"time": "5"}}},
+                         owner="local")
+    other = service.create(short, owner="someone-else")
+    slurm = FakeSlurm()
+    daemon = Daemon(config, store, slurm)  # type: ignore[arg-type]
+    daemon.cycle()
+
+    submitted = [c[1] for c in slurm.calls if c[0] == "submit"]
+    assert len(submitted) == 3  # the pack, the 2-core task, the other owner's task
+    rows = {i: store.tasks.get(i) for i in [*ids, big, other]}
+    pack_id = rows[ids[0]].pack_id
+    assert pack_id and all(rows[i].pack_id == pack_id for i in ids)
+    assert rows[big].pack_id is None and rows[other].pack_id is None
+    launcher = work / ".packs" / pack_id / "pack.sh"
+    assert str(launcher) in submitted
+    text = launcher.read_text()
+    assert all(f"run_task {i} tes-{i} {work}/{i} " in text for i in ids)
+
+    # The shared job runs: the first task's step has started, the others wait for their turn.
+    (work / ids[0] / "record.jsonl").write_text(_record(START, {"event": "executor_start", "executor": 0}))
+    slurm.jobs = [JobStatus("1", "RUNNING", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", None, None)]
+    daemon.cycle()
+    assert [store.tasks.get(i).state for i in ids] == ["RUNNING", "QUEUED", "QUEUED"]
+
+    # Cancelling the running task cancels its step; the waiting one gets a marker: the job goes on.
+    for task_id in ids[:2]:
+        store.tasks.request_cancel(task_id, final_states=())
+    daemon.cycle()
+    assert ("cancel", ["1.2"]) in slurm.calls
+    assert not any(c[0] == "cancel" and "1" in c[1] for c in slurm.calls)
+    assert (work / ".packs" / pack_id / "cancel" / ids[1]).exists()
+    assert not (work / ".packs" / pack_id / "cancel" / ids[2]).exists()
+
+    (work / ids[0] / "record.jsonl").write_text(_record(START, {"event": "executor_start", "executor": 0},
+                                                        {"event": "step_end", "exit_code": 137}))
+    (work / ids[1] / "record.jsonl").write_text(_record({"event": "skipped"}))
+    (work / ids[2] / "record.jsonl").write_text(_record(*DONE))
+    slurm.jobs = [JobStatus("1", "COMPLETED", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", 0, 0)]
+    daemon.cycle()
+    assert [store.tasks.get(i).state for i in ids] == ["CANCELED", "CANCELED", "COMPLETE"]
+
+    # The pack's directory goes with the last of its tasks' work areas.
+    for task_id in [big, other]:
+        store.tasks.update(task_id, state="COMPLETE", end_time="2000-01-01T00:00:00Z")
+    daemon.clean_work_areas()
+    assert not (work / ".packs" / pack_id).exists()
