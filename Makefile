@@ -1,5 +1,6 @@
 # make run   set up .venv, bring up the dev cluster (unless the machine has its own Slurm), serve
 # make test  the same set-up, then the whole test suite (unit + integration on real Slurm/Apptainer)
+# make conformance  the same set-up, then the whole CWL v1.2 conformance suite through WES (~20 min)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,8 +8,9 @@ STAMP := $(VENV)/.installed-stamp
 SITE_CONFIG ?= site_config/dev.yaml
 PYTEST_ARGS ?=
 FUZZ_EXAMPLES ?= 25
+CONFORMANCE_JOBS ?= 3
 
-.PHONY: run test unit venv cluster clean
+.PHONY: run test unit conformance venv cluster clean
 
 venv: $(STAMP)
 
@@ -31,6 +33,9 @@ run: venv cluster
 test: venv cluster
 	@HPCB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "[make] pytest collected no tests: failing" >&2; fi; exit $$rc
+
+conformance: venv cluster
+	$(VENV)/bin/python dev/cwl-conformance -j $(CONFORMANCE_JOBS)
 
 unit: venv
 	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)

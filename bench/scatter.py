@@ -2,11 +2,13 @@
 """Benchmark: an N-way CWL scatter of a trivial tool through hpc-bridge (WES -> TES -> Slurm ->
 Apptainer) versus `toil-cwl-runner --batchSystem slurm` on the same cluster, in the same run.
 
-    .venv/bin/python bench/scatter.py [--n 100] [--skip-toil]
+    .venv/bin/python bench/scatter.py [--n 100] [--skip-toil] [--skip-unpacked]
 
 Run as root on the dev machine with the cluster up. Bridge: a fresh `hpc-bridge serve` (own database
 and work root) receives the workflow through `hpc-bridge-cwl-runner`, which submits over the WES API,
-waits and copies the outputs; the clock covers that one command. Toil: `toil-cwl-runner` from its own
+waits and copies the outputs; the clock covers that one command. It runs twice: with the site's
+packing of short tasks (the tool declares a one-minute ToolTimeLimit), and with packing off, one
+Slurm job per scatter element. Toil: `toil-cwl-runner` from its own
 venv (`.venv-toil`, made with `pip install 'toil[cwl]'` on first use: Toil pins its own cwltool), with
 `--no-container` (it has no Apptainer support for the local registry), its job store and work dir on
 the shared /srv. Slurm jobs used are counted from job ids: a marker job submitted just before and just
@@ -55,9 +57,10 @@ def check_outputs(result: dict, n: int, where: str) -> None:
         raise SystemExit(f"{where}: wrong output contents")
 
 
-def bridge(run_: Run, job: Path, n: int) -> dict:
-    server, _config = run_.server("scatter")
-    outdir = run_.tmp / "bridge-out"
+def bridge(run_: Run, job: Path, n: int, *, packing: bool) -> dict:
+    name = "scatter-packed" if packing else "scatter-unpacked"
+    server, _config = run_.server(name, slurm={"packing": {"enabled": packing}})
+    outdir = run_.tmp / f"{name}-out"
     env = {**os.environ, "HPC_BRIDGE_URL": server.url}
     runner = Path(sys.executable).parent / "hpc-bridge-cwl-runner"
     before = marker_job()
@@ -109,6 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="scatter width (default 100)")
     parser.add_argument("--skip-toil", action="store_true", help="measure the bridge only")
+    parser.add_argument("--skip-unpacked", action="store_true", help="measure the bridge with packing only")
     parser.add_argument("--config", type=Path, default=ROOT / "site_config" / "dev.yaml")
     parser.add_argument("--keep", action="store_true", help="keep temp configs, databases, logs")
     args = parser.parse_args()
@@ -117,9 +121,14 @@ def main() -> int:
     job.write_text(json.dumps({"messages": [f"m{i}" for i in range(args.n)]}))
     started = time.time()
     try:
-        say(f"bridge: {args.n}-way scatter through WES")
-        ours = bridge(run_, job, args.n)
+        say(f"bridge: {args.n}-way scatter through WES, short tasks packed")
+        ours = bridge(run_, job, args.n, packing=True)
         say(f"bridge: {ours['wall']:.1f} s, {ours['jobs']} Slurm jobs")
+        unpacked = None
+        if not args.skip_unpacked:
+            say(f"bridge: {args.n}-way scatter through WES, one Slurm job per task")
+            unpacked = bridge(run_, job, args.n, packing=False)
+            say(f"bridge: {unpacked['wall']:.1f} s, {unpacked['jobs']} Slurm jobs")
         theirs = None
         if not args.skip_toil:
             say(f"toil: {args.n}-way scatter with --batchSystem slurm")
@@ -129,10 +138,14 @@ def main() -> int:
         run_.cleanup()
     print(f"\n{args.n}-way scatter of a trivial CWL tool, {os.cpu_count()} CPUs, same cluster, same run")
     print(f"{'':32} {'wall s':>8} {'Slurm jobs':>11}")
-    print(f"{'hpc-bridge (Apptainer)':32} {ours['wall']:8.1f} {ours['jobs']:11d}")
+    print(f"{'hpc-bridge, packed (Apptainer)':32} {ours['wall']:8.1f} {ours['jobs']:11d}")
+    if unpacked:
+        print(f"{'hpc-bridge, unpacked (Apptainer)':32} {unpacked['wall']:8.1f} {unpacked['jobs']:11d}")
     if theirs:
         print(f"{'toil-cwl-runner (no container)':32} {theirs['wall']:8.1f} {theirs['jobs']:11d}")
-        print(f"ratio bridge/toil wall time: {ours['wall'] / theirs['wall']:.2f} ({theirs['version']})")
+        print(f"ratio bridge/toil wall time: packed {ours['wall'] / theirs['wall']:.2f}"
+              + (f", unpacked {unpacked['wall'] / theirs['wall']:.2f}" if unpacked else "")
+              + f" ({theirs['version']})")
     print_footer({"foreign": len(run_.foreign_seen)}, f"total benchmark time {time.time() - started:.0f} s")
     return 0
 

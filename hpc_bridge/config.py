@@ -118,8 +118,9 @@ class LimitSettings(UserLimits):
 
 
 class MonitorSettings(_Strict):
-    """The daemon's cycle: `min_interval` while jobs are in flight (one squeue each), backing off to
-    `idle_interval` when there are none (then no squeue at all)."""
+    """The daemon's cycle: every `min_interval` while jobs are in flight (one squeue each) and while
+    nothing is active (then one indexed query, no squeue, so a task another process created starts
+    at once); backing off to `idle_interval` while tasks only wait for their images or inputs."""
 
     min_interval: Annotated[float, Field(gt=0)] = 0.5
     idle_interval: Annotated[float, Field(gt=0)] = 5.0

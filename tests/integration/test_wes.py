@@ -263,3 +263,68 @@ def test_sigterm_to_the_runner_cancels_its_run(server: ServerProcess, tmp_path: 
     finally:
         runner.kill()
     assert wait_state(server.url, runs[0]["run_id"], {"CANCELED"}, timeout=120) == "CANCELED"
+
+
+SLEEP_ECHO = """cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement: {dockerPull: busybox}
+  ToolTimeLimit: {timelimit: 120}
+baseCommand: [sh, -c, 'sleep "$0"; echo "slept $0" > out.txt']
+inputs:
+  seconds: {type: int, inputBinding: {position: 1}}
+outputs:
+  out: {type: File, outputBinding: {glob: out.txt}}
+"""
+SCATTER = """cwlVersion: v1.2
+class: Workflow
+requirements:
+  ScatterFeatureRequirement: {}
+inputs:
+  seconds: int[]
+outputs:
+  outs: {type: "File[]", outputSource: each/out}
+steps:
+  each:
+    run: sleep_echo.cwl
+    scatter: seconds
+    in: {seconds: seconds}
+    out: [out]
+"""
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["own-jobs", "packed"])
+def test_a_scatter_survives_a_daemon_kill_and_no_finished_step_runs_twice(
+        server_factory: Callable[..., ServerProcess], dev_config, slurm: CliSlurmClient, packing: bool) -> None:
+    """kill -9 of `serve` (API, daemon, WES supervisor) while a scatter is half done: after the
+    restart the run completes, and Slurm ran every scatter element exactly once (packed into shared
+    jobs or not), the finished ones before the kill included."""
+    from .conftest import slurm_runs
+
+    seconds = [0, 0, 0, 0, 10, 10, 10, 10]
+    server = server_factory(slurm={"packing": {"enabled": packing, "max_tasks": 2}})
+    resp = post(server.url, {"wf.cwl": SCATTER, "sleep_echo.cwl": SLEEP_ECHO}, workflow_url="wf.cwl",
+                workflow_params={"seconds": seconds})
+    assert resp.status_code == 200, resp.text
+    run_id = resp.json()["run_id"]
+
+    def tasks() -> list[dict]:
+        return requests.get(f"{server.url}{WES}/runs/{run_id}/tasks", timeout=10).json()["task_logs"]
+
+    deadline = time.monotonic() + 120
+    while sum("TES state: COMPLETE" in t["system_logs"] for t in tasks()) < 2:
+        assert time.monotonic() < deadline, tasks()
+        time.sleep(0.3)
+    before = {t["id"]: t["system_logs"][0] for t in tasks()}
+    assert list(before.values()).count("TES state: COMPLETE") < len(seconds), "the kill came too late"
+    server.kill()
+    server.start()
+    assert wait_state(server.url, run_id, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == "COMPLETE"
+
+    after = tasks()
+    assert len(after) == len(seconds) and set(before) <= {t["id"] for t in after}
+    db = server.config_path.parent / "hpc-bridge.sqlite"
+    assert slurm_runs(db, [t["id"] for t in after], slurm, dev_config.storage.work_root) == \
+        {t["id"]: 1 for t in after}
+    log = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()
+    assert sorted(o["size"] for o in log["outputs"]["outs"]) == sorted(len(f"slept {s}\n") for s in seconds)
