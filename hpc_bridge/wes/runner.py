@@ -79,6 +79,13 @@ def _local(uri: str) -> str | None:
     return uri
 
 
+def _local_arg(arg: str) -> str:
+    local = _local(arg)
+    if local is None:
+        raise RunnerError(f"{arg}: only local files (paths or file: URIs) can be submitted")
+    return local
+
+
 def workflow_files(tool: str) -> list[str]:
     """The tool file and every local file it depends on, as absolute paths: documents named by
     `run:` and `$import` (followed), `$include`d files, `$schemas`, and File/Directory literals
@@ -190,8 +197,10 @@ class Submission:
     """The multipart request: attachments named relative to a common base directory."""
 
     def __init__(self, tool: str, job_path: str | None, data_roots: list[str]) -> None:
-        self.tool, _, self.fragment = tool.partition("#")
-        self.job_path = job_path
+        """`tool` and `job_path` may be paths or file: URIs (cwltest passes URIs, as cwltool accepts)."""
+        tool, _, self.fragment = tool.partition("#")
+        self.tool = _local_arg(tool)
+        self.job_path = _local_arg(job_path) if job_path else None
         self.data_roots = data_roots
         self.files: list[str] = []
         self.params: dict[str, Any] = {}

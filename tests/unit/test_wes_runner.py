@@ -89,6 +89,15 @@ def test_submission_attaches_job_files_with_relative_names(project: Path, tmp_pa
         "literal": job["literal"], "n": 1}
 
 
+def test_the_tool_and_job_may_be_file_uris_as_cwltest_passes_them(project: Path) -> None:
+    (project / "jobs" / "job.json").write_text(json.dumps({"n": 1}))
+    sub = Submission((project / "wf.cwl").as_uri() + "#main", (project / "jobs" / "job.json").as_uri(), [])
+    sub.prepare()
+    assert sub.tool == str(project / "wf.cwl") and sub.fragment == "main" and sub.params == {"n": 1}
+    with pytest.raises(RunnerError, match="only local files"):
+        Submission("https://example.org/wf.cwl", None, [])
+
+
 def test_a_missing_input_is_an_error_before_anything_is_sent(project: Path) -> None:
     (project / "jobs" / "job.yml").write_text("reads: {class: File, location: nope.txt}\n")
     sub = Submission(str(project / "wf.cwl"), str(project / "jobs" / "job.yml"), [])
