@@ -89,7 +89,8 @@ def _local_arg(arg: str) -> str:
 def workflow_files(tool: str) -> list[str]:
     """The tool file and every local file it depends on, as absolute paths: documents named by
     `run:` and `$import` (followed), `$include`d files, `$schemas`, and File/Directory literals
-    (defaults, InitialWorkDir listings), each relative to the document that names it."""
+    (defaults, InitialWorkDir listings) with the files beside them that secondaryFiles may name, each
+    relative to the document that names it."""
     found: dict[str, None] = {}
 
     def add(path: str) -> None:
@@ -134,6 +135,9 @@ def workflow_files(tool: str) -> list[str]:
             path = local(value.get("location") or value.get("path"), base)
             if path:
                 add(path)
+                if value["class"] == "File":  # a default's secondaryFiles, as for job files
+                    for companion in _companions(path):
+                        add(companion)
         for key, item in value.items():
             if key != "$schemas" and isinstance(item, dict | list):
                 visit(item, base)
@@ -300,6 +304,9 @@ class Outputs:
         self.client = client
         self.run_id = run_id
         self.outdir = os.path.abspath(outdir)
+        # (source, directory, basename) -> where it was put: an output object that names one file twice
+        # (two outputs of one directory updated in place) gets it once, as cwltool does
+        self._placed: dict[tuple[str, str, str], str] = {}
 
     def relocate(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -321,8 +328,11 @@ class Outputs:
         source = obj["location"]
         basename = _safe_name(obj.get("basename") or unquote(urlsplit(source).path).rstrip("/"))
         os.makedirs(directory, exist_ok=True)
-        target = self._target(directory, basename)
-        self._fetch(source, target, obj["class"])
+        key = (source, directory, basename)
+        target = self._placed.get(key)
+        if target is None:
+            target = self._placed[key] = self._target(directory, basename)
+            self._fetch(source, target, obj["class"])
         result = {k: v for k, v in obj.items() if k not in ("location", "path", "listing", "secondaryFiles")}
         result.update(self.describe(target))
         if obj.get("secondaryFiles"):

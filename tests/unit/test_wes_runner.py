@@ -56,8 +56,10 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_workflow_files_follow_run_include_and_defaults(project: Path) -> None:
+    (project / "tools" / "defaults" / "extra.txt.2").write_text("a secondary file of the default")
     assert sorted(workflow_files(str(project / "wf.cwl"))) == sorted(
-        str(project / p) for p in ("wf.cwl", "tools/cat.cwl", "tools/lib.js", "tools/defaults/extra.txt"))
+        str(project / p) for p in ("wf.cwl", "tools/cat.cwl", "tools/lib.js", "tools/defaults/extra.txt",
+                                   "tools/defaults/extra.txt.2"))
 
 
 def test_an_invalid_document_is_attached_alone(tmp_path: Path) -> None:
@@ -165,6 +167,20 @@ def test_local_outputs_are_copied(tmp_path: Path) -> None:
     result = Outputs(client, "r", str(tmp_path / "out")).relocate(outputs)  # type: ignore[arg-type]
     assert client.calls == [] and (tmp_path / "out" / "d" / "g").read_text() == "g"
     assert result["f"]["path"] == str(tmp_path / "out" / "f.txt")
+
+
+def test_a_file_named_twice_is_placed_once_and_same_names_of_others_are_kept_apart(tmp_path: Path) -> None:
+    (tmp_path / "run" / "a").mkdir(parents=True)
+    (tmp_path / "run" / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / "run" / d / "blurb").write_text(d)
+    same = {"class": "File", "location": (tmp_path / "run" / "a" / "blurb").as_uri()}
+    other = {"class": "File", "location": (tmp_path / "run" / "b" / "blurb").as_uri()}
+    result = Outputs(FakeClient({}), "r", str(tmp_path / "out")).relocate(  # type: ignore[arg-type]
+        {"x": [same], "y": [dict(same)], "z": other})
+    assert result["x"][0]["path"] == result["y"][0]["path"] == str(tmp_path / "out" / "blurb")
+    assert result["z"]["path"] == str(tmp_path / "out" / "blurb_2")
+    assert (tmp_path / "out" / "blurb_2").read_text() == "b"
 
 
 def test_no_server_is_exit_1_with_a_message(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
