@@ -57,22 +57,26 @@ def check_outputs(result: dict, n: int, where: str) -> None:
         raise SystemExit(f"{where}: wrong output contents")
 
 
+def timed(argv: list[str], env: dict[str, str], n: int, who: str) -> dict:
+    """Run one side to the end: its wall time, the Slurm job ids handed out meanwhile, its checked outputs."""
+    before = marker_job()
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    wall = time.monotonic() - start
+    after = marker_job()
+    if proc.returncode != 0:
+        raise SystemExit(f"{Path(argv[0]).name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    check_outputs(json.loads(proc.stdout), n, who)
+    return {"wall": wall, "jobs": after - before - 1}
+
+
 def bridge(run_: Run, job: Path, n: int, *, packing: bool) -> dict:
     name = "scatter-packed" if packing else "scatter-unpacked"
     server, _config = run_.server(name, slurm={"packing": {"enabled": packing}})
     outdir = run_.tmp / f"{name}-out"
     env = {**os.environ, "HPC_BRIDGE_URL": server.url}
     runner = Path(sys.executable).parent / "hpc-bridge-cwl-runner"
-    before = marker_job()
-    start = time.monotonic()
-    proc = subprocess.run([str(runner), "--quiet", "--outdir", str(outdir), str(WORKFLOW), str(job)],
-                          capture_output=True, text=True, env=env, check=False)
-    wall = time.monotonic() - start
-    after = marker_job()
-    if proc.returncode != 0:
-        raise SystemExit(f"hpc-bridge-cwl-runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    check_outputs(json.loads(proc.stdout), n, "bridge")
-    return {"wall": wall, "jobs": after - before - 1}
+    return timed([str(runner), "--quiet", "--outdir", str(outdir), str(WORKFLOW), str(job)], env, n, "bridge")
 
 
 def ensure_toil() -> Path:
@@ -90,18 +94,10 @@ def toil(run_: Run, job: Path, n: int) -> dict:
     base.mkdir(parents=True)
     try:
         env = {**os.environ, "PATH": f"{exe.parent}:{os.environ['PATH']}"}  # Toil's workers need it
-        before = marker_job()
-        start = time.monotonic()
-        proc = subprocess.run([str(exe), "--batchSystem", "slurm", "--jobStore", str(base / "js"),
-                               "--workDir", str(base), "--outdir", str(base / "out"), "--no-container",
-                               "--logLevel", "WARNING", str(WORKFLOW), str(job)],
-                              capture_output=True, text=True, env=env, check=False)
-        wall = time.monotonic() - start
-        after = marker_job()
-        if proc.returncode != 0:
-            raise SystemExit(f"toil-cwl-runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        check_outputs(json.loads(proc.stdout), n, "toil")
-        return {"wall": wall, "jobs": after - before - 1,
+        result = timed([str(exe), "--batchSystem", "slurm", "--jobStore", str(base / "js"), "--workDir",
+                        str(base), "--outdir", str(base / "out"), "--no-container", "--logLevel", "WARNING",
+                        str(WORKFLOW), str(job)], env, n, "toil")
+        return {**result,
                 "version": subprocess.run([str(exe), "--version"], capture_output=True, text=True,
                                           check=False).stdout.strip().splitlines()[-1]}
     finally:

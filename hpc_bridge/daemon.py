@@ -428,7 +428,7 @@ class Daemon:
                    for p in group]
         script = pack.PackScript(pack_id=pack_id, directory=str(directory), members=members,
                                  options=pack.pack_options(first.job.options, len(group)),
-                                 step_time=next((v for k, v in first.job.options if k == "time"), None))
+                                 step_time=pack.time_option(first.job.options))
         text = render(script, self.config.template_search_path, "pack.sh.j2")
         for p in group:
             self.store.tasks.update(p.row.id, pack_id=pack_id)

@@ -67,13 +67,14 @@ class PackScript:
         return f"{self.directory}/cancel"
 
 
-def _time_option(options: Sequence[tuple[str, str | None]]) -> str | None:
+def time_option(options: Sequence[tuple[str, str | None]]) -> str | None:
+    """The `--time` value among #SBATCH options (None: none)."""
     return next((value for name, value in options if name == "time"), None)
 
 
 def task_minutes(options: Sequence[tuple[str, str | None]]) -> float | None:
     """A task's time limit in minutes, from its #SBATCH options; None: no limit of its own."""
-    value = _time_option(options)
+    value = time_option(options)
     return minutes(value) if value else None
 
 

@@ -196,10 +196,12 @@ class ServiceOrganization(ApiModel):
     url: str
 
 
-class ServiceInfo(ApiModel):
+class GA4GHServiceInfo(ApiModel):
+    """The GA4GH service-info 1.0 fields that TES and WES service-info both extend."""
+
     id: str
     name: str
-    type: ServiceType = ServiceType()
+    type: ServiceType
     description: str | None = None
     organization: ServiceOrganization
     contact_url: str | None = Field(default=None, alias="contactUrl")
@@ -208,17 +210,23 @@ class ServiceInfo(ApiModel):
     updated_at: str | None = Field(default=None, alias="updatedAt")
     environment: str | None = None
     version: str
+
+    @staticmethod
+    def site_fields(config: SiteConfig, version: str, started_at: str, id_suffix: str = "") -> dict[str, Any]:
+        """The common fields as the site config describes the service."""
+        svc = config.service
+        return {"id": svc.id + id_suffix, "name": svc.name, "description": svc.description,
+                "organization": ServiceOrganization(name=svc.organization.name, url=svc.organization.url),
+                "contact_url": svc.contact_url, "documentation_url": svc.documentation_url,
+                "environment": svc.environment, "version": version, "updated_at": started_at}
+
+
+class ServiceInfo(GA4GHServiceInfo):
+    type: ServiceType = ServiceType()
     storage: list[str] = Field(default_factory=list)
     backend_parameters: list[str] = Field(default_factory=list, alias="tesResources_backend_parameters")
 
     @classmethod
     def for_site(cls, config: SiteConfig, version: str, started_at: str, storage: list[str]) -> ServiceInfo:
-        svc = config.service
-        return cls(
-            id=svc.id, name=svc.name, description=svc.description,
-            organization=ServiceOrganization(name=svc.organization.name, url=svc.organization.url),
-            contact_url=svc.contact_url, documentation_url=svc.documentation_url,
-            environment=svc.environment, version=version, updated_at=started_at,
-            storage=storage,
-            backend_parameters=list(config.backend_parameters),
-        )
+        return cls(**cls.site_fields(config, version, started_at), storage=storage,
+                   backend_parameters=list(config.backend_parameters))

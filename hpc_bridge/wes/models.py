@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from hpc_bridge.tes.models import ApiModel, ServiceOrganization, State
+from hpc_bridge.tes.models import ApiModel, GA4GHServiceInfo, ServiceType, State
 
 WES_VERSION = "1.1.0"
 CWL_VERSIONS = ("v1.0", "v1.1", "v1.2")
@@ -95,24 +95,8 @@ class DefaultWorkflowEngineParameter(ApiModel):
     default_value: str
 
 
-class ServiceType(ApiModel):
-    group: str = "org.ga4gh"
-    artifact: str = "wes"
-    version: str = WES_VERSION
-
-
-class ServiceInfo(ApiModel):
-    id: str
-    name: str
-    type: ServiceType = ServiceType()
-    description: str | None = None
-    organization: ServiceOrganization
-    contact_url: str | None = Field(default=None, alias="contactUrl")
-    documentation_url: str | None = Field(default=None, alias="documentationUrl")
-    created_at: str | None = Field(default=None, alias="createdAt")
-    updated_at: str | None = Field(default=None, alias="updatedAt")
-    environment: str | None = None
-    version: str
+class ServiceInfo(GA4GHServiceInfo):
+    type: ServiceType = ServiceType(artifact="wes", version=WES_VERSION)
     workflow_type_versions: dict[str, WorkflowTypeVersion]
     supported_wes_versions: list[str] = [WES_VERSION]
     supported_filesystem_protocols: list[str]

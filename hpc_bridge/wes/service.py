@@ -33,7 +33,6 @@ from hpc_bridge.store.runs import (
     decode_token,
     encode_token,
 )
-from hpc_bridge.tes.models import ServiceOrganization
 from hpc_bridge.wes.attachments import AttachmentError, Attachments, open_beneath
 from hpc_bridge.wes.models import (
     CWL_VERSIONS,
@@ -526,10 +525,7 @@ class RunService:
                                        for loc in self.schemes.locations()))
         installed = engine_version()
         return ServiceInfo(
-            id=svc.id + ".wes", name=svc.name, description=svc.description,
-            organization=ServiceOrganization(name=svc.organization.name, url=svc.organization.url),
-            contact_url=svc.contact_url, documentation_url=svc.documentation_url,
-            environment=svc.environment, version=service_version, updated_at=started_at,
+            **ServiceInfo.site_fields(self._config, service_version, started_at, id_suffix=".wes"),
             workflow_type_versions={"CWL": WorkflowTypeVersion(workflow_type_version=list(CWL_VERSIONS))},
             supported_filesystem_protocols=protocols,
             workflow_engine_versions={ENGINE: WorkflowEngineVersion(
