@@ -12,7 +12,10 @@ without following anything: so a symlink in a copied tree, or an output that is 
 the file or directory it leads to in the bind, while one leading outside the bind, or nowhere, is
 skipped, or refused as the output itself; a wildcard skips any symlink it meets), only regular files and
 directories are copied, and every destination file is written to a temporary name and renamed over
-the final name, so a symlink found there is replaced, never written through. Exit status: 0 all
+the final name, so a symlink found there is replaced, never written through. A directory that is only
+passed through (every destination directory, and a source one that is not listed) is opened with
+O_PATH, which needs search permission alone: the job user may enter but not list a directory on the
+way (mode 0711, like the WES runs root or a site's directory). Exit status: 0 all
 outputs copied, 1 some output failed (all are still tried), 2 the manifest (or the record file) is
 unusable.
 """
@@ -35,7 +38,13 @@ from urllib.parse import quote
 
 Emit = Callable[[dict[str, Any]], None]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a directory that is listed
+# A directory only passed through or written into (a dir_fd for openat, mkdirat, renameat, fstatat,
+# unlinkat and the next open): O_PATH needs no read permission on it, only search permission, as a
+# path lookup does. Such a descriptor cannot be listed (nor fsync'ed: nothing here does). With
+# O_DIRECTORY, a symlink (O_NOFOLLOW) or non-directory at the name fails with ENOTDIR, and an
+# automount point is still mounted.
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: should a FIFO be swapped in after the lstat, opening it must not hang the job.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # Each level of a copied tree holds two descriptors (source and destination); this bounds both the
@@ -233,8 +242,9 @@ class _Collector:
 
     # -- sources
 
-    def _open_inside(self, parts: list[str]) -> int:
-        """Directory fd for bind/parts, whose real path must stay inside the bind.
+    def _open_inside(self, parts: list[str], listed: bool = False) -> int:
+        """Directory fd for bind/parts, whose real path must stay inside the bind; an O_PATH one
+        unless it is to be `listed`.
 
         A symlink among `parts` is resolved once (it may legitimately point elsewhere in the bind),
         then the resolved path is opened component by component without following anything, so a
@@ -244,10 +254,17 @@ class _Collector:
         if not _inside(real, self.bind):
             raise _OutputFailed("a parent directory is a symlink leading outside the task's work area; refused")
         rel = os.path.relpath(real, self.bind)
-        fd = os.open(self.bind, _DIR_FLAGS)
+        comps = [] if rel == "." else rel.split(os.sep)
+        last = _DIR_FLAGS if listed else _PATH_FLAGS
+        fd = os.open(self.bind, last if not comps else _PATH_FLAGS)
         try:
-            for comp in ([] if rel == "." else rel.split(os.sep)):
-                nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            for i, comp in enumerate(comps, 1):
+                try:
+                    nfd = os.open(comp, last if i == len(comps) else _PATH_FLAGS, dir_fd=fd)
+                except NotADirectoryError:  # O_PATH says ENOTDIR for a symlink (swapped in since realpath)
+                    if stat.S_ISLNK(os.stat(comp, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), comp) from None
+                    raise
                 os.close(fd)
                 fd = nfd
         except OSError:
@@ -331,7 +348,7 @@ class _Collector:
             raise _OutputFailed("the wildcard path has no pattern below its bind")
         first = next((i for i, p in enumerate(rel) if _MAGIC.search(p)), len(rel) - 1)
         try:
-            base = self._open_inside(rel[:first])
+            base = self._open_inside(rel[:first], listed=_MAGIC.search(rel[first]) is not None)
         except (FileNotFoundError, NotADirectoryError):
             return  # nothing can match: not an error
         try:
@@ -363,7 +380,8 @@ class _Collector:
             elif rest:
                 if stat.S_ISDIR(st.st_mode):
                     try:
-                        sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                        listed = _MAGIC.search(rest[0]) is not None  # else only passed through
+                        sub = os.open(name, _DIR_FLAGS if listed else _PATH_FLAGS, dir_fd=dir_fd)
                     except OSError as exc:
                         self.error(f"{cpath}: could not be read: {exc.strerror}")
                         continue
@@ -397,7 +415,7 @@ class _Collector:
     # -- destinations
 
     def _open_dest_dir(self, path: str) -> int:
-        """Directory fd for `path`, created as needed, whose real path lies inside a data root.
+        """O_PATH directory fd for `path`, created as needed, whose real path lies inside a data root.
 
         The real path of the existing part is checked, then the directory is reached from the root
         one component at a time without following symlinks, so one swapped in meanwhile makes the
@@ -413,7 +431,7 @@ class _Collector:
             raise _OutputFailed(f"destination {path} is outside the allowed data roots; refused")
         rel = os.path.relpath(real, root_real)
         try:
-            fd = os.open(root_real, _DIR_FLAGS)
+            fd = os.open(root_real, _PATH_FLAGS)
         except OSError as exc:
             raise _OutputFailed(f"data root {root_real} cannot be opened: {exc.strerror}") from None
         try:
@@ -539,13 +557,14 @@ class _Collector:
 
 
 def _subdir(fd: int, name: str, what: str) -> int:
-    """Open (creating) directory `name` under fd; a symlink or non-directory found there is refused."""
+    """O_PATH fd of directory `name` under fd (created if missing); a symlink or non-directory there
+    is refused. Only written into, never listed, so search permission is all it needs."""
     try:
         try:
             os.mkdir(name, 0o777, dir_fd=fd)  # the job's umask decides the mode
         except FileExistsError:
             pass
-        return os.open(name, _DIR_FLAGS, dir_fd=fd)
+        return os.open(name, _PATH_FLAGS, dir_fd=fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise _OutputFailed(f"destination {what} exists but is not a directory (or is a symlink)") from None

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory only passed through: O_PATH needs search permission on it, not read permission.
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 16
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
 MAX_NAME = 4096
@@ -154,18 +156,21 @@ class Attachments:
 def open_beneath(root: str, rel: str) -> int:
     """An O_RDONLY descriptor for `root/rel`, walking one component at a time without following
     any symlink (a job user may own the directories on the way and swap one for a symlink at any
-    moment: no check-then-open). Raises FileNotFoundError, or OSError for a symlink or an odd name."""
+    moment: no check-then-open). The directories on the way are only passed through (O_PATH), so
+    the server's account needs search permission on them, not read permission: a data root or a
+    site directory of mode 0711 on the way is fine. Raises FileNotFoundError, or OSError for a
+    symlink or an odd name."""
     parts = [p for p in rel.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise FileNotFoundError(rel)
-    fd = os.open(root, _DIR_FLAGS)
+    if not parts:
+        return os.open(root, _DIR_FLAGS)
+    fd = os.open(root, _PATH_FLAGS)
     try:
         for part in parts[:-1]:
-            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            child = os.open(part, _PATH_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
-        if not parts:
-            return os.dup(fd)
         return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
     finally:
         os.close(fd)

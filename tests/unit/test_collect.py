@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -588,3 +593,124 @@ def test_destination_inside_the_source_is_not_copied_into_itself(env: Env) -> No
     assert collect(manifest, events.append)
     assert [e["event"] for e in events] == ["output_warning", "output"]
     assert (env.vol / "d" / "copy" / "f").read_bytes() == b"f"
+
+
+# --- directories the job user may enter but not list (mode 0711) ----------------------------------
+
+class UserEnv:
+    """As `Env`, but owned for an unprivileged user who may pass through, not list, data/A (0711, root's).
+
+    Made under a fresh /tmp directory (0711): pytest's own tmp_path is private to root.
+    """
+
+    def __init__(self, base: Path, user: pwd.struct_passwd) -> None:
+        self.uid, self.gid = user.pw_uid, user.pw_gid
+        self.workdir, self.vol, self.data = base / "work", base / "work" / "volumes" / "0", base / "data"
+        self.vol.mkdir(parents=True)
+        for d in (self.workdir, self.workdir / "volumes", self.vol):
+            os.chown(d, self.uid, self.gid)
+        self.workdir.chmod(0o700)
+        self.traverse_only = self.data / "A"
+        self.traverse_only.mkdir(parents=True)
+        self.traverse_only.chmod(0o711)  # root's: the user may enter it but not list (nor O_RDONLY) it
+        self.dest = self.traverse_only / "B"
+        self.dest.mkdir()
+        os.chown(self.dest, self.uid, self.gid)
+
+    def file(self, rel: str, content: bytes) -> None:
+        path = self.vol / rel
+        for parent in reversed(path.relative_to(self.vol).parents[:-1]):
+            d = self.vol / parent
+            d.mkdir(exist_ok=True)
+            os.chown(d, self.uid, self.gid)
+        path.write_bytes(content)
+        os.chown(path, self.uid, self.gid)
+
+    def output(self, path: str, dest: str, **kw: Any) -> dict[str, Any]:
+        host = str(self.dest / dest)
+        return {"index": 0, "type": None, "path_prefix": None, "wildcard": False, **kw, "path": path,
+                "bind_container": "/out", "bind_host": str(self.vol), "url": "file://" + host, "dest": host}
+
+    def collect_as_user(self, *outputs: dict[str, Any]) -> tuple[bool, list[dict[str, Any]]]:
+        """collect() in a forked child that dropped to the user, as the batch script runs it."""
+        manifest = {"workdir": str(self.workdir), "roots": [str(self.data)],
+                    "outputs": [dict(o, index=i) for i, o in enumerate(outputs)]}
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            status = 3
+            try:
+                os.close(read)
+                os.setgroups([])
+                os.setgid(self.gid)
+                os.setuid(self.uid)
+                events: list[dict[str, Any]] = []
+                ok = collect(manifest, events.append)
+                with os.fdopen(write, "w") as out:
+                    json.dump({"ok": ok, "events": events}, out)
+                status = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        os.close(write)
+        with os.fdopen(read) as f:
+            text = f.read()
+        _, wait_status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(wait_status) == 0, "the child failed (see its traceback above)"
+        result = json.loads(text)
+        return result["ok"], result["events"]
+
+
+@pytest.fixture
+def user_env() -> Iterator[UserEnv]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (as in `make test`): the test chowns directories to an unprivileged user "
+                    "and runs the collector as that user in a child process")
+    try:
+        user = pwd.getpwnam("hpcb")  # the dev cluster's job user, else any unprivileged one
+    except KeyError:
+        user = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="hpcb-collect-"))
+    try:
+        base.chmod(0o711)
+        yield UserEnv(base, user)
+    finally:
+        shutil.rmtree(base)
+
+
+def test_outputs_land_below_a_destination_directory_the_job_user_cannot_list(user_env: UserEnv) -> None:
+    """data/A is 0711 and root's: the walk from the data root passes through it (it used to need
+    O_RDONLY there and failed with "destination ... cannot be created: Permission denied")."""
+    e = user_env
+    e.file("result.txt", b"hello")
+    e.file("res/sub/f.txt", b"in a tree")
+    ok, events = e.collect_as_user(e.output("/out/result.txt", "x/y/result.txt", type="FILE"),
+                                   e.output("/out/res", "tree", type="DIRECTORY"),
+                                   e.output("/out/result.txt", "direct.txt", type="FILE"))
+    assert ok, events
+    assert (e.dest / "x" / "y" / "result.txt").read_bytes() == b"hello"
+    assert (e.dest / "tree" / "sub" / "f.txt").read_bytes() == b"in a tree"
+    assert (e.dest / "direct.txt").read_bytes() == b"hello"
+    assert os.stat(e.dest / "x" / "y" / "result.txt").st_uid == e.uid  # written as the user
+    assert sorted(os.listdir(e.dest)) == ["direct.txt", "tree", "x"]  # no temp file left behind
+    assert [ev["event"] for ev in events] == ["output"] * 3
+
+
+def test_sources_below_a_directory_the_job_user_cannot_list_are_collected(user_env: UserEnv) -> None:
+    """A task may leave a directory of its outputs searchable but not readable (0311): a file below
+    it, or a wildcard passing through it, is still collected; a wildcard that must list it is not."""
+    e = user_env
+    e.file("hidden/f.txt", b"f")
+    e.file("hidden/sub/w1.txt", b"w1")
+    (e.vol / "hidden").chmod(0o311)
+    ok, events = e.collect_as_user(
+        e.output("/out/hidden/f.txt", "f.txt", type="FILE"),
+        e.output("/out/hidden/sub/*.txt", "w", wildcard=True, path_prefix="/out/hidden/sub"),
+        e.output("/out/h*/sub/*.txt", "g", wildcard=True, path_prefix="/out"))
+    assert ok, events
+    assert (e.dest / "f.txt").read_bytes() == b"f"
+    assert (e.dest / "w" / "w1.txt").read_bytes() == b"w1"
+    assert (e.dest / "g" / "hidden" / "sub" / "w1.txt").read_bytes() == b"w1"
+    ok, events = e.collect_as_user(e.output("/out/hidden/*.txt", "n", wildcard=True, path_prefix="/out"))
+    assert not ok and "Permission denied" in events[0]["message"]
