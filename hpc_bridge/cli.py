@@ -76,6 +76,16 @@ def is_loopback(host: str) -> bool:
                                for info in infos)
 
 
+def local_url(host: str, port: int) -> str:
+    """Where processes on this machine (the WES engines) reach the server: a wildcard listen
+    address is reached on loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _load(config_path: Path) -> SiteConfig:
     try:
         return load_config(config_path)
@@ -279,7 +289,7 @@ def serve(config_path: Path, host: str | None, port: int | None, insecure_no_aut
 
         # WES engines run next to the daemon (one supervisor per database, like the daemon).
         supervisor = Supervisor(config, store, TaskService(store, config, daemon.wake),
-                                config_path=config_path)
+                                tes_url=local_url(host, port))
         threading.Thread(target=supervisor.run, name="hpc-bridge-wes", daemon=True).start()
     else:
         err.print(f"another daemon holds {lock.path}: serving the API only", highlight=False)

@@ -10,8 +10,10 @@ from flask import current_app, g, request
 
 from hpc_bridge.errors import Forbidden
 from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
+from hpc_bridge.store.runs import FINAL_STATES, RunStore
 
-from .verifier import Identity, TokenVerifier
+from . import runtoken
+from .verifier import AuthError, Identity, TokenVerifier
 
 View = TypeVar("View", bound=Callable[..., object])
 
@@ -29,9 +31,41 @@ def is_public() -> bool:
 
 def authenticate() -> None:
     """Verify the bearer token (or take the no-auth identity) and keep it on `g` for this request.
+    A workflow engine's run credential is checked against its run's row, whatever the auth mode.
     Raises AuthError, which the app turns into a 401/403 ErrorResponse."""
+    header = request.headers.get("Authorization") or ""
+    scheme, _, value = header.partition(" ")
+    token = runtoken.parse(value.strip()) if scheme.lower() == "bearer" else None
+    if token is not None:
+        g.identity = _run_identity(token)
+        return
     verifier: TokenVerifier = current_app.extensions["hpc_bridge.verifier"]
     g.identity = verifier.verify(request.headers.get("Authorization"))
+
+
+def _run_identity(token: runtoken.RunToken) -> Identity:
+    run = RunStore(current_app.extensions["hpc_bridge.store"]).get(token.run_id)
+    if run is None or run.state in FINAL_STATES or not runtoken.matches(token, run.engine_token):
+        raise AuthError("run credential is not valid (the run ended, or a newer engine holds it)")
+    if request.blueprint != "tes":
+        raise AuthError("a run credential may only call the TES API", status=403,
+                        error="insufficient_scope")
+    return Identity.of_run(run.owner, run.id, run.run_as)
+
+
+def current_run() -> str | None:
+    """The run a request is scoped to (a workflow engine's credential), else None."""
+    return current_identity().run_id
+
+
+def check_run_may_create() -> None:
+    """A run being cancelled starts no new task, whatever its engine still tries."""
+    run_id = current_run()
+    if run_id is None:
+        return
+    run = RunStore(current_app.extensions["hpc_bridge.store"]).get(run_id)
+    if run is None or run.state == "CANCELING" or run.state in FINAL_STATES:
+        raise Forbidden(f"workflow run {run_id} is being cancelled: no new task may start")
 
 
 def current_identity() -> Identity:
@@ -42,10 +76,13 @@ def current_run_as() -> str | None:
     """The Unix user the caller's jobs run as (None: the service account). A caller the site's
     mapping cannot place is refused (403) before anything is created."""
     settings = current_app.config["SITE"].run_as
+    identity = current_identity()
+    if identity.run_id is not None:
+        return identity.run_as  # fixed when the run was created, and checked then
     if settings.mode == "service":
         return None
     try:
-        return unix_user_for(current_identity(), settings)
+        return unix_user_for(identity, settings)
     except NoUnixUser as exc:
         raise Forbidden(str(exc)) from None
 

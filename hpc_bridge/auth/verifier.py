@@ -64,6 +64,10 @@ class Identity:
     subject: str
     claims: dict[str, Any] = field(default_factory=dict, compare=False)
     admin: bool = False
+    # Set for a workflow engine's run credential: it may touch only this run's TES tasks, whose
+    # jobs run as `run_as` (the run's Unix user, fixed when the run was created).
+    run_id: str | None = None
+    run_as: str | None = None
 
     def __post_init__(self) -> None:
         if "#" in self.issuer:
@@ -77,6 +81,14 @@ class Identity:
         if self.issuer == NO_AUTH_ISSUER:
             return self.subject
         return f"{self.issuer}#{self.subject}"
+
+    @classmethod
+    def of_run(cls, owner: str, run_id: str, run_as: str | None) -> Identity:
+        """The identity a run's engine acts with: the run's owner, scoped to the run."""
+        issuer, sep, subject = owner.partition("#")
+        if not sep:
+            issuer, subject = NO_AUTH_ISSUER, owner
+        return cls(issuer=issuer, subject=subject, run_id=run_id, run_as=run_as)
 
 
 NO_AUTH_IDENTITY = Identity(issuer=NO_AUTH_ISSUER, subject=NO_AUTH_SUBJECT)

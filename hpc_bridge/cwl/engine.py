@@ -1,9 +1,15 @@
 """One workflow run: cwltool's own main flow (document loading, job order, scatter, outputs) with
 our tool class, executor and runtime context plugged in through its library parameters.
 
-The run dir holds request.json (written by the WES layer); the engine writes outputs.json (the CWL
-output object, files under DIR/outputs) on success and keeps its work area in DIR/.cwl. Exit code
-0 COMPLETE, 3 EXECUTOR_ERROR, 4 SYSTEM_ERROR, 5 CANCELED (SIGTERM: the live tasks are cancelled).
+`python -I -m hpc_bridge.cwl`, started by the WES supervisor as the run's own Unix user in the run
+directory, never as root or the service account. Its standard input carries one JSON object: the
+local TES API's URL, the run's credential, and the service's pid and start time (the engine stops
+when that process is gone). The run dir holds request.json (written by the WES layer, including
+the document fetch policy and the site's image settings); the engine appends its own output to
+stdout.log/stderr.log, writes outputs.json (the CWL output object, files under DIR/outputs) on
+success and keeps its work area in DIR/.cwl. It reaches its tasks only over the TES API. Exit
+code 0 COMPLETE, 3 EXECUTOR_ERROR, 4 SYSTEM_ERROR, 5 CANCELED (SIGTERM: the live tasks are
+cancelled).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import pwd
 import shutil
 import signal
 import sys
@@ -23,18 +28,20 @@ from typing import Any
 from cwltool import main as cwlmain
 from cwltool.context import LoadingContext
 
-from hpc_bridge.config import SiteConfig, load_config
+from hpc_bridge.config import ApptainerSettings
 from hpc_bridge.cwl import (
     EXIT_CANCELED,
     EXIT_COMPLETE,
     EXIT_EXECUTOR_ERROR,
     EXIT_SYSTEM_ERROR,
 )
+from hpc_bridge.cwl.client import RunClient
 from hpc_bridge.cwl.executor import TesExecutor
+from hpc_bridge.cwl.fetch import FetchPolicy, fetcher_constructor
 from hpc_bridge.cwl.state import EngineState
 from hpc_bridge.cwl.tasks import TaskRunner
 from hpc_bridge.cwl.tool import StablePathMapper, TesRuntimeContext, make_tool
-from hpc_bridge.store import Store
+from hpc_bridge.cwl.validate import InvalidWorkflow, validate_workflow
 
 log = logging.getLogger("hpc_bridge.cwl")
 
@@ -44,6 +51,8 @@ CONTAINER_OUTDIR = "/var/spool/cwl"
 CONTAINER_TMPDIR = "/tmp"
 CONTAINER_STAGEDIR = "/var/lib/cwl"
 ENGINE_PARAMETERS = {"default_container": str, "on_error": str, "max_parallel": int}
+LOG_MODE = 0o640
+MAX_LAUNCH_BYTES = 64 * 1024
 
 
 class EngineError(Exception):
@@ -58,9 +67,25 @@ def read_request(run_dir: Path) -> dict[str, Any]:
     for key in ("run_id", "owner", "workflow"):
         if not isinstance(request.get(key), str) or not request[key]:
             raise EngineError(f"request.json: {key!r} must be a non-empty string")
-    if not isinstance(request.get("params", {}), dict):
-        raise EngineError("request.json: 'params' must be an object")
+    for key in ("params", "fetch_policy", "apptainer"):
+        if not isinstance(request.get(key, {}), dict):
+            raise EngineError(f"request.json: {key!r} must be an object")
+    if "fetch_policy" not in request:
+        raise EngineError("request.json: 'fetch_policy' is missing")
     return request
+
+
+def read_launch(stream: Any) -> dict[str, Any]:
+    """What the supervisor passes on stdin (never in argv or the environment, which other
+    processes may see): the TES URL, the run credential, the service process to outlive not."""
+    try:
+        launch = json.loads(stream.read(MAX_LAUNCH_BYTES) or "{}")
+    except ValueError as exc:
+        raise EngineError(f"standard input: not the supervisor's JSON ({exc})") from None
+    for key in ("tes_url", "token"):
+        if not isinstance(launch.get(key), str) or not launch[key]:
+            raise EngineError(f"standard input: {key!r} must be a non-empty string")
+    return launch
 
 
 def engine_parameters(raw: Any) -> dict[str, Any]:
@@ -83,17 +108,8 @@ def engine_parameters(raw: Any) -> dict[str, Any]:
     return result
 
 
-def job_user(config: SiteConfig, run_as: str | None) -> tuple[int, int] | None:
-    name = run_as or config.slurm.submit_as
-    if not name:
-        return None
-    entry = pwd.getpwnam(name)
-    return entry.pw_uid, entry.pw_gid
-
-
-def default_image(config: SiteConfig, params: dict[str, Any]) -> str:
-    site = getattr(getattr(config, "cwl", None), "default_image", None)
-    return params.get("default_container") or site or DEFAULT_IMAGE
+def default_image(params: dict[str, Any]) -> str:
+    return params.get("default_container") or DEFAULT_IMAGE
 
 
 def _cwltool_args(workflow: str, job_file: Path, run_dir: Path, work: Path, params: dict[str, Any]) -> argparse.Namespace:
@@ -104,22 +120,24 @@ def _cwltool_args(workflow: str, job_file: Path, run_dir: Path, work: Path, para
     return cwlmain.arg_parser().parse_args(argv)
 
 
-def run(config: SiteConfig, run_dir: Path) -> int:
+def run(run_dir: Path, launch: dict[str, Any]) -> int:
     """The whole run; returns the exit code."""
     request = read_request(run_dir)
     params = engine_parameters(request.get("engine_parameters"))
-    os.umask(0o022)
+    policy = FetchPolicy.from_json(request["fetch_policy"])
+    try:  # the documents are fetched again here: the same policy as at submission
+        validate_workflow(request["workflow"], params=request.get("params") or {}, policy=policy)
+    except InvalidWorkflow as exc:
+        log.error("run %s: the workflow is refused: %s", request["run_id"], exc.message)
+        return EXIT_EXECUTOR_ERROR
     work = run_dir / ".cwl"
-    work.mkdir(parents=True, exist_ok=True)
-    user = job_user(config, request.get("run_as"))
-    if user is not None:  # the job user must reach its inputs and outputs below the run dir
-        os.chmod(run_dir, os.stat(run_dir).st_mode | 0o011)
-    store = Store(config.database)
-    runner = TaskRunner(store, config, run_id=request["run_id"], owner=request["owner"],
-                        run_as=request.get("run_as"))
-    state = EngineState(runner, work, default_image=default_image(config, params), job_user=user,
-                        apptainer=config.apptainer)
+    work.mkdir(exist_ok=True)
+    client = RunClient(launch["tes_url"], launch["token"])
+    runner = TaskRunner(client, run_id=request["run_id"], on_revoked=lambda: os._exit(EXIT_SYSTEM_ERROR))
+    state = EngineState(runner, work, default_image=default_image(params),
+                        apptainer=ApptainerSettings.model_validate(request.get("apptainer") or {}))
     _on_sigterm(runner)
+    _watch_service(launch.get("service_pid"), launch.get("service_start"))
 
     job_file = work / "job.json"
     job_file.write_text(json.dumps(request.get("params") or {}))
@@ -134,9 +152,11 @@ def run(config: SiteConfig, run_dir: Path) -> int:
     runtime.select_resources = executor.select_resources
     loading = LoadingContext(vars(args))
     loading.construct_tool_object = make_tool
+    loading.fetcher_constructor = fetcher_constructor(policy)
     loading.relax_path_checks = True  # spaces, # and the like are safe: argv lists, never a shell
 
-    log.info("run %s: %s (default image %s)", request["run_id"], request["workflow"], state.default_image)
+    log.info("run %s: %s (default image %s, engine uid %d)", request["run_id"], request["workflow"],
+             state.default_image, os.getuid())
     code = cwlmain.main(args=args, loadingContext=loading, runtimeContext=runtime, executor=executor,
                         logger_handler=_handler(), stdout=sys.stderr)
     runner.close()
@@ -153,6 +173,34 @@ def run(config: SiteConfig, run_dir: Path) -> int:
     return EXIT_COMPLETE
 
 
+def _redirect_output(run_dir: Path) -> None:
+    """stdout/stderr into the run's log files, appended, opened without following a link."""
+    dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
+            log_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             LOG_MODE, dir_fd=dfd)
+            os.dup2(log_fd, fd)
+            os.close(log_fd)
+    finally:
+        os.close(dfd)
+
+
+def _watch_service(pid: Any, start: Any) -> None:
+    """Engines die with the service that started them (a new service process starts a new engine,
+    with a new credential): poll the service's pid and start time."""
+    if not isinstance(pid, int) or not isinstance(start, str):
+        return
+    from hpc_bridge.wes.supervisor import process_start
+
+    def watch() -> None:
+        while process_start(pid) == start:
+            threading.Event().wait(0.5)
+        os._exit(EXIT_SYSTEM_ERROR)
+
+    threading.Thread(target=watch, name="cwl-service-watch", daemon=True).start()
+
+
 _HANDLER: logging.Handler | None = None
 
 
@@ -165,8 +213,8 @@ def _handler() -> logging.Handler:
 
 
 def _on_sigterm(runner: TaskRunner) -> None:
-    """SIGTERM/SIGINT: cancel the run's live tasks, then exit 5 (from a thread, so the store is
-    not used from inside a signal handler that interrupted the main thread mid-transaction)."""
+    """SIGTERM/SIGINT: cancel the run's live tasks, then exit 5 (from a thread, so no HTTP call is
+    made from inside a signal handler that interrupted the main thread mid-request)."""
     def cancel_and_exit() -> None:
         try:
             count = runner.cancel_all()
@@ -182,16 +230,23 @@ def _on_sigterm(runner: TaskRunner) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpc_bridge.cwl", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="site config file")
-    parser.add_argument("--run-dir", required=True, type=Path, help="the run's directory (request.json)")
-    ns = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -I -m hpc_bridge.cwl", description=__doc__.split("\n")[0])
+    parser.parse_args(argv)
+    run_dir = Path.cwd()
+    os.umask(0o027)
+    try:
+        launch = read_launch(sys.stdin)
+        _redirect_output(run_dir)
+    except (EngineError, OSError) as exc:
+        print(f"hpc-bridge engine: {exc}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     logger = logging.getLogger("hpc_bridge")
     logger.addHandler(_handler())
     logger.setLevel(logging.INFO)
+    if launch.get("relaunch"):
+        log.warning("--- hpc-bridge: the service restarted; engine started again ---")
     try:
-        config = load_config(ns.config)
-        return run(config, ns.run_dir.resolve())
+        return run(run_dir, launch)
     except EngineError as exc:
         log.error("%s", exc)
         return EXIT_SYSTEM_ERROR

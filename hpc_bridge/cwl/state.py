@@ -11,16 +11,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 import threading
 from pathlib import Path
 from typing import Any
 
 from hpc_bridge.config import ApptainerSettings
 from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
+from hpc_bridge.cwl.client import RemoteTask
 from hpc_bridge.cwl.tasks import TaskRunner, url_path
 from hpc_bridge.cwl.taskspec import TaskPlan
-from hpc_bridge.store import TaskRow
 from hpc_bridge.tes.models import State
 
 log = logging.getLogger("hpc_bridge.cwl")
@@ -49,19 +48,19 @@ def stamp(path: str) -> Any:
 
 
 class EngineState:
+    """The engine runs as the run's own Unix user, the user its tasks' jobs run as: everything it
+    makes below the run directory is that user's, private to it (and the service's group)."""
+
     def __init__(self, runner: TaskRunner, work: Path, *, default_image: str,
-                 job_user: tuple[int, int] | None, apptainer: ApptainerSettings | None = None) -> None:
+                 apptainer: ApptainerSettings | None = None) -> None:
         self.runner = runner
         self.apptainer = apptainer
         self.work = work
         self.default_image = default_image
-        self.job_user = job_user
         self.system_errors: list[str] = []
         self._lock = threading.Lock()
         for sub in ("out", "literals", "empty", "tmp"):
             (work / sub).mkdir(parents=True, exist_ok=True)
-            os.chmod(work / sub, 0o755)
-        os.chmod(work, 0o755)
         self.empty_dir = str(work / "empty")
 
     def from_docker(self, image: str) -> bool:
@@ -91,45 +90,20 @@ class EngineState:
         if not path.exists():
             temp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
             temp.write_bytes(data)
-            os.chmod(temp, 0o644)
+            os.chmod(temp, 0o440)
             os.replace(temp, path)
         return str(path)
 
-    def prepare_outdir(self, path: str) -> None:
-        """The job (as the job user) writes the task's outputs here."""
+    @staticmethod
+    def prepare_outdir(path: str) -> None:
+        """The job (as the same user) writes the task's outputs here."""
         os.makedirs(path, exist_ok=True)
-        if self.job_user is not None and os.geteuid() == 0:
-            os.chown(path, *self.job_user)
-        os.chmod(path, 0o755)
-
-    def take_back(self, path: str) -> None:
-        """Before the engine (root on the dev cluster) relinks and reads a task's outputs, the
-        directory the job user wrote becomes the engine's again, top down, so no other job of
-        that user can swap a symlink in under it meanwhile; the job user's group keeps read access
-        (later steps read these files). The collector never writes symlinks: any found is removed."""
-        if self.job_user is None or os.geteuid() != 0 or not os.path.isdir(path) or os.path.islink(path):
-            return
-        uid, gid = os.geteuid(), self.job_user[1]
-
-        def own(full: str) -> None:
-            os.lchown(full, uid, gid)
-            mode = os.lstat(full).st_mode
-            os.chmod(full, 0o750 if stat.S_ISDIR(mode) or mode & 0o100 else 0o640)
-
-        own(path)
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                full = os.path.join(root, name)
-                if os.path.islink(full):
-                    os.unlink(full)
-                else:
-                    own(full)
 
     @staticmethod
     def stamps(plan: TaskPlan) -> dict[str, Any]:
         return {i["url"]: stamp(url_path(i["url"])) for i in plan.body.get("inputs", [])}
 
-    def execute(self, plan: TaskPlan, *, key: str, step: str, timelimit: int | None) -> tuple[TaskRow, bool]:
+    def execute(self, plan: TaskPlan, *, key: str, step: str, timelimit: int | None) -> tuple[RemoteTask, bool]:
         """Run the plan as a TES task, or reuse one from an earlier attempt of this run; block until
         it ends. Returns the final row and whether the engine stopped it at its time limit."""
         row = self.runner.find_reusable(key)

@@ -1,9 +1,10 @@
-"""The run's TES tasks: created in-process through TaskService, found again after a restart, and
-watched by one polling thread for all of them (the job threads just wait on an event).
+"""The run's TES tasks: created over this service's TES API with the run's credential, found again
+after a restart, and watched by one polling thread for all of them (one list call per round; the
+job threads just wait on an event).
 
-A task is reused when an earlier engine process of the same run and owner created one with the
-same job key: a COMPLETE one whose outputs are still on disk, or one still in flight (adopted and
-waited for, instead of a second Slurm job).
+A task is reused when an earlier engine process of the same run created one with the same job
+key: a COMPLETE one whose outputs are still on disk, or one still in flight (adopted and waited
+for, instead of a second Slurm job).
 """
 
 from __future__ import annotations
@@ -17,17 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
-from hpc_bridge.config import SiteConfig
-from hpc_bridge.errors import TooManyRequests
-from hpc_bridge.store import Store, TaskFilter, TaskRow
-from hpc_bridge.store.tasks import now_iso
+from hpc_bridge.cwl.client import CredentialRevoked, RemoteTask, RunClient
+from hpc_bridge.errors import Forbidden, NotFound, TooManyRequests
+from hpc_bridge.store.tasks import LIVE_STATES, now_iso
 from hpc_bridge.tes.models import State
-from hpc_bridge.tes.service import TaskService
 
 log = logging.getLogger("hpc_bridge.cwl")
-
-ACTIVE = {State.QUEUED, State.INITIALIZING, State.RUNNING, State.PAUSED}
-
 
 class RunCanceled(Exception):
     """The run is being cancelled: no new task may start."""
@@ -37,7 +33,7 @@ def url_path(url: str) -> str:
     return unquote(urlsplit(url).path) if url.startswith("file://") else url
 
 
-def outputs_on_disk(row: TaskRow) -> bool:
+def outputs_on_disk(row: RemoteTask) -> bool:
     """The task's output directory and every file it reported are still there."""
     outputs = row.task.get("outputs") or []
     if not outputs or not os.path.isdir(url_path(outputs[0]["url"])):
@@ -57,7 +53,7 @@ def _parse_time(stamp: str | None) -> float | None:
 @dataclass
 class _Watch:
     done: threading.Event = field(default_factory=threading.Event)
-    row: TaskRow | None = None
+    row: RemoteTask | None = None
     timelimit: int | None = None
     tool_index: int = 0
     seen_running: float | None = None
@@ -65,11 +61,11 @@ class _Watch:
 
 
 class TaskRunner:
-    def __init__(self, store: Store, config: SiteConfig, *, run_id: str, owner: str,
-                 run_as: str | None = None, poll_interval: float = 0.5) -> None:
-        self.store, self.run_id, self.owner, self.run_as = store, run_id, owner, run_as
-        self.service = TaskService(store, config)
+    def __init__(self, client: RunClient, *, run_id: str, poll_interval: float = 0.5,
+                 on_revoked: Callable[[], None] | None = None) -> None:
+        self.client, self.run_id = client, run_id
         self.poll_interval = poll_interval
+        self.on_revoked = on_revoked
         self._lock = threading.Lock()
         self._watches: dict[str, list[_Watch]] = {}
         self._claimed: set[str] = set()  # tasks this process created or reused
@@ -83,50 +79,48 @@ class TaskRunner:
 
     # -- creating or finding ------------------------------------------------------------------
 
-    def find_reusable(self, key: str) -> TaskRow | None:
+    def find_reusable(self, key: str) -> RemoteTask | None:
         """A task of an earlier engine process with this key: COMPLETE with its outputs on disk,
         or still live. Each is used once per process (two identical jobs get two tasks)."""
-        rows = self.store.tasks.list(TaskFilter(owner=self.owner, tags=(("wes_run_id", self.run_id),
-                                                                          ("cwl_job_key", key))),
-                                     before_seq=None, limit=50)
+        found = self.client.list(tags={"wes_run_id": self.run_id, "cwl_job_key": key}, view="FULL")
         with self._lock:
-            for row in rows:
+            for row in found:
                 if row.id in self._claimed or row.created_at >= self.started_at:
                     continue
                 if row.state == State.COMPLETE and outputs_on_disk(row) or \
-                        row.state in ACTIVE and not row.cancel_requested:
+                        row.state in LIVE_STATES and not row.cancel_requested:
                     self._claimed.add(row.id)
                     self.reused.append(row.id)
                     return row
         return None
 
     def create(self, body: dict, *, step: str, key: str) -> str:
-        body = {**body, "tags": {**(body.get("tags") or {}), "wes_run_id": self.run_id,
-                                 "cwl_step": step[:200], "cwl_job_key": key}}
+        body = {**body, "tags": {**(body.get("tags") or {}), "cwl_step": step[:200], "cwl_job_key": key}}
         while True:  # the owner's active-task limit: wait for some of the run's tasks to end
             with self._lock:
                 if self._closing:
                     raise RunCanceled("the run is being cancelled")
             try:
-                task_id = self.service.create(body, self.owner, run_as=self.run_as)
+                task_id = self.client.create(body)
                 break
             except TooManyRequests as exc:
                 log.info("[job %s] waiting to create its task: %s", step, exc.message)
                 self._stop.wait(max(self.poll_interval, exc.retry_after or 2.0))
+            except Forbidden as exc:  # the run is being cancelled
+                raise RunCanceled(exc.message) from None
         with self._lock:
             self._claimed.add(task_id)
             self.created.append(task_id)
             closing = self._closing
         if closing:  # cancelled while it was being created
-            self.service.cancel(task_id, self.owner)
+            self.client.cancel(task_id)
             raise RunCanceled("the run is being cancelled")
         return task_id
 
     # -- waiting ------------------------------------------------------------------------------
 
-    def wait(self, task_id: str, *, timelimit: int | None = None, tool_index: int = 0,
-             on_state: Callable[[TaskRow], None] | None = None) -> tuple[TaskRow, bool]:
-        """Block until the task ends; returns its row and whether the engine stopped it for
+    def wait(self, task_id: str, *, timelimit: int | None = None, tool_index: int = 0) -> tuple[RemoteTask, bool]:
+        """Block until the task ends; returns its FULL view and whether the engine stopped it for
         exceeding `timelimit` seconds of run time (ToolTimeLimit)."""
         watch = _Watch(timelimit=timelimit or None, tool_index=tool_index)
         with self._lock:
@@ -144,33 +138,44 @@ class TaskRunner:
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
             with self._lock:
-                watches = [(task_id, list(ws)) for task_id, ws in self._watches.items()]
-            for task_id, waiting in watches:
-                try:
-                    self._poll(task_id, waiting)
-                except Exception:  # a store hiccup: try again next round
-                    log.exception("polling task %s failed", task_id)
+                watches = {task_id: list(ws) for task_id, ws in self._watches.items()}
+            if not watches:
+                continue
+            try:
+                self._poll(watches)
+            except CredentialRevoked as exc:
+                log.error("the service no longer accepts this engine's credential (%s): stopping", exc.message)
+                if self.on_revoked is not None:
+                    self.on_revoked()
+                return
+            except Exception:  # the service restarting, a hiccup: try again next round
+                log.exception("polling the run's tasks failed")
 
-    def _poll(self, task_id: str, waiting: list[_Watch]) -> None:
-        row = self.store.tasks.get(task_id)
-        if row is None:
-            return
-        for watch in waiting:
-            watch.row = row
-            if State(row.state).terminal:
-                watch.done.set()
-            else:
-                self._check_time(task_id, row, watch)
+    def _poll(self, watches: dict[str, list[_Watch]]) -> None:
+        states = {t.id: t.state for t in self.client.list(tags={"wes_run_id": self.run_id})}
+        for task_id, waiting in watches.items():
+            state = states.get(task_id)
+            if state is None:
+                continue
+            if State(state).terminal:
+                row = self.client.get(task_id, "FULL")
+                for watch in waiting:
+                    watch.row = row
+                    watch.done.set()
+            elif state == State.RUNNING and any(w.timelimit and not w.timed_out for w in waiting):
+                row = self.client.get(task_id, "BASIC")
+                for watch in waiting:
+                    self._check_time(task_id, row, watch)
 
-    def _check_time(self, task_id: str, row: TaskRow, watch: _Watch) -> None:
-        if watch.timelimit and not watch.timed_out and row.state == State.RUNNING \
+    def _check_time(self, task_id: str, row: RemoteTask, watch: _Watch) -> None:
+        if watch.timelimit and not watch.timed_out \
                 and time.time() - self._tool_start(row, watch) > watch.timelimit:
             watch.timed_out = True
             log.warning("task %s exceeded its time limit of %ss: cancelling it", task_id, watch.timelimit)
-            self.service.cancel(task_id, self.owner)
+            self.client.cancel(task_id)
 
     @staticmethod
-    def _tool_start(row: TaskRow, watch: _Watch) -> float:
+    def _tool_start(row: RemoteTask, watch: _Watch) -> float:
         """When the tool's executor started: its log, else the job's start, else when first seen
         running (the daemon refreshes executor logs only now and then while a job runs)."""
         logs = row.executor_logs
@@ -192,11 +197,17 @@ class TaskRunner:
         with self._lock:
             self._closing = True
             ids = list(self._claimed)
+        if not ids:
+            return 0
+        live = {t.id for t in self.client.list(tags={"wes_run_id": self.run_id})
+                if not State(t.state).terminal and t.state != State.CANCELING}
         cancelled = 0
         for task_id in ids:
-            row = self.store.tasks.get(task_id)
-            if row is not None and not State(row.state).terminal and not row.cancel_requested:
-                self.service.cancel(task_id, self.owner)
+            if task_id in live:
+                try:
+                    self.client.cancel(task_id)
+                except NotFound:
+                    continue
                 cancelled += 1
         return cancelled
 

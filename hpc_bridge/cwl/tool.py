@@ -129,7 +129,6 @@ class TesJob(JobBase):
             self.outdir = url_path(row.task["outputs"][0]["url"])  # a reused task's own directory
             status, rcode = self._outcome(row, plan, timed_out, engine)
             if row.state == State.COMPLETE:
-                engine.take_back(self.outdir)
                 if self.generatemapper is not None:
                     if self.inplace_update:
                         self._write_back(engine)

@@ -19,6 +19,10 @@ service account, read-only. What it does follows from that row, never from the c
   the task's comment, then exec `scancel` on it
 - a task that ended more than the retention time ago: as the user, delete its work area and status
   directory
+- a WES run whose engine is due (INITIALIZING/RUNNING): hand the run directory
+  `<runs_root>/<run id>` over to the run's user (group the service account's, mode 2750), drop
+  every privilege and exec the CWL engine (`engine_python -I -m hpc_bridge.cwl`) in it, so the
+  workflow (the user's code) runs with the user's rights only
 
 Before any of that the user is checked again: the task names one, it exists, its uid is at least
 min_uid (never root), it is in users_group if one is set, it is not the service account, and in
@@ -91,10 +95,12 @@ class Config:
     table: dict[str, str] = field(default_factory=dict)
     users_group: str | None = None
     work_retention_hours: float | None = None
+    runs_root: str | None = None  # WES run directories; with engine_python: engines may start
+    engine_python: str | None = None
 
 
 _REQUIRED = ("database", "work_root", "service_user", "mode", "min_uid", "sbatch", "squeue", "scancel")
-_OPTIONAL = ("table", "users_group", "work_retention_hours")
+_OPTIONAL = ("table", "users_group", "work_retention_hours", "runs_root", "engine_python")
 
 
 def parse_config(data: Any) -> Config:
@@ -129,11 +135,17 @@ def parse_config(data: Any) -> Config:
     hours = data.get("work_retention_hours")
     if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0):
         raise Refused("configuration: work_retention_hours must be a number >= 0 or null")
+    for key in ("runs_root", "engine_python"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not PLAIN_PATH.match(value)):
+            raise Refused(f"configuration: {key} must be a plain absolute path or null")
     return Config(database=data["database"], work_root=data["work_root"].rstrip("/"),
                   service_user=data["service_user"], mode=data["mode"], min_uid=min_uid,
                   sbatch=data["sbatch"], squeue=data["squeue"], scancel=data["scancel"],
                   table=dict(table), users_group=group,
-                  work_retention_hours=None if hours is None else float(hours))
+                  work_retention_hours=None if hours is None else float(hours),
+                  runs_root=(data.get("runs_root") or "").rstrip("/") or None,
+                  engine_python=data.get("engine_python"))
 
 
 def _trusted(st: os.stat_result, what: str, owners: tuple = (0,)) -> None:
@@ -202,7 +214,21 @@ class TaskState:
     cleaned_at: str | None
 
 
-def authorize(task: TaskState, config: Config, **lookups: Any) -> Any:
+@dataclass(frozen=True)
+class RunState:
+    """A WES run: its engine is started as the run's user."""
+
+    id: str
+    owner: str
+    state: str
+    run_as: str | None
+    run_dir: str
+
+
+ENGINE_STATES = frozenset({"INITIALIZING", "RUNNING", "PAUSED"})
+
+
+def authorize(task: TaskState | RunState, config: Config, **lookups: Any) -> Any:
     """The passwd entry of the task's user, after every check the helper's own configuration asks."""
     if not task.run_as:
         raise Refused(f"task {task.id} runs as the service account, not through this helper")
@@ -214,8 +240,12 @@ def authorize(task: TaskState, config: Config, **lookups: Any) -> Any:
     return entry
 
 
-def decide(task: TaskState) -> str:
-    """What the task's own state calls for: 'submit', 'cancel' or 'clean'."""
+def decide(task: TaskState | RunState) -> str:
+    """What the task's own state calls for: 'submit', 'cancel' or 'clean'; 'engine' for a run."""
+    if isinstance(task, RunState):
+        if task.state not in ENGINE_STATES:
+            raise Refused(f"run {task.id} is {task.state}: its engine is not due to start")
+        return "engine"
     if task.state in TERMINAL_STATES:
         if task.cleaned_at:
             raise Refused(f"task {task.id}: its work area was already removed")
@@ -308,12 +338,29 @@ def query_task(database: str, task_id: str) -> dict[str, Any] | None:
     return dict(zip(keys, row))
 
 
-def read_task(config: Config, service: Any, task_id: str) -> TaskState:
-    """Read as the service account, so that whatever SQLite creates next to the database (the
-    shared-memory file) belongs to the account that writes it, never to root."""
+def query_run(database: str, run_id: str) -> dict[str, Any] | None:
+    uri = "file:" + urllib.parse.quote(database) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+    try:
+        conn.execute("PRAGMA query_only = 1")
+        row = conn.execute("SELECT id, owner, state, run_as, run_dir FROM runs WHERE id = ?",
+                           [run_id]).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else dict(zip(("id", "owner", "state", "run_as", "run_dir"), row))
+
+
+def read_task(config: Config, service: Any, task_id: str) -> TaskState | RunState:
+    """The task, or else the WES run, with this id. Read as the service account, so that whatever
+    SQLite creates next to the database (the shared-memory file) belongs to the account that
+    writes it, never to root."""
     row = as_user(service, lambda: query_task(config.database, task_id))
     if row is None:
-        raise Refused(f"no task {task_id} in {config.database}")
+        run = as_user(service, lambda: query_run(config.database, task_id))
+        if run is None:
+            raise Refused(f"no task or run {task_id} in {config.database}")
+        return RunState(id=str(run["id"]), owner=str(run["owner"]), state=str(run["state"]),
+                        run_as=run["run_as"], run_dir=str(run["run_dir"]))
     return TaskState(id=str(row["id"]), owner=str(row["owner"]), state=str(row["state"]),
                      run_as=row["run_as"], job_id=None if row["job_id"] is None else str(row["job_id"]),
                      cancel_requested=bool(row["cancel_requested"]), end_time=row["end_time"],
@@ -339,9 +386,11 @@ def _open_child(name: str, dir_fd: int, where: str, flags: int = _ANY_FLAGS) -> 
         raise Refused(f"{where}: cannot be opened without following links ({exc.strerror})") from None
 
 
-def hand_over(dir_fd: int, user: Any, service_uid: int, where: str, depth: int = 0) -> None:
-    """Give a tree the service account built to the user: each object is checked on the
-    descriptor that is then chowned, so nothing swapped in between is ever touched."""
+def hand_over(dir_fd: int, user: Any, service_uid: int, where: str, depth: int = 0,
+              gid: int | None = None) -> None:
+    """Give a tree the service account built to the user (group `gid`, else the user's own):
+    each object is checked on the descriptor that is then chowned, so nothing swapped in between
+    is ever touched."""
     if depth > MAX_DEPTH:
         raise Refused(f"{where}: nested too deeply")
     owners = (service_uid, user.pw_uid)  # the user's: chowned by an earlier, interrupted run
@@ -356,7 +405,7 @@ def hand_over(dir_fd: int, user: Any, service_uid: int, where: str, depth: int =
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
-                hand_over(fd, user, service_uid, path, depth + 1)
+                hand_over(fd, user, service_uid, path, depth + 1, gid)
             elif stat.S_ISREG(st.st_mode):
                 if st.st_uid not in owners:
                     raise Refused(f"{path}: owned by uid {st.st_uid}, not by the service account")
@@ -364,12 +413,12 @@ def hand_over(dir_fd: int, user: Any, service_uid: int, where: str, depth: int =
                     raise Refused(f"{path}: has {st.st_nlink} hard links")
                 if st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
                     raise Refused(f"{path}: has a set-id bit")
-                os.fchown(fd, user.pw_uid, user.pw_gid)
+                os.fchown(fd, user.pw_uid, user.pw_gid if gid is None else gid)
             else:
                 raise Refused(f"{path}: not a regular file or directory")
         finally:
             os.close(fd)
-    os.fchown(dir_fd, user.pw_uid, user.pw_gid)
+    os.fchown(dir_fd, user.pw_uid, user.pw_gid if gid is None else gid)
 
 
 def _is_empty(fd: int) -> bool:
@@ -534,7 +583,38 @@ def _rmdir(name: str, dir_fd: int) -> None:
         pass
 
 
-ACTIONS: dict[str, Callable[..., int]] = {"submit": submit, "cancel": cancel, "clean": clean}
+def start_engine(config: Config, run: RunState, user: Any, service: Any) -> NoReturn:
+    """A WES run's engine (its user's code: CWL expressions run in it) as the run's user: the run
+    directory the service made is handed over (owner the user, group the service account's, 2750,
+    so the service reads logs and outputs), then the engine is exec'd in it without privileges."""
+    if not config.runs_root or not config.engine_python:
+        raise Refused("workflow engines are not enabled in this helper's configuration")
+    run_dir = f"{config.runs_root}/{run.id}"
+    if run.run_dir.rstrip("/") != run_dir:
+        raise Refused(f"run {run.id}: its directory {run.run_dir} is not {run_dir}")
+    try:
+        root_fd = os.open(config.runs_root, _DIR_FLAGS)
+    except OSError as exc:
+        raise Refused(f"cannot open the runs root {config.runs_root}: {exc.strerror}") from None
+    _trusted(os.fstat(root_fd), config.runs_root, (0, service.pw_uid))
+    run_fd = _open_child(run.id, root_fd, run_dir, _DIR_FLAGS)
+    owner = os.fstat(run_fd).st_uid
+    if owner == service.pw_uid:
+        hand_over(run_fd, user, service.pw_uid, run_dir, gid=service.pw_gid)
+    elif owner != user.pw_uid:
+        raise Refused(f"{run_dir}: owned by uid {owner}, neither the service account nor {user.pw_name}")
+    os.fchmod(run_fd, 0o2750)
+    os.fchdir(run_fd)
+    os.close(run_fd)
+    os.close(root_fd)
+    drop_privileges(user)
+    os.umask(0o027)
+    sys.stdout.flush()
+    os.execve(config.engine_python, [config.engine_python, "-I", "-m", "hpc_bridge.cwl"], user_env(user))
+
+
+ACTIONS: dict[str, Callable[..., int]] = {"submit": submit, "cancel": cancel, "clean": clean,
+                                          "engine": start_engine}
 
 
 def _one_line(text: str) -> str:
@@ -545,7 +625,7 @@ def main(argv: list | None = None, config_path: str = CONFIG_PATH) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if len(args) != 1 or not TASK_ID.match(args[0]):
-            raise Refused("usage: submit-as TASK_ID (exactly one argument, a lowercase UUID)")
+            raise Refused("usage: submit-as ID (exactly one argument, a lowercase UUID: a task or a run)")
         if os.geteuid() != 0:
             raise Refused("must run as root, through sudo")
         os.umask(0o077)

@@ -63,6 +63,10 @@ def helper_config(config: SiteConfig) -> dict[str, Any]:
         data["table"] = dict(settings.table)
     if settings.users_group:
         data["users_group"] = settings.users_group
+    runs_root = config.wes.root(config.storage.data_roots)
+    if runs_root is not None:  # WES engines start through the helper too, as the run's user
+        data["runs_root"] = str(runs_root)
+        data["engine_python"] = sys.executable
     parse_config(data)  # what the helper will accept
     return data
 

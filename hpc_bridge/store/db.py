@@ -6,7 +6,9 @@ WSGI worker threads and the daemon thread; WAL lets readers run beside the daemo
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -90,7 +92,35 @@ def _v5(db: sqlite_utils.Database) -> None:
     db["tasks"].create_index(["pack_id"])
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(db: sqlite_utils.Database) -> None:
+    """The Unix user a run's engine (and its tasks) runs as (NULL: the job user of service mode),
+    and the digest of the run credential its current engine holds (NULL: no engine)."""
+    db["runs"].add_column("run_as", str)
+    db["runs"].add_column("engine_token", str)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6}
+
+
+DB_MODE = 0o600
+
+
+def _private(path: Path) -> None:
+    """The database decides which Unix user each job runs as: only the service may read or write
+    it. SQLite gives the -wal and -shm files the database file's mode, so that file is made 0600
+    before SQLite ever opens it, and an older, wider one (ours) is narrowed."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, DB_MODE))
+    except FileExistsError:
+        pass
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.stat(name, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~DB_MODE:
+            os.chmod(name, DB_MODE)
 
 
 class Store:
@@ -99,6 +129,7 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
         self._local = threading.local()
         self._migrate()
         from hpc_bridge.store.tasks import TaskStore

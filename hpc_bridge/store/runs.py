@@ -40,6 +40,8 @@ class RunRow:
     exit_code: int | None
     outputs: dict[str, Any] | None
     system_logs: list[str]
+    run_as: str | None = None
+    engine_token: str | None = None
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> RunRow:
@@ -79,7 +81,8 @@ class RunStore:
         return self._store.db["runs"]
 
     def create(self, *, id: str, owner: str, request: dict[str, Any], tags: dict[str, str],
-               run_dir: str, workflow: str, max_active: int | None = None) -> RunRow:
+               run_dir: str, workflow: str, run_as: str | None = None,
+               max_active: int | None = None) -> RunRow:
         """`max_active` is checked in the insert's own write transaction (no race between two
         submissions of one owner)."""
         stamp = now_iso()
@@ -93,7 +96,7 @@ class RunStore:
             db["runs"].insert({
                 "id": id, "owner": owner, "state": "QUEUED", "created_at": stamp, "updated_at": stamp,
                 "request": json.dumps(request), "tags": json.dumps(tags), "run_dir": run_dir,
-                "workflow": workflow,
+                "workflow": workflow, "run_as": run_as,
             })
             db["run_events"].insert({"run_id": id, "time": stamp, "state": "QUEUED",
                                      "message": "created"})

@@ -7,7 +7,9 @@ from flask.typing import ResponseReturnValue
 
 from hpc_bridge import __version__
 from hpc_bridge.auth.context import (
+    check_run_may_create,
     current_identity,
+    current_run,
     current_run_as,
     owner_filter,
     public,
@@ -37,7 +39,9 @@ def create_task() -> ResponseReturnValue:
     body = request.get_json(silent=True)
     if body is None:
         raise BadRequest("body: a JSON tesTask is required (Content-Type: application/json)")
-    task_id = _service().create(body, current_identity().owner, run_as=current_run_as())
+    check_run_may_create()
+    task_id = _service().create(body, current_identity().owner, run_as=current_run_as(),
+                                run_id=current_run())
     return jsonify(CreateTaskResponse(id=task_id).to_json())
 
 
@@ -52,15 +56,17 @@ def list_tasks() -> ResponseReturnValue:
         state=request.args.get("state") or None,
         tag_keys=request.args.getlist("tag_key"),
         tag_values=request.args.getlist("tag_value"),
+        run_id=current_run(),
     ))
 
 
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str) -> ResponseReturnValue:
-    return jsonify(_service().get(task_id, owner_filter(), parse_view(request.args.get("view"))))
+    return jsonify(_service().get(task_id, owner_filter(), parse_view(request.args.get("view")),
+                                  run_id=current_run()))
 
 
 @bp.post("/tasks/<task_id>:cancel")
 def cancel_task(task_id: str) -> ResponseReturnValue:
-    _service().cancel(task_id, owner_filter())
+    _service().cancel(task_id, owner_filter(), run_id=current_run())
     return jsonify({})

@@ -22,6 +22,7 @@ from hpc_bridge.tes.models import FileType, State, Task, View, apply_view
 DEFAULT_PAGE_SIZE = 256
 MAX_PAGE_SIZE = 2047
 SERVER_FIELDS = ("id", "state", "logs", "creation_time")
+RUN_TAG = "wes_run_id"  # the workflow run a task belongs to (set from the engine's credential)
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -48,9 +49,10 @@ class TaskService:
         self._on_change = on_change
         self.schemes = Schemes(config)
 
-    def create(self, body: Any, owner: str, *, run_as: str | None = None) -> str:
+    def create(self, body: Any, owner: str, *, run_as: str | None = None, run_id: str | None = None) -> str:
         """Validate, plan (with the owner's limits) and record a task; `run_as` is the Unix user
-        its job runs as (None: the service account)."""
+        its job runs as (None: the service account); `run_id` the workflow run it belongs to
+        (its engine's credential: the run tag is the service's to set, not the engine's)."""
         if not isinstance(body, dict):
             raise BadRequest("body: must be a JSON object (a tesTask)")
         try:  # JSON may carry lone surrogates (\ud800), which no file or argv can hold
@@ -72,6 +74,8 @@ class TaskService:
             raise BadRequest(str(exc)) from None
         for item, resolved in zip(task.inputs or [], plan.input_types, strict=True):
             item.type = FileType(resolved)
+        if run_id is not None:
+            task.tags = {**(task.tags or {}), RUN_TAG: run_id}
         document = task.model_dump(mode="json", exclude_none=True, exclude=set(SERVER_FIELDS))
         try:
             self._store.tasks.create(id=task_id, owner=owner, name=task.name, task=document,
@@ -83,12 +87,12 @@ class TaskService:
         self._on_change()
         return task_id
 
-    def get(self, task_id: str, owner: str | None, view: View) -> dict[str, Any]:
-        return apply_view(self.document(self._row(task_id, owner)), view)
+    def get(self, task_id: str, owner: str | None, view: View, *, run_id: str | None = None) -> dict[str, Any]:
+        return apply_view(self.document(self._row(task_id, owner, run_id)), view)
 
     def list(self, owner: str | None, *, view: View, page_size: int | None, page_token: str | None,
              name_prefix: str | None, state: str | None, tag_keys: list[str],
-             tag_values: list[str]) -> dict[str, Any]:
+             tag_values: list[str], run_id: str | None = None) -> dict[str, Any]:
         size = DEFAULT_PAGE_SIZE if page_size is None else page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise BadRequest(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
@@ -101,6 +105,8 @@ class TaskService:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         tags = tuple(zip_longest(tag_keys, tag_values, fillvalue=""))
+        if run_id is not None:
+            tags = (*tags, (RUN_TAG, run_id))
         rows = self._store.tasks.list(TaskFilter(owner=owner, name_prefix=name_prefix, state=state,
                                                  tags=tags), before_seq=before, limit=size + 1)
         result: dict[str, Any] = {"tasks": [apply_view(self.document(r), view) for r in rows[:size]]}
@@ -108,14 +114,14 @@ class TaskService:
             result["next_page_token"] = encode_token(rows[size - 1].seq)
         return result
 
-    def cancel(self, task_id: str, owner: str | None) -> None:
-        row = self._row(task_id, owner)
+    def cancel(self, task_id: str, owner: str | None, *, run_id: str | None = None) -> None:
+        row = self._row(task_id, owner, run_id)
         self._store.tasks.request_cancel(row.id, final_states=[s.value for s in State if s.terminal])
         self._on_change()
 
-    def _row(self, task_id: str, owner: str | None) -> TaskRow:
+    def _row(self, task_id: str, owner: str | None, run_id: str | None = None) -> TaskRow:
         row = self._store.tasks.get(task_id, owner)
-        if row is None:
+        if row is None or (run_id is not None and row.tags.get(RUN_TAG) != run_id):
             raise NotFound(f"task {task_id!r} not found")
         return row
 

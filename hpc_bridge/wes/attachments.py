@@ -66,7 +66,7 @@ class Attachments:
         self.total = 0
 
     def create(self) -> None:
-        os.mkdir(self.root, 0o755)
+        os.mkdir(self.root, 0o750)
 
     @contextmanager
     def _dir(self, parts: list[str], create: bool) -> Iterator[int]:
@@ -75,7 +75,7 @@ class Attachments:
             for part in parts:
                 if create:
                     try:
-                        os.mkdir(part, 0o755, dir_fd=fd)
+                        os.mkdir(part, 0o750, dir_fd=fd)
                     except FileExistsError:
                         pass
                 try:
@@ -97,7 +97,7 @@ class Attachments:
         with self._dir(parents, create=True) as dfd:
             try:
                 fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o644, dir_fd=dfd)
+                             0o640, dir_fd=dfd)
             except FileExistsError:
                 raise AttachmentError(f"workflow_attachment {name!r}: given twice (or also used as "
                                       "a directory)") from None

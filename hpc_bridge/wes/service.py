@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from hpc_bridge.config import SiteConfig
+from hpc_bridge.cwl.fetch import FetchPolicy
 from hpc_bridge.errors import BadRequest, NotFound, ServiceError, TooManyRequests
 from hpc_bridge.staging import http
 from hpc_bridge.staging.schemes import FileScheme, SchemeError, Schemes
@@ -34,6 +35,7 @@ from hpc_bridge.store.runs import (
     encode_token,
 )
 from hpc_bridge.wes.attachments import AttachmentError, Attachments, open_beneath
+from hpc_bridge.wes.rundir import engine_launch_refusal
 from hpc_bridge.wes.models import (
     CWL_VERSIONS,
     ENGINE,
@@ -162,25 +164,28 @@ class RunService:
         if self.root is None:
             raise ServiceUnavailable("workflow runs are not available: this site has no data root "
                                      "(storage.data_roots) to hold them")
+        refused = engine_launch_refusal(self._config, run_as)
+        if refused:
+            raise ServiceUnavailable(f"workflow runs are not available here: {refused}")
         run_id = str(uuid.uuid4())
         run_dir = self.root / run_id
         self._make_root()
-        os.mkdir(run_dir, 0o755)
+        os.mkdir(run_dir, 0o700)  # the service's until the engine starts, then the run user's
         try:
             attachments = Attachments(run_dir / "attachments")
             attachments.create()
             self._attach(attachments, submission.attachments)
             workflow = self._workflow(request.workflow_url, attachments, run_dir)
             params = self._resolve_params(request.workflow_params, attachments)
-            self._check(workflow, params)
+            self._check(workflow, params, run_dir)
             engine_request = {"run_id": run_id, "owner": owner, "workflow": workflow, "params": params,
-                              "engine_parameters": request.workflow_engine_parameters}
-            if run_as is not None:
-                engine_request["run_as"] = run_as
+                              "engine_parameters": request.workflow_engine_parameters,
+                              "fetch_policy": FetchPolicy.for_run(self._config, run_dir).to_json(),
+                              "apptainer": self._config.apptainer.model_dump(mode="json")}
             self._write_request(run_dir, engine_request)
             try:
                 self.runs.create(id=run_id, owner=owner, request=request.to_json(), tags=request.tags,
-                                 run_dir=str(run_dir), workflow=workflow,
+                                 run_dir=str(run_dir), workflow=workflow, run_as=run_as,
                                  max_active=self._config.limits.for_owner(owner).max_active_tasks)
             except ActiveRunsLimit as exc:
                 raise TooManyRequests(f"you already have {exc.limit} active workflow runs, the maximum "
@@ -299,7 +304,7 @@ class RunService:
         if name in (".", "..") or not name.replace(".", "").replace("-", "").replace("_", "").isalnum():
             name = "workflow.cwl"
         remote = run_dir / "remote"
-        remote.mkdir(mode=0o755)
+        remote.mkdir(mode=0o750)
         settings = settings.model_copy(update={
             "timeout": min(settings.timeout, self._settings.https_timeout),
             "max_bytes": min(settings.max_bytes, self._settings.max_attachment_bytes)})
@@ -307,7 +312,7 @@ class RunService:
             http.download(base, remote / name, settings)
         except http.DownloadError as exc:
             raise BadRequest(f"workflow_url: {exc}") from None
-        os.chmod(remote / name, 0o644)
+        os.chmod(remote / name, 0o640)
         return (remote / name).as_uri()
 
     def _resolve_params(self, params: dict[str, Any], attachments: Attachments) -> dict[str, Any]:
@@ -367,22 +372,24 @@ class RunService:
             return None
         return attachments.by_suffix(path, directory=directory)
 
-    @staticmethod
-    def _check(workflow: str, params: dict[str, Any]) -> None:
+    def _check(self, workflow: str, params: dict[str, Any], run_dir: Path) -> None:
         """cwltool loads and validates the workflow and the job object now, so a broken one is a
-        400 with cwltool's own message rather than a run that fails later."""
+        400 with cwltool's own message rather than a run that fails later. Everything the
+        documents name is read under the run's FetchPolicy (its own directories and the data
+        roots, http(s) by the address policy), here in the service's account."""
         try:
+            from hpc_bridge.cwl.fetch import FetchPolicy
             from hpc_bridge.cwl.validate import InvalidWorkflow, validate_workflow
         except ImportError as exc:
             raise ServiceUnavailable(f"the CWL engine is not available here ({exc})") from None
         try:
-            validate_workflow(workflow, params=params)
+            validate_workflow(workflow, params=params, policy=FetchPolicy.for_run(self._config, run_dir))
         except InvalidWorkflow as exc:
             raise BadRequest(str(exc) or "invalid workflow") from None
 
     @staticmethod
     def _write_request(run_dir: Path, request: dict[str, Any]) -> None:
-        fd = os.open(run_dir / "request.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(run_dir / "request.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
         with os.fdopen(fd, "w") as out:
             json.dump(request, out, indent=1)
             out.flush()

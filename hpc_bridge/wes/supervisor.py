@@ -1,27 +1,35 @@
 """The WES supervisor: one thread of `hpc-bridge serve` (only where the daemon lock is held, so one
 per database) that runs each workflow run's engine process and keeps the run's state.
 
-- QUEUED runs get an engine (`python -m hpc_bridge.cwl --config C --run-dir D`), at most
-  `wes.max_parallel_runs` at once, oldest first; the run goes INITIALIZING, then RUNNING once the
-  engine has created its first TES task.
+- QUEUED runs get an engine, at most `wes.max_parallel_runs` at once, oldest first; the run goes
+  INITIALIZING, then RUNNING once the engine has created its first TES task.
+- An engine is its user's code (CWL expressions run in it): it runs as the run's Unix user (the
+  root helper starts it in the per-user modes; the service drops to the job user itself when it
+  runs as root),
+  in the run directory, which is handed to that user first. It gets the local TES URL and a run
+  credential minted for this launch (auth/runtoken.py) on stdin; it has no database access and
+  makes its tasks over the TES API.
 - The engine's exit code is the run's verdict: 0 COMPLETE (outputs from `outputs.json`),
   3 EXECUTOR_ERROR, 4 SYSTEM_ERROR, 5 CANCELED; a signal or any other code is a SYSTEM_ERROR. The
   end of the engine's stderr goes into the run's system logs when it failed.
-- Cancel: the API marks the run CANCELING; the supervisor sends the engine SIGTERM (it cancels its
-  own tasks), cancels every live TES task of the run through TaskService (the daemon scancels
-  their jobs), SIGKILLs an engine that outlives `wes.cancel_grace`, and makes the run CANCELED once
-  the engine has exited and none of its tasks is still live or CANCELING.
-- Engines die with the service (PR_SET_PDEATHSIG, SIGKILL: not SIGTERM, which would cancel their
-  tasks). A run left INITIALIZING/RUNNING by a previous service process gets a new engine, which
-  reuses the steps that completed; an engine of that process that somehow survived (same pid and
-  start time) is killed first, so two engines never drive one run.
+- Cancel: the API marks the run CANCELING (its credential can then create no task); the
+  supervisor sends the engine SIGTERM (it cancels its own tasks), cancels every live TES task of
+  the run through TaskService (the daemon scancels their jobs), SIGKILLs an engine that outlives
+  `wes.cancel_grace`, and makes the run CANCELED once the engine has exited and none of its tasks
+  is still live or CANCELING. A final run's credential is void.
+- Engines stop when the service process that started them is gone (they watch its pid and start
+  time). A run left INITIALIZING/RUNNING by a previous service process gets a new engine with a
+  new credential, which voids the old one, so two engines never drive one run; the new engine
+  reuses the steps that completed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -32,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpc_bridge.auth import runtoken
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import NotFound
 from hpc_bridge.store import Store
@@ -39,24 +48,20 @@ from hpc_bridge.store.runs import RunRow, RunStore
 from hpc_bridge.store.tasks import ACTIVE_STATES, LIVE_STATES, now_iso
 from hpc_bridge.tes.service import TaskService
 from hpc_bridge.wes.attachments import open_beneath
+from hpc_bridge.wes.rundir import engine_launch_refusal, hand_over_run_dir
 
 log = logging.getLogger(__name__)
 
 EXIT_STATES = {0: "COMPLETE", 3: "EXECUTOR_ERROR", 4: "SYSTEM_ERROR", 5: "CANCELED"}
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4096
-# Runs between the engine's exec and the engine: dies with its parent (the supervisor thread) and
-# refuses to start if that parent is already gone. argv: parent pid, then the engine's argv.
-_LAUNCHER = """\
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-except (OSError, AttributeError):
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(4)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
+ENGINE_MODULE = ["-I", "-m", "hpc_bridge.cwl"]
+# The engine's whole environment when the service starts it itself (the helper sets its own).
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class LaunchRefused(Exception):
+    """This run's engine cannot be started as a user other than root and the service account."""
 
 
 def process_start(pid: int) -> str | None:
@@ -78,16 +83,34 @@ class _Engine:
     killed: bool = False
 
 
+@dataclass(frozen=True)
+class EngineCommand:
+    """How one engine starts: its argv and, when the service (root) drops to the run's user
+    itself, that user's ids (Popen sets them in the child before exec: no runuser in between,
+    so SIGTERM and the engine's exit code go straight between it and the supervisor)."""
+
+    argv: list[str]
+    user: int | None = None
+    group: int | None = None
+    extra_groups: tuple[int, ...] | None = None
+
+
+Launcher = Callable[[RunRow], EngineCommand]
+
+
 class Supervisor:
-    def __init__(self, config: SiteConfig, store: Store, tasks: TaskService, *, config_path: Path,
-                 engine_argv: Sequence[str] | None = None,
+    """`tes_url` is where the engines reach this service's TES API (loopback); `launcher` gives the
+    argv that starts a run's engine as the run's user (tests replace it with a fake engine)."""
+
+    def __init__(self, config: SiteConfig, store: Store, tasks: TaskService, *, tes_url: str,
+                 launcher: Launcher | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._settings = config.wes
         self.runs = RunStore(store)
         self._tasks = tasks
-        self._config_path = Path(config_path).resolve()
-        self._engine_argv = list(engine_argv or [sys.executable, "-m", "hpc_bridge.cwl"])
+        self._tes_url = tes_url
+        self._launcher = launcher or self.engine_argv
         self._clock = clock
         self._engines: dict[str, _Engine] = {}
         self._wake = threading.Event()
@@ -142,57 +165,62 @@ class Supervisor:
             return
         self._kill_stale(row)
         run_dir = Path(row.run_dir)
-        if not (run_dir / "request.json").is_file():
+        if not (run_dir / "request.json").exists():
             self._end(row, "SYSTEM_ERROR", f"the run directory {run_dir} or its request.json is gone")
             return
+        token = runtoken.mint(row.id)
         try:
-            out = self._open_log(run_dir, "stdout.log")
-            err = self._open_log(run_dir, "stderr.log")
-        except OSError as exc:
-            self._end(row, "SYSTEM_ERROR", f"cannot open the run's log files: {exc}")
+            command = self._launcher(row)
+        except (LaunchRefused, OSError, KeyError) as exc:
+            self._end(row, "SYSTEM_ERROR", f"cannot start the engine: {exc}")
             return
+        # The new credential is stored before the engine starts: an older engine's is void now.
+        state = "INITIALIZING" if row.state == "QUEUED" else row.state
+        self.runs.update(row.id, state=state, engine_token=token.digest, launches=row.launches + 1,
+                         start_time=row.start_time or now_iso())
+        launch = {"tes_url": self._tes_url, "token": token.bearer, "service_pid": os.getpid(),
+                  "service_start": process_start(os.getpid()), "relaunch": bool(row.launches)}
         try:
-            if row.launches:
-                os.write(err, f"--- hpc-bridge: service restarted, engine started again "
-                              f"({now_iso()}) ---\n".encode())
-            argv = [*self._engine_argv, "--config", str(self._config_path), "--run-dir", str(run_dir)]
             proc = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self._resolve(argv)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=run_dir, close_fds=True,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                command.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                cwd=run_dir, close_fds=True, start_new_session=True, env=self._engine_env(),
+                user=command.user, group=command.group, extra_groups=command.extra_groups)
         except OSError as exc:
             self._end(row, "SYSTEM_ERROR", f"cannot start the engine: {exc}")
             return
-        finally:
-            os.close(out)
-            os.close(err)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(launch).encode() + b"\n")
+            proc.stdin.close()
+        except OSError:
+            pass  # it died at once: reaped with its stderr next round
         self._engines[row.id] = _Engine(proc)
-        state = "INITIALIZING" if row.state == "QUEUED" else row.state
         what = "started" if not row.launches else "started again after a service restart"
-        self.runs.update(row.id, state=state, engine_pid=proc.pid, engine_start=process_start(proc.pid),
-                         launches=row.launches + 1, start_time=row.start_time or now_iso(),
+        self.runs.update(row.id, engine_pid=proc.pid, engine_start=process_start(proc.pid),
                          message=f"engine {what} (pid {proc.pid})")
         log.info("run %s: engine %s (pid %d)", row.id, what, proc.pid)
 
-    @staticmethod
-    def _resolve(argv: list[str]) -> list[str]:
-        """execv needs a path: look the program up on PATH as Popen would."""
-        if os.sep not in argv[0]:
-            import shutil
+    def engine_argv(self, row: RunRow) -> EngineCommand:
+        """How the run's engine starts as the run's own Unix user, never as root or the service
+        account: through the root helper in the per-user modes (it hands the run directory over
+        and drops privileges), as the job user when the service runs as root."""
+        if row.run_as is not None:
+            settings = self._config.run_as
+            return EngineCommand([str(settings.sudo), "-n", str(settings.helper), row.id])
+        refused = engine_launch_refusal(self._config, None)
+        user = self._config.slurm.submit_as
+        if refused or not user:
+            raise LaunchRefused(refused or "no job user")
+        entry = pwd.getpwnam(user)
+        if entry.pw_uid == 0:
+            raise LaunchRefused(f"slurm.submit_as {user!r} is root")
+        hand_over_run_dir(Path(row.run_dir), entry)
+        return EngineCommand([sys.executable, *ENGINE_MODULE], user=entry.pw_uid, group=entry.pw_gid,
+                             extra_groups=tuple(os.getgrouplist(user, entry.pw_gid)))
 
-            found = shutil.which(argv[0])
-            if found:
-                argv = [found, *argv[1:]]
-        return argv
-
     @staticmethod
-    def _open_log(run_dir: Path, name: str) -> int:
-        dfd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                           0o644, dir_fd=dfd)
-        finally:
-            os.close(dfd)
+    def _engine_env() -> dict[str, str]:
+        return {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
 
     def _kill_stale(self, row: RunRow) -> None:
         """Kill an engine of an earlier service process still driving this run (its pid with the
@@ -208,7 +236,10 @@ class Supervisor:
         except ProcessLookupError:
             return
         except PermissionError:
-            os.kill(row.engine_pid, signal.SIGKILL)
+            try:
+                os.kill(row.engine_pid, signal.SIGKILL)
+            except PermissionError:
+                return  # not ours to kill; its credential died when this launch minted a new one
         deadline = self._clock() + 10
         while process_start(row.engine_pid) == row.engine_start and self._clock() < deadline:
             time.sleep(0.05)
@@ -221,10 +252,27 @@ class Supervisor:
             if code is None:
                 continue
             del self._engines[run_id]
+            early = self._launch_errors(engine.proc)
             row = self.runs.get(run_id)
             if row is None:
                 continue
+            if early:
+                self.runs.add_system_log(run_id, "the engine's launcher said:\n" + early)
             self._finish(row, code)
+
+    @staticmethod
+    def _launch_errors(proc: subprocess.Popen[bytes]) -> str:
+        """What the launcher (sudo, the helper) or the engine said before the engine
+        took its output into the run's own log files."""
+        if proc.stderr is None:
+            return ""
+        os.set_blocking(proc.stderr.fileno(), False)
+        try:
+            data = proc.stderr.read(STDERR_TAIL_BYTES) or b""
+        except OSError:
+            data = b""
+        proc.stderr.close()
+        return data.decode(errors="replace").strip()
 
     def _finish(self, row: RunRow, code: int) -> None:
         how = (f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
@@ -251,8 +299,8 @@ class Supervisor:
         its tasks behind)."""
         for line in logs:
             self.runs.add_system_log(row.id, line)
-        self.runs.update(row.id, state=state, end_time=now_iso(), engine_pid=None, message=logs[0]
-                         if logs else None, **fields)
+        self.runs.update(row.id, state=state, end_time=now_iso(), engine_pid=None, engine_token=None,
+                         message=logs[0] if logs else None, **fields)
         self._cancel_tasks(row.id)
         log.info("run %s: %s", row.id, state)
 
@@ -315,15 +363,21 @@ class Supervisor:
             if self.runs.tasks(row.id, states=ACTIVE_STATES, limit=1):
                 continue  # the daemon is still taking their jobs out of Slurm
             self.runs.update(row.id, state="CANCELED", end_time=now_iso(), engine_pid=None,
+                             engine_token=None,
                              message="canceled: the engine and every task of the run have stopped")
             log.info("run %s: CANCELED", row.id)
 
     @staticmethod
     def _signal(engine: _Engine, sig: signal.Signals, group: bool = False) -> None:
+        """To the engine, or to sudo (which passes SIGTERM on to it); a group kill may not reach
+        an engine of another user, whose credential then dies with the run."""
         try:
             if group:
                 os.killpg(engine.proc.pid, sig)
             else:
+                engine.proc.send_signal(sig)
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 engine.proc.send_signal(sig)
         except ProcessLookupError:
             pass

@@ -1,5 +1,6 @@
-"""The CWL engine on the real cluster: `python -m hpc_bridge.cwl` creates TES tasks in the database of
-a running `hpc-bridge serve`, whose daemon runs them as Slurm jobs in Apptainer.
+"""The CWL engine on the real cluster: `python -I -m hpc_bridge.cwl`, started as the job user with a
+run credential as the WES supervisor starts it, creates TES tasks over the API of a running
+`hpc-bridge serve`, whose daemon runs them as Slurm jobs in Apptainer.
 
 A two-step workflow with a scatter of three produces the right outputs (all three scatter jobs are
 in Slurm before any of them ends); a failing tool ends the run with exit code 3 and its task
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -22,8 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from hpc_bridge.auth import runtoken
 from hpc_bridge.config import SiteConfig, load_config
+from hpc_bridge.cwl.fetch import FetchPolicy
 from hpc_bridge.store import Store, TaskFilter, TaskRow
+from hpc_bridge.store.runs import RunStore
+from hpc_bridge.wes.rundir import hand_over_run_dir
+
+from .conftest import ServerProcess
 
 SHOUT = """cwlVersion: v1.2
 class: CommandLineTool
@@ -111,10 +119,12 @@ SLOW_JOIN = JOIN.replace("baseCommand: cat", "baseCommand: [sh, -c, 'sleep 6; ca
 @pytest.fixture()
 def run_dirs(dev_config: SiteConfig) -> Iterator[Callable[[], Path]]:
     made: list[Path] = []
+    root = dev_config.wes.root(dev_config.storage.data_roots)
 
     def make() -> Path:
-        path = dev_config.storage.data_roots[0] / "runs" / f"it-cwl-{uuid.uuid4().hex[:12]}"
-        path.mkdir(parents=True)
+        root.mkdir(mode=0o711, exist_ok=True)
+        path = root / str(uuid.uuid4())
+        path.mkdir(mode=0o700)
         made.append(path)
         return path
 
@@ -123,24 +133,42 @@ def run_dirs(dev_config: SiteConfig) -> Iterator[Callable[[], Path]]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def write_run(run_dir: Path, files: dict[str, str], main: str, params: dict) -> None:
+def write_run(server: ServerProcess, run_dir: Path, files: dict[str, str], main: str, params: dict) -> None:
+    """The run as the WES API records it: its row (RUNNING) and request.json."""
+    config = load_config(server.config_path)
     for name, text in files.items():
         (run_dir / name).write_text(text)
     (run_dir / "prefix.txt").write_text("P\n")
     params = {**params, "prefix": {"class": "File", "location": (run_dir / "prefix.txt").as_uri()}}
     (run_dir / "request.json").write_text(json.dumps({
         "run_id": run_dir.name, "owner": "local", "workflow": str(run_dir / main), "params": params,
-        "engine_parameters": {}}))
+        "engine_parameters": {}, "fetch_policy": FetchPolicy.for_run(config, run_dir).to_json(),
+        "apptainer": config.apptainer.model_dump(mode="json")}))
+    runs = RunStore(Store(config.database))
+    runs.create(id=run_dir.name, owner="local", request={}, tags={}, run_dir=str(run_dir),
+                workflow=str(run_dir / main))
+    runs.update(run_dir.name, state="RUNNING")
 
 
-def engine(config_path: Path, run_dir: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "hpc_bridge.cwl", "--config", str(config_path),
-                             "--run-dir", str(run_dir)], stderr=subprocess.PIPE)
+def engine(server: ServerProcess, run_dir: Path) -> subprocess.Popen[bytes]:
+    """What the supervisor does: a new credential, the run dir to the job user, the engine as it."""
+    config = load_config(server.config_path)
+    token = runtoken.mint(run_dir.name)
+    RunStore(Store(config.database)).update(run_dir.name, engine_token=token.digest)
+    assert config.slurm.submit_as is not None
+    hand_over_run_dir(run_dir, pwd.getpwnam(config.slurm.submit_as))
+    user = pwd.getpwnam(config.slurm.submit_as)
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "hpc_bridge.cwl"], cwd=run_dir, stdin=subprocess.PIPE,
+                            start_new_session=True, user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({"tes_url": server.url, "token": token.bearer}).encode())
+    proc.stdin.close()
+    return proc
 
 
-def finish(proc: subprocess.Popen[bytes], timeout: float = 180) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=timeout)
-    return proc.returncode, err.decode(errors="replace")
+def finish(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 180) -> tuple[int, str]:
+    proc.wait(timeout=timeout)
+    return proc.returncode, (run_dir / "stderr.log").read_text(errors="replace")
 
 
 def run_tasks(config_path: Path, run_id: str) -> list[TaskRow]:
@@ -151,9 +179,9 @@ def run_tasks(config_path: Path, run_id: str) -> list[TaskRow]:
 def test_scatter_workflow_runs_through_slurm(server_factory, run_dirs) -> None:
     server = server_factory()
     run_dir = run_dirs()
-    write_run(run_dir, {"wf.cwl": WORKFLOW, "shout.cwl": SHOUT, "join.cwl": JOIN}, "wf.cwl",
+    write_run(server, run_dir, {"wf.cwl": WORKFLOW, "shout.cwl": SHOUT, "join.cwl": JOIN}, "wf.cwl",
               {"words": ["alpha", "beta", "gamma"], "pause": 3})
-    code, err = finish(engine(server.config_path, run_dir))
+    code, err = finish(engine(server, run_dir), run_dir)
     assert code == 0, err
 
     outputs = json.loads((run_dir / "outputs.json").read_text())
@@ -175,8 +203,8 @@ def test_scatter_workflow_runs_through_slurm(server_factory, run_dirs) -> None:
 def test_failing_tool_is_an_executor_error(server_factory, run_dirs) -> None:
     server = server_factory()
     run_dir = run_dirs()
-    write_run(run_dir, {"fail.cwl": FAIL}, "fail.cwl", {})
-    code, err = finish(engine(server.config_path, run_dir))
+    write_run(server, run_dir, {"fail.cwl": FAIL}, "fail.cwl", {})
+    code, err = finish(engine(server, run_dir), run_dir)
     assert code == 3, err
     assert "exited with status: 7" in err and "about to fail" in err
     assert not (run_dir / "outputs.json").exists()
@@ -196,19 +224,19 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 def test_a_killed_engine_resumes_without_running_finished_steps_again(server_factory, run_dirs) -> None:
     server = server_factory()
     run_dir = run_dirs()
-    write_run(run_dir, {"wf.cwl": TWO_STEPS, "shout.cwl": SHOUT, "join.cwl": SLOW_JOIN}, "wf.cwl", {})
+    write_run(server, run_dir, {"wf.cwl": TWO_STEPS, "shout.cwl": SHOUT, "join.cwl": SLOW_JOIN}, "wf.cwl", {})
 
     def step_states() -> dict[str, str]:
         return {t.tags["cwl_step"]: t.state for t in run_tasks(server.config_path, run_dir.name)}
 
-    first = engine(server.config_path, run_dir)
+    first = engine(server, run_dir)
     _wait_for(lambda: step_states().get("first") == "COMPLETE" and "second" in step_states(), 120,
               "the first step to complete and the second to start")
-    first.send_signal(signal.SIGKILL)  # no clean-up at all, as when the daemon's host goes down
+    os.killpg(first.pid, signal.SIGKILL)  # no clean-up at all, as when the daemon's host goes down
     first.wait(10)
     before = {t.tags["cwl_step"]: t for t in run_tasks(server.config_path, run_dir.name)}
 
-    code, err = finish(engine(server.config_path, run_dir))
+    code, err = finish(engine(server, run_dir), run_dir)
     assert code == 0, err
     assert f"reusing completed TES task {before['first'].id}" in err
     assert f"adopting TES task {before['second'].id}" in err or \
@@ -224,12 +252,12 @@ def test_a_killed_engine_resumes_without_running_finished_steps_again(server_fac
 def test_sigterm_cancels_the_runs_tasks(server_factory, run_dirs) -> None:
     server = server_factory()
     run_dir = run_dirs()
-    write_run(run_dir, {"wf.cwl": WORKFLOW, "shout.cwl": SHOUT, "join.cwl": JOIN}, "wf.cwl",
+    write_run(server, run_dir, {"wf.cwl": WORKFLOW, "shout.cwl": SHOUT, "join.cwl": JOIN}, "wf.cwl",
               {"words": ["a", "b"], "pause": 120})
-    proc = engine(server.config_path, run_dir)
+    proc = engine(server, run_dir)
     _wait_for(lambda: len(run_tasks(server.config_path, run_dir.name)) == 2, 60, "the scatter's tasks")
     proc.send_signal(signal.SIGTERM)
-    code, err = finish(proc, timeout=30)
+    code, err = finish(proc, run_dir, timeout=30)
     assert code == 5, err
     assert "2 live TES task(s) cancelled" in err
     _wait_for(lambda: all(t.state == "CANCELED" for t in run_tasks(server.config_path, run_dir.name)),

@@ -180,23 +180,3 @@ def test_docker_images_run_their_entrypoint_like_docker_run() -> None:
     tool = plan(run(entrypoint=True, command=["-c", "echo moo"])).body["executors"][0]
     assert tool["command"] == ["env", f"HOME={OUT}", "/.singularity.d/runscript", "-c", "echo moo"]
     assert tool["env"]["SINGULARITY_NO_EVAL"] == "1"
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
-def test_take_back_makes_task_outputs_the_engines_with_read_access_for_the_job_group(tmp_path: Path) -> None:
-    from hpc_bridge.cwl.state import EngineState
-
-    out = tmp_path / "out"
-    (out / "sub").mkdir(parents=True)
-    (out / "sub" / "f").write_text("x")
-    (out / "tool").write_text("#!/bin/sh\n")
-    os.chmod(out / "tool", 0o700)
-    (out / "link").symlink_to("/etc/passwd")
-    for p in (out, out / "sub", out / "sub" / "f", out / "tool"):
-        os.chown(p, 4321, 4321)
-    state = EngineState(None, tmp_path / "work", default_image="x", job_user=(4321, 4322))  # type: ignore[arg-type]
-    state.take_back(str(out))
-    assert not os.path.lexists(out / "link")
-    for p, mode in ((out, 0o750), (out / "sub", 0o750), (out / "sub" / "f", 0o640), (out / "tool", 0o750)):
-        st = os.lstat(p)
-        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 4322, mode), p

@@ -76,7 +76,7 @@ class FakeValidator:
         class InvalidWorkflow(Exception):
             pass
 
-        def validate_workflow(workflow: str, *, params: dict | None = None) -> None:
+        def validate_workflow(workflow: str, *, params: dict | None = None, **_: object) -> None:
             self.calls.append((workflow, params or {}))
             path = workflow.removeprefix("file://").partition("#")[0]
             if "BROKEN" in Path(path).read_text():
@@ -204,11 +204,18 @@ def test_submission_with_attachments(client: FlaskClient, store: Store, data_roo
     request = json.loads((run_dir / "request.json").read_text())
     workflow = (run_dir / "attachments" / "tool.cwl").as_uri()
     reads = (run_dir / "attachments" / "data" / "reads.txt").as_uri()
+    policy, apptainer = request.pop("fetch_policy"), request.pop("apptainer")
     assert request == {"run_id": run_id, "owner": "https://idp.example.org#alice", "workflow": workflow,
                        "params": {"reads": {"class": "File", "location": reads}},
                        "engine_parameters": {"max_parallel": "2"}}
+    assert apptainer["registry_mirrors"] == {"docker.io": "127.0.0.1:5000"}  # the site's image settings
+    assert policy is not None  # what the documents may name: tests/unit/test_cwl_fetch.py
     assert validator.calls == [(workflow, request["params"])]
     assert oct((data_root / "runs").stat().st_mode & 0o777) == "0o711"
+    # The run's files are the service's until its engine starts (then its user's): nobody else's.
+    assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
+    for path in (run_dir / "request.json", run_dir / "attachments", run_dir / "attachments" / "tool.cwl"):
+        assert path.stat().st_mode & 0o007 == 0, path
 
     log = client.checked("get", f"{BASE}/runs/{run_id}").get_json()
     assert log["state"] == "QUEUED" and log["run_id"] == run_id

@@ -35,7 +35,9 @@ def test_files_are_written_once_inside_and_capped(tmp_path: Path) -> None:
     att.create()
     assert att.add("a/b.txt", io.BytesIO(b"12345"), max_bytes=10, max_total=12) == 5
     assert (tmp_path / "att" / "a" / "b.txt").read_bytes() == b"12345"
-    assert oct((tmp_path / "att" / "a" / "b.txt").stat().st_mode & 0o777) == "0o644"
+    # private: the service's, then the run user's and the service group's (the root helper)
+    assert oct((tmp_path / "att" / "a" / "b.txt").stat().st_mode & 0o777) == "0o640"
+    assert oct((tmp_path / "att" / "a").stat().st_mode & 0o777) == "0o750"
     with pytest.raises(AttachmentError, match="twice"):
         att.add("a/b.txt", io.BytesIO(b"x"), max_bytes=10, max_total=12)
     with pytest.raises(AttachmentError, match="10 bytes"):

@@ -1,5 +1,6 @@
 """The WES supervisor with a fake engine process (a small script honouring the engine contract:
---config/--run-dir, request.json in, outputs.json out, exit codes 0/3/4/5, SIGTERM cancels).
+run dir as cwd, the launch JSON on stdin, its own stdout.log/stderr.log, request.json in,
+outputs.json out, exit codes 0/3/4/5, SIGTERM cancels).
 No Slurm: the TES tasks of a run are rows a test creates and finishes itself, as the daemon would."""
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ from typing import Any
 
 import pytest
 
+from hpc_bridge.auth import runtoken
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunStore
 from hpc_bridge.tes.service import TaskService
-from hpc_bridge.wes.supervisor import Supervisor, process_start
+from hpc_bridge.wes.supervisor import EngineCommand, Supervisor, process_start
 
 FAKE_ENGINE = textwrap.dedent("""\
     import json, os, signal, sys, time
-    args = sys.argv[1:]
-    run_dir = args[args.index("--run-dir") + 1]
-    params = json.load(open(os.path.join(run_dir, "request.json")))["params"]
+    launch = json.loads(sys.stdin.read())
+    for fd, name in ((1, "stdout.log"), (2, "stderr.log")):
+        os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640), fd)
+    if launch.get("relaunch"):
+        print("engine: started again after a service restart", file=sys.stderr, flush=True)
+    params = json.load(open("request.json"))["params"]
     behaviour = params.get("behaviour", "complete")
 
     def term(*_):
@@ -38,11 +43,11 @@ FAKE_ENGINE = textwrap.dedent("""\
             sys.exit(5)
 
     signal.signal(signal.SIGTERM, term)
-    with open(os.path.join(run_dir, "engine.json"), "w") as f:
-        json.dump({"argv": args, "pid": os.getpid(), "cwd": os.getcwd()}, f)
+    with open("engine.json", "w") as f:
+        json.dump({"argv": sys.argv[1:], "pid": os.getpid(), "cwd": os.getcwd(), "launch": launch}, f)
     print("engine: started", file=sys.stderr, flush=True)
     if behaviour == "complete":
-        with open(os.path.join(run_dir, "outputs.json"), "w") as f:
+        with open("outputs.json", "w") as f:
             json.dump({"out": {"class": "File", "location": "file:///data/out.txt"}}, f)
         sys.exit(0)
     if behaviour == "exit":
@@ -54,6 +59,9 @@ FAKE_ENGINE = textwrap.dedent("""\
         sys.exit(0)
     if behaviour == "killed":
         os.kill(os.getpid(), signal.SIGKILL)
+    if behaviour == "launcher_refused":
+        os.dup2(os.open("/dev/null", os.O_WRONLY), 2)
+        sys.exit(2)
     while True:
         time.sleep(0.02)
 """)
@@ -86,8 +94,8 @@ def make_supervisor(config: SiteConfig, store: Store, engine: list[str], tmp_pat
 
     def make(**wes: Any) -> Supervisor:
         cfg = config.model_copy(update={"wes": config.wes.model_copy(update=wes)}) if wes else config
-        sup = Supervisor(cfg, store, TaskService(store, cfg), config_path=tmp_path / "site.yaml",
-                         engine_argv=engine)
+        sup = Supervisor(cfg, store, TaskService(store, cfg), tes_url="http://tes.test",
+                         launcher=lambda row: EngineCommand(engine))
         made.append(sup)
         return sup
 
@@ -142,10 +150,16 @@ def test_a_run_completes_with_its_outputs(supervisor: Supervisor, store: Store, 
     assert row.outputs == {"out": {"class": "File", "location": "file:///data/out.txt"}}
     assert row.exit_code == 0 and row.end_time and row.engine_pid is None
     seen = json.loads((Path(row.run_dir) / "engine.json").read_text())
-    assert seen["argv"] == ["--config", str(tmp_path / "site.yaml"), "--run-dir", row.run_dir]
-    assert seen["cwd"] == row.run_dir
+    assert seen["argv"] == [] and seen["cwd"] == row.run_dir  # nothing of the run in argv
+    launch = seen["launch"]
+    assert launch["tes_url"] == "http://tes.test" and launch["service_pid"] == os.getpid()
+    assert launch["service_start"] == process_start(os.getpid()) and not launch["relaunch"]
+    token = runtoken.parse(launch["token"])
+    assert token.run_id == run_id
+    assert row.engine_token is None  # the credential died with the run
     assert (Path(row.run_dir) / "stderr.log").read_text() == "engine: started\n"
-    assert [e["state"] for e in RunStore(store).events(run_id)] == ["QUEUED", "INITIALIZING", "COMPLETE"]
+    states = [e["state"] for e in RunStore(store).events(run_id)]
+    assert [s for i, s in enumerate(states) if not i or states[i - 1] != s] == ["QUEUED", "INITIALIZING", "COMPLETE"]
 
 
 @pytest.mark.parametrize(("params", "final", "log"), [
@@ -230,21 +244,54 @@ def test_a_queued_run_is_canceled_without_an_engine(supervisor: Supervisor, stor
     assert RunStore(store).get(run_id).launches == 0
 
 
-def test_engines_die_with_the_thread_that_started_them(supervisor: Supervisor, store: Store,
-                                                       config: SiteConfig) -> None:
-    """PR_SET_PDEATHSIG: a service that dies takes its engines along (SIGKILL, so they do not
-    cancel their tasks); the next service process re-launches the runs."""
+def test_a_running_engine_holds_the_one_valid_credential(supervisor: Supervisor, store: Store,
+                                                         config: SiteConfig) -> None:
     run_id = new_run(store, config, behaviour="sleep")
-    started = Path(RunStore(store).get(run_id).run_dir) / "engine.json"
+    engine_json = Path(RunStore(store).get(run_id).run_dir) / "engine.json"
+    until(supervisor, engine_json.exists)
+    token = runtoken.parse(json.loads(engine_json.read_text())["launch"]["token"])
+    assert runtoken.matches(token, RunStore(store).get(run_id).engine_token)
 
-    def start_then_die() -> None:  # the engine must be running (past its prctl) first
-        until(supervisor, started.exists)
 
-    thread = threading.Thread(target=start_then_die)
-    thread.start()
-    thread.join()
-    proc = supervisor.engines[run_id]
-    assert proc.wait(10) == -signal.SIGKILL
+def test_engines_stop_when_the_service_is_gone(tmp_path: Path) -> None:
+    """The engine watches the pid and start time of the service that started it."""
+    service = subprocess.Popen(["sleep", "60"])
+    code = ("import sys, time\n"
+            "from hpc_bridge.cwl.engine import _watch_service\n"
+            f"_watch_service({service.pid}, {process_start(service.pid)!r})\n"
+            "time.sleep(30)\nsys.exit(0)\n")
+    engine = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(1.0)
+    assert engine.poll() is None
+    service.kill()
+    service.wait()
+    assert engine.wait(10) == 4  # EXIT_SYSTEM_ERROR, long before its 30 s sleep
+
+
+def test_what_the_launcher_says_reaches_the_system_logs(make_supervisor, store: Store,
+                                                        config: SiteConfig, tmp_path: Path) -> None:
+    script = tmp_path / "refusing_launcher.py"
+    script.write_text("import sys\nprint('submit-as: refused: Unix user bob is not in hpcbusers', "
+                      "file=sys.stderr)\nsys.exit(2)\n")
+    sup = Supervisor(config, store, TaskService(store, config), tes_url="http://tes.test",
+                     launcher=lambda row: EngineCommand([sys.executable, str(script)]))
+    run_id = new_run(store, config)
+    try:
+        until(sup, lambda: state(store, run_id) == "SYSTEM_ERROR")
+    finally:
+        sup.shutdown()
+    logs = RunStore(store).get(run_id).system_logs
+    assert any("refused: Unix user bob" in line for line in logs), logs
+
+
+def test_without_a_user_to_run_as_no_engine_starts(store: Store, config: SiteConfig) -> None:
+    unmapped = config.model_copy(update={"slurm": config.slurm.model_copy(update={"submit_as": None})})
+    sup = Supervisor(unmapped, store, TaskService(store, unmapped), tes_url="http://tes.test")
+    run_id = new_run(store, config)
+    sup.tick()
+    row = RunStore(store).get(run_id)
+    assert row.state == "SYSTEM_ERROR" and row.launches == 0
+    assert any("never as the service account" in line for line in row.system_logs)
 
 
 def test_a_restarted_service_relaunches_running_runs_and_kills_leftovers(
@@ -253,7 +300,9 @@ def test_a_restarted_service_relaunches_running_runs_and_kills_leftovers(
     run_id = new_run(store, config, behaviour="sleep")
     run_dir = runs.get(run_id).run_dir
     # An engine a previous service process started, still alive (no PDEATHSIG here).
-    leftover = subprocess.Popen([*engine, "--config", "x", "--run-dir", run_dir], start_new_session=True)
+    leftover = subprocess.Popen(engine, cwd=run_dir, stdin=subprocess.PIPE, start_new_session=True)
+    leftover.stdin.write(b'{"tes_url": "x", "token": "y"}')
+    leftover.stdin.close()
     runs.update(run_id, state="RUNNING", engine_pid=leftover.pid, engine_start=process_start(leftover.pid),
                 launches=1, start_time="2026-01-01T00:00:00.000000Z")
     sup = make_supervisor()
@@ -264,7 +313,7 @@ def test_a_restarted_service_relaunches_running_runs_and_kills_leftovers(
     assert row.state == "RUNNING" and row.launches == 2 and row.start_time.startswith("2026-01-01")
     until(sup, lambda: (Path(run_dir) / "engine.json").exists()
           and json.loads((Path(run_dir) / "engine.json").read_text())["pid"] == row.engine_pid)
-    assert "service restarted" in (Path(run_dir) / "stderr.log").read_text()
+    assert "started again after a service restart" in (Path(run_dir) / "stderr.log").read_text()
 
 
 def test_a_recycled_pid_is_not_killed(make_supervisor, store: Store, config: SiteConfig) -> None:
