@@ -16,6 +16,7 @@ than a failed task.
 from __future__ import annotations
 
 import functools
+import io
 import ipaddress
 import os
 import re
@@ -40,7 +41,7 @@ from urllib3.util.ssl_match_hostname import CertificateError
 from hpc_bridge import __version__
 from hpc_bridge.config import HttpInputSettings
 
-__all__ = ["MAX_URL_LENGTH", "DownloadError", "check_url", "download", "is_allowed_address"]
+__all__ = ["MAX_URL_LENGTH", "DownloadError", "check_url", "download", "fetch", "is_allowed_address"]
 
 MAX_URL_LENGTH = 8192
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -596,6 +597,26 @@ def download(url: str, dest: Path, settings: HttpInputSettings) -> int:
         return size
     except (_Failure, ValueError) as exc:  # ValueError: a malformed allowed_networks entry
         raise DownloadError(f"cannot download {shown}: {exc}") from None
+
+
+def fetch(url: str, settings: HttpInputSettings) -> bytes:
+    """The body of `url` in memory, for documents the service reads itself (a CWL `run:` or
+    `$include`) rather than a task input: the same address policy, pinning, redirects, size cap
+    and total timeout as `download`. Raises DownloadError."""
+    if not settings.enabled:
+        raise DownloadError(f"cannot fetch {_display(url)}: http(s) is disabled on this service")
+    body = io.BytesIO()
+    try:
+        with _Watchdog(settings.timeout) as watchdog:
+            conn, response = _open(url, settings, watchdog)
+            try:
+                _copy(response, body, settings, watchdog)
+            finally:
+                watchdog.watch(None)
+                conn.close()
+    except (_Failure, ValueError) as exc:  # ValueError: a malformed allowed_networks entry
+        raise DownloadError(f"cannot fetch {_display(url)}: {exc}") from None
+    return body.getvalue()
 
 
 def _fsync_dir(path: Path) -> None:

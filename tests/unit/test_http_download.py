@@ -636,3 +636,20 @@ def test_temporary_files_are_private(server: LocalServer, work: Path, monkeypatc
     download(server.url("/file"), work / "f", settings())
     assert seen == [(str(work), 0o600)]
 
+
+
+def test_fetch_into_memory_has_the_same_policy_and_caps(server: LocalServer) -> None:
+    """http.fetch (CWL documents the service reads itself): the body as sent, or DownloadError."""
+    assert http.fetch(server.url("/chain/2"), settings()) == PAYLOAD
+    with pytest.raises(DownloadError, match="not a public address"):
+        http.fetch(server.url("/file"), settings(allowed_networks=[]))
+    with pytest.raises(DownloadError, match="larger than the limit of 1000 bytes"):
+        http.fetch(server.url("/chunked?n=5000"), settings(max_bytes=1000))
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="timed out after 0.5 s"):
+        http.fetch(server.url("/hang?s=3"), settings(timeout=0.5))
+    assert time.monotonic() - started < 2.5
+    with pytest.raises(DownloadError, match="disabled"):
+        http.fetch(server.url("/file"), settings(enabled=False))
+    # The chain's three hops, the oversized body and the hang; none for the refused or disabled ones.
+    assert len(server.requests) == 5
