@@ -1,25 +1,60 @@
 # make run   set up .venv, bring up the dev cluster (unless the machine has its own Slurm), serve
 # make test  the same set-up, then the whole test suite (unit + integration on real Slurm/Apptainer)
 # make conformance  the same set-up, then the whole CWL v1.2 conformance suite through WES (~20 min)
+# make lock  resolve pyproject.toml again (newest versions on PyPI) into requirements.lock; then run `make test`
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
+# Every install comes from the lock: exact versions with their hashes (pip itself and the build backend too).
+LOCK := requirements.lock
+LOCK_PYTHON := 3.11
+LOCK_VENV := .venv-lock
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_ARGS ?= --upgrade
 SITE_CONFIG ?= site_config/dev.yaml
 PYTEST_ARGS ?=
 FUZZ_EXAMPLES ?= 25
 CONFORMANCE_JOBS ?= 3
 
-.PHONY: run test unit conformance venv cluster clean
+.PHONY: run test unit conformance venv lock cluster clean
 
 venv: $(STAMP)
 
-# Reinstalls only when the project's metadata changes; a second `make test` installs nothing.
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+# The lock's Python: its markers and wheels were resolved for it.
+check_python = $(1) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(LOCK_PYTHON)".split("."))))' \
+	|| { echo "[make] $(LOCK) is for Python $(LOCK_PYTHON); $(1) is $$($(1) -V)" >&2; exit 1; }
+
+# Reinstalls only when the lock or the project's metadata changes; a second `make test` installs nothing.
+# First the lock's pip (by the venv's bundled one), then every package of the lock with hash checking and
+# no resolving, then the project itself, built by the lock's hatchling. An existing .venv is updated in
+# place (`make clean venv` for one that holds the lock's packages and nothing else).
+$(STAMP): $(LOCK) pyproject.toml
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	@$(call check_python,$(VENV)/bin/python)
+	$(VENV)/bin/python -m pip install --quiet --require-hashes --no-deps \
+		-r <(awk '/^pip==/ {p = 1} p {print} p && !/\\$$/ {exit}' $(LOCK))
+	$(VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/python -m pip check
 	touch $@
+
+# A fresh resolve against PyPI alone (this machine's pip configuration, extra indexes and find-links are
+# left out, so the lock does not depend on the machine), with hashes of every file of each pinned version.
+# pip-tools lives in its own venv, never in the project's. `make lock LOCK_ARGS=` keeps the current pins
+# and only adds what pyproject.toml newly asks for. A changed lock must pass the whole suite (`make test`).
+lock: $(LOCK_VENV)/.installed-$(subst ==,-,$(PIP_TOOLS))
+	env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+		CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet $(LOCK_ARGS) \
+		--generate-hashes --allow-unsafe --strip-extras --extra test --build-deps-for editable \
+		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+$(LOCK_VENV)/.installed-$(subst ==,-,$(PIP_TOOLS)):
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	@$(call check_python,$(LOCK_VENV)/bin/python)
+	$(LOCK_VENV)/bin/python -m pip install --quiet '$(PIP_TOOLS)'
+	touch '$@'
 
 cluster:
 	@if [ "$$(id -u)" -eq 0 ]; then dev/cluster ensure; \
@@ -41,4 +76,4 @@ unit: venv
 	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) var .pytest_cache
