@@ -3,7 +3,9 @@
 # make conformance  the same set-up, then the whole CWL v1.2 conformance suite through WES (~20 min)
 # make lock  resolve pyproject.toml again (newest versions on PyPI) into requirements.lock; then run `make test`
 SHELL := /bin/bash
-PYTHON ?= python3
+# The system's Python, which every user can run: WES engines and the per-user service run from this
+# venv as other Unix users (a Python under /root, e.g. pyenv's, is unreadable to them).
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 # Every install comes from the lock: exact versions with their hashes (pip itself and the build backend too).
@@ -30,6 +32,9 @@ check_python = $(1) -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(i
 # no resolving, then the project itself, built by the lock's hatchling. An existing .venv is updated in
 # place (`make clean venv` for one that holds the lock's packages and nothing else).
 $(STAMP): $(LOCK) pyproject.toml
+	@base() { "$$1" -c 'import sys; print(sys.base_prefix)'; }; \
+	if [ -x $(VENV)/bin/python ] && [ "$$(base $(VENV)/bin/python)" != "$$(base $(PYTHON))" ]; then \
+		echo "[make] $(VENV) was made from another Python than $(PYTHON): making it again"; rm -rf $(VENV); fi
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@$(call check_python,$(VENV)/bin/python)
 	$(VENV)/bin/python -m pip install --quiet --require-hashes --no-deps \

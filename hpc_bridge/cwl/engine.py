@@ -15,6 +15,7 @@ cancelled).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -132,6 +133,8 @@ def run(run_dir: Path, launch: dict[str, Any]) -> int:
         return EXIT_EXECUTOR_ERROR
     work = run_dir / ".cwl"
     work.mkdir(exist_ok=True)
+    # cwltool reads its own job order (and step outputs) from the engine's work area.
+    policy = dataclasses.replace(policy, roots=(*policy.roots, str(work)))
     client = RunClient(launch["tes_url"], launch["token"])
     runner = TaskRunner(client, run_id=request["run_id"], on_revoked=lambda: os._exit(EXIT_SYSTEM_ERROR))
     state = EngineState(runner, work, default_image=default_image(params),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from hpc_bridge.config import SiteConfig
@@ -317,3 +318,59 @@ def test_an_ended_tasks_work_area_is_removed_as_its_user(runas: RunAs) -> None:
     assert not (runas.work_root / ".status" / task_id).exists()
     assert task["logs"][0]["logs"][0]["stdout"] == "done\n"  # the logs stay in the store
 
+
+
+ENGINE_UID = """cwlVersion: v1.2
+class: Workflow
+requirements:
+  InlineJavascriptRequirement: {}
+inputs: []
+outputs:
+  engine_uid: {type: int, outputSource: engine/uid}
+  step_uid: {type: File, outputSource: step/uid}
+steps:
+  engine:
+    run:
+      class: ExpressionTool
+      inputs: []
+      outputs: {uid: int}
+      expression: '${ return {"uid": Function("return this")().constructor.constructor("return process")().getuid()}; }'
+    in: []
+    out: [uid]
+  step:
+    run:
+      class: CommandLineTool
+      requirements:
+        DockerRequirement: {dockerPull: busybox}
+      baseCommand: [sh, -c, "id -u > uid.txt"]
+      inputs: []
+      outputs: {uid: {type: File, outputBinding: {glob: uid.txt}}}
+    in: []
+    out: [uid]
+"""
+
+
+def test_a_workflow_engine_runs_as_the_mapped_user_through_the_helper(runas: RunAs) -> None:
+    """WES in a per-user mode: the helper hands the run dir to alice and starts the engine as her;
+    its JavaScript and its steps run with her uid; the service reads logs and outputs by group."""
+    if not runas.helper.get("runs_root"):
+        pytest.fail(f"{HELPER_CONFIG} has no runs_root/engine_python: run `dev/cluster install`")
+    alice, service = pwd.getpwnam("alice"), pwd.getpwnam(SERVICE)
+    server = runas.start()
+    response = requests.post(f"{server.url}/ga4gh/wes/v1/runs", timeout=60,
+                             data={"workflow_type": "CWL", "workflow_type_version": "v1.2", "workflow_url": "wf.cwl"},
+                             files=[("workflow_attachment", ("wf.cwl", ENGINE_UID.encode()))])
+    assert response.status_code == 200, response.text
+    run_id = response.json()["run_id"]
+    deadline = time.monotonic() + 180
+    while (run := requests.get(f"{server.url}/ga4gh/wes/v1/runs/{run_id}", timeout=10).json())["state"] not in TERMINAL:
+        assert time.monotonic() < deadline, run
+        time.sleep(0.5)
+    assert run["state"] == "COMPLETE", (run["run_log"], server.log.read_text()[-3000:])
+    assert run["outputs"]["engine_uid"] == alice.pw_uid
+    step_uid = Path(run["outputs"]["step_uid"]["location"].removeprefix("file://"))
+    assert int(step_uid.read_text()) == alice.pw_uid
+    run_dir = Path(runas.helper["runs_root"]) / run_id
+    st = os.stat(run_dir)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (alice.pw_uid, service.pw_gid, 0o2750)
+    assert as_user("bob", "ls", str(run_dir)).returncode != 0

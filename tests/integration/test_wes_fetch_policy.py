@@ -19,8 +19,6 @@ import requests
 from .conftest import ServerProcess
 from .test_wes import WES, post, wait_state
 
-pytestmark = pytest.mark.integration
-
 CANARY = "CANARY-4f1c9a-NEVER-SHOWN"
 TOOL = """cwlVersion: v1.2
 class: CommandLineTool
@@ -78,10 +76,10 @@ def workflow_running(step: str) -> str:
 def test_documents_outside_the_attachments_are_400s_naming_the_field(server: ServerProcess, secret: Path) -> None:
     refused(server, {"wf.cwl": workflow_running(secret.as_uri())}, "run", str(secret))
     refused(server, {"wf.cwl": TOOL.replace("inputs: {}", f"inputs:\n  $import: {secret.as_uri()}")},
-            "$import", str(secret))
+            "inputs", str(secret))
     refused(server, {"wf.cwl": TOOL.replace("inputs: {}", "inputs:\n  x:\n    type: string\n"
                                             f"    default: {{$include: {secret.as_uri()}}}")},
-            "$include", str(secret))
+            "default", str(secret))
     refused(server, {"wf.cwl": TOOL + f"$schemas: [{secret.as_uri()}]\n"}, "$schemas", str(secret))
 
 
@@ -96,7 +94,7 @@ def test_local_addresses_are_refused_for_includes_defaults_and_inputs(
     sock, accepted = listener
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/x"
     include = TOOL.replace("inputs: {}", f"inputs:\n  x: {{type: string, default: {{$include: {url}}}}}")
-    refused(server, {"wf.cwl": include}, "$include", url)
+    refused(server, {"wf.cwl": include}, "default", url)
     default = TOOL.replace("inputs: {}", f"inputs:\n  ref: {{type: File, default: {{class: File, location: {url}}}}}")
     refused(server, {"wf.cwl": default}, "default", url)
     param = TOOL.replace("inputs: {}", "inputs:\n  ref: File")
