@@ -255,7 +255,7 @@ def test_the_sudo_rule_allows_only_the_service_account_and_one_task_id(runas: Ru
     _store_as_service()  # an empty database where the helper looks
     unknown = str(uuid.uuid4())
     allowed = run_helper(unknown)  # sudo lets it through; the helper finds no such task
-    assert allowed.returncode == 2 and f"submit-as: refused: no task {unknown}" in allowed.stderr, allowed
+    assert allowed.returncode == 2 and f"submit-as: refused: no task or run {unknown}" in allowed.stderr, allowed
     for argv, user in [(["not-a-uuid"], SERVICE), ([unknown.upper()], SERVICE), ([unknown, unknown], SERVICE),
                        ([unknown + "\n"], SERVICE), ([unknown], "alice"), ([unknown], "hpcb")]:
         refused = run_helper(argv[0], user, *argv[1:])

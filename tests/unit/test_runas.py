@@ -192,6 +192,8 @@ def _config_data(**changes: object) -> dict:
     ({"table": {}}, "needs a table"),
     ({"service_user": "-x"}, "service_user"),
     ({"work_retention_hours": -1}, "work_retention_hours"),
+    ({"engine_python": "python3"}, "engine_python must be a plain absolute path"),
+    ({"runs_root": "/data/my runs"}, "runs_root must be a plain absolute path"),
 ])
 def test_helper_config_is_checked_strictly(changes: dict, message: str) -> None:
     with pytest.raises(Refused, match=re.escape(message)):
@@ -366,6 +368,29 @@ def test_the_helper_is_stdlib_only_and_runs_under_python3_isolated() -> None:
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
+def test_a_run_due_for_an_engine_starts_one_and_nothing_else_does() -> None:
+    run = helper.RunState(id=TASK, owner="local", state="RUNNING", run_as="alice", run_dir=f"/runs/{TASK}")
+    assert decide(run) == "engine"
+    assert decide(helper.RunState(**{**run.__dict__, "state": "INITIALIZING"})) == "engine"
+    assert authorize(run, _cfg(), **LOOKUPS).pw_name == "alice"  # the same user checks as for tasks
+    for state in ("QUEUED", "CANCELING", "COMPLETE", "SYSTEM_ERROR"):
+        with pytest.raises(Refused, match="not due to start"):
+            decide(helper.RunState(**{**run.__dict__, "state": state}))
+    with pytest.raises(Refused, match="does not map owner"):
+        authorize(helper.RunState(**{**run.__dict__, "run_as": "bob"}), _cfg(), **LOOKUPS)
+
+
+def test_the_engine_action_needs_its_own_configuration_and_path(tmp_path: Path) -> None:
+    run = helper.RunState(id=TASK, owner="local", state="RUNNING", run_as="alice",
+                          run_dir=str(tmp_path / "runs" / TASK))
+    user = SimpleNamespace(pw_uid=2000, pw_gid=2000, pw_name="alice")
+    with pytest.raises(Refused, match="not enabled"):
+        helper.start_engine(_cfg(), run, user, user)
+    cfg = _cfg(runs_root="/elsewhere/runs", engine_python="/usr/bin/python3")
+    with pytest.raises(Refused, match="is not /elsewhere/runs/"):  # never a path the row names
+        helper.start_engine(cfg, run, user, user)
+
+
 def test_install_derives_the_helper_files_from_the_site_config(dev_config: SiteConfig) -> None:
     from hpc_bridge.runas import install
 
@@ -373,6 +398,8 @@ def test_install_derives_the_helper_files_from_the_site_config(dev_config: SiteC
     data = install.helper_config(config)
     assert parse_config(data).table == {"local": "alice"}
     assert data["work_root"] == str(dev_config.storage.work_root) and os.path.isabs(data["sbatch"])
+    assert data["runs_root"] == str(dev_config.storage.data_roots[0] / "runs")
+    assert data["engine_python"] == sys.executable
     source = install.helper_source(Path("/opt/site/helper.json"))
     assert 'CONFIG_PATH = "/opt/site/helper.json"\n' in source and source.count("CONFIG_PATH = ") == 1
     rule = install.sudoers_rule(config)
