@@ -52,6 +52,8 @@ CONTAINER_OUTDIR = "/var/spool/cwl"
 CONTAINER_TMPDIR = "/tmp"
 CONTAINER_STAGEDIR = "/var/lib/cwl"
 ENGINE_PARAMETERS = {"default_container": str, "on_error": str, "max_parallel": int}
+# Seconds one JavaScript expression may run (an endless loop in a user's expression ends the job).
+JS_TIMEOUT = 60
 LOG_MODE = 0o640
 MAX_LAUNCH_BYTES = 64 * 1024
 
@@ -117,6 +119,7 @@ def _cwltool_args(workflow: str, job_file: Path, run_dir: Path, work: Path, para
     argv = ["--outdir", str(run_dir / "outputs"), "--basedir", str(run_dir),
             "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
             "--write-summary", str(work / "summary.json"), "--disable-color",
+            "--eval-timeout", str(JS_TIMEOUT),
             "--on-error", params.get("on_error", "stop"), workflow, str(job_file)]
     return cwlmain.arg_parser().parse_args(argv)
 
