@@ -139,7 +139,8 @@ def run(run_dir: Path, launch: dict[str, Any]) -> int:
     # cwltool reads its own job order (and step outputs) from the engine's work area.
     policy = dataclasses.replace(policy, roots=(*policy.roots, str(work)))
     client = RunClient(launch["tes_url"], launch["token"])
-    runner = TaskRunner(client, run_id=request["run_id"], on_revoked=lambda: os._exit(EXIT_SYSTEM_ERROR))
+    runner = TaskRunner(client, run_id=request["run_id"], reuse=bool(launch.get("relaunch")),
+                        on_revoked=lambda: os._exit(EXIT_SYSTEM_ERROR))
     state = EngineState(runner, work, default_image=default_image(params),
                         apptainer=ApptainerSettings.model_validate(request.get("apptainer") or {}))
     _on_sigterm(runner)

@@ -61,9 +61,11 @@ class _Watch:
 
 
 class TaskRunner:
-    def __init__(self, client: RunClient, *, run_id: str, poll_interval: float = 0.5,
+    def __init__(self, client: RunClient, *, run_id: str, poll_interval: float = 0.5, reuse: bool = True,
                  on_revoked: Callable[[], None] | None = None) -> None:
-        self.client, self.run_id = client, run_id
+        """`reuse`: an earlier engine of the run may have left tasks (a relaunch); a first engine
+        skips the lookup for each job."""
+        self.client, self.run_id, self.reuse = client, run_id, reuse
         self.poll_interval = poll_interval
         self.on_revoked = on_revoked
         self._lock = threading.Lock()
@@ -82,6 +84,8 @@ class TaskRunner:
     def find_reusable(self, key: str) -> RemoteTask | None:
         """A task of an earlier engine process with this key: COMPLETE with its outputs on disk,
         or still live. Each is used once per process (two identical jobs get two tasks)."""
+        if not self.reuse:
+            return None
         found = self.client.list(tags={"wes_run_id": self.run_id, "cwl_job_key": key}, view="FULL")
         with self._lock:
             for row in found:

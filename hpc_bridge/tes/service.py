@@ -84,7 +84,11 @@ class TaskService:
         except ActiveLimitReached as exc:
             raise TooManyRequests(f"you already have {exc.limit} active tasks, the maximum here: "
                                   "wait for some to finish or cancel them") from None
-        self._on_change()
+        if run_id is None:
+            # A workflow engine creates a scatter's tasks in a burst: the daemon's next cycle (its
+            # min_interval poll) takes them together, so short ones share packs instead of each
+            # wake-up submitting the one or two that arrived so far.
+            self._on_change()
         return task_id
 
     def get(self, task_id: str, owner: str | None, view: View, *, run_id: str | None = None) -> dict[str, Any]:

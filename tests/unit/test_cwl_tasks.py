@@ -180,3 +180,12 @@ def test_tasks_created_after_the_engine_started_are_never_reused(store: Store, c
                                               run_id=RUN1)
     assert store.tasks.get(other).created_at > r.started_at
     assert r.find_reusable("k") is None
+
+
+def test_a_first_engine_of_a_run_looks_up_nothing(store: Store, config: SiteConfig, url: str) -> None:
+    live = runner(store, url).create(body(config, "a"), step="s", key="k")
+    token = runtoken.mint(RUN1)
+    RunStore(store).update(RUN1, engine_token=token.digest)
+    first = TaskRunner(RunClient(url, token.bearer, retry_seconds=0), run_id=RUN1, reuse=False)
+    assert first.find_reusable("k") is None  # no earlier attempt to reuse: no lookup per job
+    assert runner(store, url).find_reusable("k").id == live  # a relaunch adopts it

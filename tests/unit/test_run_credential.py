@@ -132,3 +132,15 @@ def test_the_store_keeps_only_the_credentials_digest(store: Store) -> None:
     secret = headers["Authorization"].rsplit(".", 1)[1]
     row = RunStore(store).get(run_id)
     assert secret not in (row.engine_token or "") and row.engine_token == runtoken.digest(secret)
+
+
+def test_an_engines_tasks_are_batched_for_the_daemon(config: SiteConfig, store: Store) -> None:
+    """A client's task wakes the daemon at once; an engine's scatter is left to the daemon's next
+    cycle, so its short tasks share packs."""
+    wakes: list[int] = []
+    client = create_app(config, store=store, on_change=lambda: wakes.append(1)).test_client()
+    _, headers = new_run(store)
+    create(client, headers)
+    assert wakes == []
+    create(client, {})
+    assert wakes == [1]
