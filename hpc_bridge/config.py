@@ -189,14 +189,38 @@ class HttpInputSettings(_Strict):
     allowed_networks: list[str] = Field(default_factory=list)
 
 
+class SharedArea(_Strict):
+    """A part of the data roots every owner's tasks may read (reference data), and write if
+    `writable`: there an output never replaces an existing file, whoever wrote it."""
+
+    path: Path
+    writable: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+
 class StorageSettings(_Strict):
     """Where tasks read and write. `data_roots` bound inputs and outputs (checked after resolving
     symlinks); `work_root` holds one private work area per task, removed `work_retention_hours`
     after the task ended (None keeps them); `file_inputs` says how `file://` inputs reach the job:
-    bind-mounted read-only (zero copy), hard-linked or copied into the work area."""
+    bind-mounted read-only (zero copy), hard-linked or copied into the work area.
+
+    File tenancy: with `owner_areas` (a path template inside a data root with `{owner}`, e.g.
+    `/data/users/{owner}`) a task reads and writes only its owner's area, the `shared_areas` and its
+    owner's WES run directories; nothing else of the data roots. Without it every task may reach
+    all of them, which a site with several users in `run_as.mode: service` (one Unix user for every
+    job) must accept in writing: `one_shared_space: true`."""
 
     work_root: Path = Path("/tmp/hpc-bridge/work")
     data_roots: list[Path] = Field(default_factory=list)
+    owner_areas: str | None = None
+    shared_areas: list[SharedArea] = Field(default_factory=list)
+    one_shared_space: bool = False
     log_tail_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
     file_inputs: Literal["bind", "hardlink", "copy"] = "bind"
     work_retention_hours: Annotated[float, Field(ge=0)] | None = 168.0
@@ -213,6 +237,17 @@ class StorageSettings(_Strict):
         """Job paths end up on #SBATCH lines, which cannot quote: only plain characters."""
         if not re.fullmatch(r"/[A-Za-z0-9_./-]+", str(value)):
             raise ValueError("must be an absolute path of letters, digits and _ . / - only")
+        return value
+
+    @field_validator("owner_areas")
+    @classmethod
+    def _owner_template(cls, value: str | None) -> str | None:
+        """Areas become bind paths: plain characters, and `{owner}` as one whole path component."""
+        if value is None:
+            return None
+        if not re.fullmatch(r"/([A-Za-z0-9_.-]+/)*\{owner\}(/[A-Za-z0-9_.-]+)*", value) or value.count("{") != 1:
+            raise ValueError("must be an absolute path with {owner} as one whole component, e.g. "
+                             "/data/users/{owner}, of letters, digits and _ . - otherwise")
         return value
 
 
@@ -257,11 +292,60 @@ class SiteConfig(_Strict):
         self.wes.check(self.storage.data_roots)
         return self
 
+    @model_validator(mode="after")
+    def _tenancy(self) -> SiteConfig:
+        """One Unix user runs every job in service mode: only owner areas keep users' files apart,
+        so several users (authentication on) without them is a choice a site must write down."""
+        storage = self.storage
+        if (storage.owner_areas is None and not storage.one_shared_space and self.auth.mode != "none"
+                and self.run_as.mode == "service"):
+            raise ValueError("storage.owner_areas is required with authentication in run_as.mode service: "
+                             "every job runs as the same Unix user, so without owner areas any user's task "
+                             "can read and overwrite any other user's files (set storage.one_shared_space: "
+                             "true to accept that)")
+        check_areas(storage, self.wes.root(storage.data_roots))
+        return self
+
     @property
     def template_search_path(self) -> list[Path]:
         """Site overrides first, then the templates shipped with the package (wheel or source tree)."""
         shipped = [PACKAGE_DIR / "slurm_templates", PACKAGE_DIR.parent / "slurm_templates"]
         return [*self.slurm.template_dirs, *(p for p in shipped if p.is_dir())]
+
+
+def owner_area_base(template: str) -> str:
+    """The directory that holds every owner's area (the template's part above `{owner}`)."""
+    return template.split("{owner}", 1)[0].rstrip("/") or "/"
+
+
+def _overlap(a: str, b: str) -> bool:
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return os.path.commonpath([a, b]) in (a, b)
+
+
+def check_areas(storage: StorageSettings, runs_root: Path | None) -> None:
+    """Areas lie inside the data roots and apart from each other: a shared area over the owners'
+    areas (or the WES runs) would hand everyone's files to everyone."""
+    def inside_data(path: str) -> bool:
+        real = os.path.realpath(path)
+        return any(os.path.commonpath([real, r]) == r for r in map(os.path.realpath, storage.data_roots))
+
+    places: dict[str, str] = {}
+    if storage.owner_areas is not None:
+        places["storage.owner_areas"] = owner_area_base(storage.owner_areas)
+    for i, area in enumerate(storage.shared_areas):
+        places[f"storage.shared_areas[{i}]"] = str(area.path)
+    for name, path in places.items():
+        if not inside_data(path):
+            raise ValueError(f"{name} ({path}) must lie inside one of storage.data_roots")
+    if runs_root is not None and storage.owner_areas is not None:
+        places["wes.runs_root"] = str(runs_root)
+    names = list(places)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if _overlap(places[first], places[second]):
+                raise ValueError(f"{first} ({places[first]}) and {second} ({places[second]}) overlap: "
+                                 "each owner's files must stay apart from the shared ones")
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:

@@ -38,6 +38,7 @@ from hpc_bridge.staging.paths import within
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.staging.workarea import WorkArea, status_dir, status_root
 from hpc_bridge.store import Store, TaskRow
+from hpc_bridge.store.runs import RunStore
 from hpc_bridge.store.tasks import iso, now_iso
 from hpc_bridge.tes.jobspec import (
     Download,
@@ -135,7 +136,7 @@ class Daemon:
         # Image pulls and downloads can take minutes: their own pool, so submissions go on meanwhile.
         self._stager = ThreadPoolExecutor(config.apptainer.pull_parallelism + 2, "hpc-bridge-stage")
         self._staging: dict[str, Future[None]] = {}
-        self.schemes = Schemes(config)
+        self.schemes = Schemes(config, RunStore(store).owner_of)
         self.images = ImageCache(config.apptainer)
         self._last_cleanup = 0.0
         self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
@@ -318,7 +319,7 @@ class Daemon:
         workdir = self.config.storage.work_root / row.id
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
-                            config=self.config, schemes=self.schemes,
+                            config=self.config, schemes=self.schemes, owner=row.owner,
                             limits=self.config.limits.for_owner(row.owner))
             if row.run_as:  # the work area will be private to the user: record and logs go apart
                 plan.script = self._with_status_dir(plan.script, row.id)

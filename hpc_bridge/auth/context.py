@@ -72,6 +72,15 @@ def current_identity() -> Identity:
     return g.identity
 
 
+def optional_owner() -> str | None:
+    """On a public view: the caller's owner if the request authenticates, else None (anonymous)."""
+    try:
+        authenticate()
+    except AuthError:
+        return None
+    return current_identity().owner
+
+
 def current_run_as() -> str | None:
     """The Unix user the caller's jobs run as (None: the service account). A caller the site's
     mapping cannot place is refused (403) before anything is created."""

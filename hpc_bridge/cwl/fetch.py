@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,17 +75,17 @@ class FetchPolicy:
     http: HttpInputSettings = field(default_factory=HttpInputSettings)
 
     @classmethod
-    def for_run(cls, config: SiteConfig, run_dir: Path) -> FetchPolicy:
-        """The run's attachments and remote document, the data roots, never the runs root; http(s)
-        as `storage.http`, with the timeout and size of a submitted document (`wes.https_timeout`,
-        `wes.max_attachment_bytes`) when those are smaller."""
-        data_roots = config.storage.data_roots
-        runs_root = config.wes.root(data_roots)
+    def for_run(cls, config: SiteConfig, run_dir: Path, readable: Sequence[str]) -> FetchPolicy:
+        """The run's attachments and remote document, what its owner may read of the data roots
+        (`readable`: their areas, or every data root without owner areas), never the runs root;
+        http(s) as `storage.http`, with the timeout and size of a submitted document
+        (`wes.https_timeout`, `wes.max_attachment_bytes`) when those are smaller."""
+        runs_root = config.wes.root(config.storage.data_roots)
         settings = config.storage.http
         capped = settings.model_copy(update={
             "timeout": min(settings.timeout, config.wes.https_timeout),
             "max_bytes": min(settings.max_bytes, config.wes.max_attachment_bytes)})
-        return cls(roots=(str(run_dir / "attachments"), str(run_dir / "remote"), *map(str, data_roots)),
+        return cls(roots=(str(run_dir / "attachments"), str(run_dir / "remote"), *readable),
                    exclude=(str(runs_root),) if runs_root is not None else (), http=capped)
 
     def to_json(self) -> dict[str, Any]:

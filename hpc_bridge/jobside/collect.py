@@ -81,9 +81,14 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class Manifest:
+    """`areas`: where this task's owner may write (within the roots); in the `keep` ones (shared
+    areas) an existing file is never replaced, since another owner may have written it."""
+
     workdir: str
     roots: tuple[str, ...]
     outputs: tuple[OutputSpec, ...]
+    areas: tuple[str, ...]
+    keep: tuple[str, ...] = ()
 
 
 def now() -> str:
@@ -112,12 +117,11 @@ def parse_manifest(data: object) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError("manifest must be a JSON object")
     workdir = _text(data, "workdir", "manifest", absolute=True)
-    roots = data.get("roots")
-    if not isinstance(roots, list) or not roots:
+    roots = _paths(data, "roots")
+    if not roots:
         raise ManifestError("manifest: 'roots' must be a non-empty list")
-    for i, root in enumerate(roots):
-        if not isinstance(root, str) or not root.startswith("/") or "\0" in root:
-            raise ManifestError(f"manifest: roots[{i}] must be an absolute path")
+    areas = _paths(data, "areas") if "areas" in data else roots
+    keep = _paths(data, "keep") if "keep" in data else []
     outputs = data.get("outputs")
     if not isinstance(outputs, list):
         raise ManifestError("manifest: 'outputs' must be a list")
@@ -141,7 +145,18 @@ def parse_manifest(data: object) -> Manifest:
             bind_host=_text(out, "bind_host", where, absolute=True),
             url=_text(out, "url", where),
             dest=_text(out, "dest", where, absolute=True)))
-    return Manifest(workdir=workdir, roots=tuple(roots), outputs=tuple(specs))
+    return Manifest(workdir=workdir, roots=tuple(roots), outputs=tuple(specs), areas=tuple(areas),
+                    keep=tuple(keep))
+
+
+def _paths(data: dict[str, Any], key: str) -> list[str]:
+    paths = data.get(key)
+    if not isinstance(paths, list):
+        raise ManifestError(f"manifest: {key!r} must be a list")
+    for i, path in enumerate(paths):
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise ManifestError(f"manifest: {key}[{i}] must be an absolute path")
+    return paths
 
 
 # --- small pure helpers ---------------------------------------------------------------------------
@@ -192,8 +207,11 @@ def _close(fd: int | None) -> None:
 class _Collector:
     """Collects one output and writes its events; `failed` tells whether anything went wrong."""
 
-    def __init__(self, spec: OutputSpec, roots: Sequence[str], workdir: str, emit: Emit) -> None:
-        self.spec, self.roots, self.workdir, self.emit = spec, roots, workdir, emit
+    def __init__(self, spec: OutputSpec, manifest: Manifest, emit: Emit) -> None:
+        self.spec, self.roots, self.workdir, self.emit = spec, manifest.roots, manifest.workdir, emit
+        self.areas = [os.path.realpath(a) for a in manifest.areas]
+        dest = os.path.realpath(spec.dest)
+        self.keep = any(_inside(dest, os.path.realpath(k)) for k in manifest.keep)
         self.bind = os.path.realpath(spec.bind_host)  # the boundary every source, and symlink target, stays in
         self.failed = False
         self.dest_dirs: set[tuple[int, int]] = set()  # (dev, ino) of directories this output created or wrote into
@@ -429,6 +447,8 @@ class _Collector:
                 break
         else:
             raise _OutputFailed(f"destination {path} is outside the allowed data roots; refused")
+        if not any(_inside(real, area) for area in self.areas):
+            raise _OutputFailed(f"destination {path} is outside the areas this task's owner may write; refused")
         rel = os.path.relpath(real, root_real)
         try:
             fd = os.open(root_real, _PATH_FLAGS)
@@ -460,7 +480,7 @@ class _Collector:
             raise _OutputFailed(f"destination {dest} has no file name")
         dst_dir = self._open_dest_dir(head)
         try:
-            size = _write(src_dir, name, dst_dir, tail, dest)
+            size = _write(src_dir, name, dst_dir, tail, dest, self.keep)
         finally:
             os.close(dst_dir)
         if size is not None:
@@ -510,7 +530,7 @@ class _Collector:
             if is_dir:
                 self._subtree(src_dir, src_name, dst, name, sub_url, path, depth + 1)
             elif is_file:
-                size = _write(src_dir, src_name, dst, name, f"of {path}")
+                size = _write(src_dir, src_name, dst, name, f"of {path}", self.keep)
                 if size is None:
                     self.warn(f"{path} is not a regular file; skipped")
                 else:
@@ -571,8 +591,9 @@ def _subdir(fd: int, name: str, what: str) -> int:
         raise _OutputFailed(f"destination {what} cannot be created: {exc.strerror}") from None
 
 
-def _write(src_dir: int | None, name: str, dst_dir: int, dst_name: str, dest: str) -> int | None:
-    """Copy one file by descriptors into a temp file renamed onto dst_name; None if not a regular file."""
+def _write(src_dir: int | None, name: str, dst_dir: int, dst_name: str, dest: str, keep: bool) -> int | None:
+    """Copy one file by descriptors into a temp file renamed onto dst_name (`keep`: linked there,
+    which fails on an existing name); None if not a regular file."""
     src = os.open(name, _FILE_FLAGS, dir_fd=src_dir)
     try:
         st = os.fstat(src)
@@ -592,7 +613,15 @@ def _write(src_dir: int | None, name: str, dst_dir: int, dst_name: str, dest: st
                 size = _copy_data(src, out)
             finally:
                 os.close(out)
-            os.replace(tmp, dst_name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
+            if not keep:
+                os.replace(tmp, dst_name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
+            else:
+                try:
+                    os.link(tmp, dst_name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+                except FileExistsError:
+                    raise _OutputFailed(f"destination {dest} exists; in a shared area an output never "
+                                        "replaces a file") from None
+                os.unlink(tmp, dir_fd=dst_dir)
         except BaseException:
             try:
                 os.unlink(tmp, dir_fd=dst_dir)
@@ -629,7 +658,7 @@ def collect(manifest: dict[str, Any] | Manifest, emit: Emit) -> bool:
     m = manifest if isinstance(manifest, Manifest) else parse_manifest(manifest)
     ok = True
     for spec in m.outputs:
-        ok = _Collector(spec, m.roots, m.workdir, emit).run() and ok
+        ok = _Collector(spec, m, emit).run() and ok
     return ok
 
 

@@ -4,7 +4,8 @@ A scheme turns an input URL into an `InputSource` (a host path to bind, link or 
 daemon downloads before submission) and an output URL into a host destination. The built-in ones
 are `file` (inside the site's data roots) and `http`/`https` (inputs only); more (`s3`, `drs`, ...)
 plug in through the `hpc_bridge.schemes` entry-point group, each entry a callable
-`(SiteConfig) -> Scheme`, without touching the core. The same list feeds service-info `storage`
+`(SiteConfig) -> Scheme`, without touching the core. Every call names the task's owner, whose
+areas (`staging.areas`) bound what a `file` URL may reach. The same list feeds service-info `storage`
 and the 400 for an unsupported URL, so the two can never disagree.
 """
 
@@ -13,12 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.staging import http
-from hpc_bridge.staging.paths import resolve_destination, resolve_inside
+from hpc_bridge.staging.areas import AreaPolicy, RunOwner
+from hpc_bridge.staging.paths import resolve_destination
 
 ENTRY_POINT_GROUP = "hpc_bridge.schemes"
 FILE, DIRECTORY = "FILE", "DIRECTORY"
@@ -46,20 +49,21 @@ class Scheme(Protocol):
         """What service-info `storage` advertises for this scheme."""
         ...
 
-    def input(self, url: str, declared_type: str | None) -> InputSource: ...
+    def input(self, url: str, declared_type: str | None, owner: str) -> InputSource: ...
 
-    def output(self, url: str) -> str:
+    def output(self, url: str, owner: str) -> str:
         """The host path an output is copied to (inside the job)."""
         ...
 
 
 class FileScheme:
-    """`file:///path` and bare absolute paths, inside the data roots only."""
+    """`file:///path` and bare absolute paths, inside the owner's areas of the data roots only."""
 
     names = ("file",)
 
-    def __init__(self, config: SiteConfig) -> None:
+    def __init__(self, config: SiteConfig, areas: AreaPolicy | None = None) -> None:
         self._roots = list(config.storage.data_roots)
+        self._areas = areas or AreaPolicy(config)
         self._how = config.storage.file_inputs
 
     def locations(self) -> list[str]:
@@ -81,14 +85,10 @@ class FileScheme:
             raise SchemeError(f"{url!r}: not an absolute path")
         return os.path.normpath(path)
 
-    def _roots_text(self) -> str:
-        return ", ".join(map(str, self._roots)) or "none configured"
-
-    def input(self, url: str, declared_type: str | None) -> InputSource:
-        path = self.host_path(url)
-        real = resolve_inside(path, self._roots)
-        if real is None:
-            raise SchemeError(f"{url!r} is outside the allowed data roots ({self._roots_text()})")
+    def input(self, url: str, declared_type: str | None, owner: str) -> InputSource:
+        real = os.path.realpath(self.host_path(url))
+        if self._areas.area_of(real, owner, write=False) is None:
+            raise SchemeError(f"{url!r} is outside {self._areas.describe(owner, write=False)}")
         if os.path.isdir(real):
             actual = DIRECTORY
         elif os.path.isfile(real):
@@ -99,11 +99,10 @@ class FileScheme:
             raise SchemeError(f"{url!r} is a {actual.lower()}, but the input says type {declared_type}")
         return InputSource(self._how, real, actual)
 
-    def output(self, url: str) -> str:
-        path = self.host_path(url)
-        real = resolve_destination(path, self._roots)
-        if real is None:
-            raise SchemeError(f"{url!r} is outside the allowed data roots ({self._roots_text()})")
+    def output(self, url: str, owner: str) -> str:
+        real = resolve_destination(self.host_path(url), self._roots)
+        if real is None or self._areas.area_of(real, owner, write=True) is None:
+            raise SchemeError(f"{url!r} is outside {self._areas.describe(owner, write=True)}")
         return real
 
 
@@ -118,7 +117,7 @@ class HttpScheme:
     def locations(self) -> list[str]:
         return ["http://", "https://"]
 
-    def input(self, url: str, declared_type: str | None) -> InputSource:
+    def input(self, url: str, declared_type: str | None, owner: str) -> InputSource:
         if declared_type == DIRECTORY:
             raise SchemeError(f"{url!r}: an http(s) input can only be a FILE")
         try:
@@ -127,13 +126,13 @@ class HttpScheme:
             raise SchemeError(str(exc)) from None
         return InputSource("download", url, FILE)
 
-    def output(self, url: str) -> str:
+    def output(self, url: str, owner: str) -> str:
         raise SchemeError(f"{url!r}: http(s) is read-only here; outputs go to file:// URLs")
 
 
-def load_schemes(config: SiteConfig) -> dict[str, Scheme]:
+def load_schemes(config: SiteConfig, areas: AreaPolicy) -> dict[str, Scheme]:
     """URL scheme name -> handler: built-ins, then plug-ins (which may replace a built-in)."""
-    handlers: list[Scheme] = [FileScheme(config)]
+    handlers: list[Scheme] = [FileScheme(config, areas)]
     if config.storage.http.enabled:
         handlers.append(HttpScheme(config))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -142,15 +141,22 @@ def load_schemes(config: SiteConfig) -> dict[str, Scheme]:
 
 
 class Schemes:
-    """The schemes of one site, looked up by URL."""
+    """The schemes of one site, looked up by URL. `run_owner` (the store's answer to "whose run is
+    this?") gives each owner their WES runs' directories; without it no run directory is reachable."""
 
-    def __init__(self, config: SiteConfig) -> None:
-        self._by_name = load_schemes(config)
+    def __init__(self, config: SiteConfig, run_owner: RunOwner | None = None) -> None:
+        self.areas = AreaPolicy(config, run_owner)
+        self._by_name = load_schemes(config, self.areas)
 
-    def locations(self) -> list[str]:
+    def locations(self, owner: str | None = None) -> list[str]:
+        """What service-info advertises: with owner areas, the caller's own and the shared ones
+        (only the shared ones to a caller without a token)."""
         seen: dict[str, None] = {}
         for handler in self._by_name.values():
-            seen.update(dict.fromkeys(handler.locations()))
+            if isinstance(handler, FileScheme) and self.areas.enabled:
+                seen.update(dict.fromkeys(Path(p).as_uri() for p in self.areas.readable(owner)))
+            else:
+                seen.update(dict.fromkeys(handler.locations()))
         return list(seen)
 
     def for_url(self, url: str) -> Scheme:

@@ -111,6 +111,11 @@ class RunStore:
         rows = list(self._table.rows_where(where, params, limit=1))
         return RunRow.from_db(rows[0]) if rows else None
 
+    def owner_of(self, run_id: str) -> str | None:
+        """Whose run this is (None: no such run): a run's directory is its owner's alone."""
+        row = self.get(run_id)
+        return row.owner if row is not None else None
+
     def list(self, owner: str | None, *, before_seq: int | None, limit: int) -> list[RunRow]:
         """Newest first, keyset-paginated on `seq`: stable while runs are added."""
         clauses, params = [], []

@@ -11,6 +11,7 @@ from hpc_bridge.auth.context import (
     current_identity,
     current_run,
     current_run_as,
+    optional_owner,
     owner_filter,
     public,
 )
@@ -30,7 +31,7 @@ def _service() -> TaskService:
 @public
 def get_service_info() -> ResponseReturnValue:
     info = ServiceInfo.for_site(current_app.config["SITE"], __version__, current_app.config["STARTED_AT"],
-                                storage=_service().schemes.locations())
+                                storage=_service().schemes.locations(optional_owner()))
     return jsonify(info.to_json())
 
 

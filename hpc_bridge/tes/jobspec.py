@@ -203,9 +203,10 @@ def _glob_base(path: str) -> str:
 
 
 def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, schemes: Schemes,
-             limits: UserLimits | None = None) -> JobPlan:
-    """`limits` are the owner's (`config.limits.for_owner`; default: the site's). The daemon plans
-    again with the same limits at submission, so both see the same time limit."""
+             owner: str, limits: UserLimits | None = None) -> JobPlan:
+    """`owner`'s areas bound the task's files; `limits` are the owner's (`config.limits.for_owner`;
+    default: the site's). The daemon plans again with the same limits at submission, so both see
+    the same time limit."""
     limits = limits or config.limits
     options, warnings, gpu = sbatch_options(task, config, limits)
     directories: list[str] = []
@@ -255,7 +256,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         if not item.url:
             raise InvalidTask(where, "an input needs a url or content")
         try:
-            source = schemes.for_url(item.url).input(item.url, item.type)
+            source = schemes.for_url(item.url).input(item.url, item.type, owner)
         except SchemeError as exc:
             raise InvalidTask(f"{where}.url", str(exc)) from None
         input_types.append(source.type)
@@ -273,7 +274,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
     for i, out in enumerate(task.outputs or []):
         where = f"outputs[{i}]"
         try:
-            dest = schemes.for_url(out.url).output(out.url)
+            dest = schemes.for_url(out.url).output(out.url, owner)
         except SchemeError as exc:
             raise InvalidTask(f"{where}.url", str(exc)) from None
         if len(dest.encode()) >= 4096 or any(len(p.encode()) > NAME_MAX for p in dest.split("/")):
@@ -355,8 +356,14 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
     collect = None
     if outputs:
         manifest = f"{workdir}/outputs.json"
+        # The job checks each destination again: inside a data root, and inside the area the
+        # owner may write (where `keep` areas never have an existing file replaced).
+        areas = {a.path: a for out in outputs
+                 if (a := schemes.areas.area_of(str(out["dest"]), owner, write=True)) is not None}
         files[manifest] = json.dumps({"workdir": workdir, "outputs": outputs,
-                                      "roots": [str(r) for r in config.storage.data_roots]})
+                                      "roots": [str(r) for r in config.storage.data_roots],
+                                      "areas": sorted(areas),
+                                      "keep": sorted(path for path, a in areas.items() if a.keep)})
         collector = f"{workdir}/collect_outputs.py"
         files[collector] = collector_source()
         collect = [str(config.storage.job_python), "-I", collector, manifest]

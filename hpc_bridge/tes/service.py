@@ -15,6 +15,7 @@ from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import BadRequest, NotFound, TooManyRequests
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store import Store, TaskFilter, TaskRow
+from hpc_bridge.store.runs import RunStore
 from hpc_bridge.store.tasks import ActiveLimitReached, decode_token, encode_token
 from hpc_bridge.tes.jobspec import InvalidTask, plan_job
 from hpc_bridge.tes.models import FileType, State, Task, View, apply_view
@@ -47,7 +48,7 @@ class TaskService:
         self._store = store
         self._config = config
         self._on_change = on_change
-        self.schemes = Schemes(config)
+        self.schemes = Schemes(config, RunStore(store).owner_of)
 
     def create(self, body: Any, owner: str, *, run_as: str | None = None, run_id: str | None = None) -> str:
         """Validate, plan (with the owner's limits) and record a task; `run_as` is the Unix user
@@ -69,7 +70,7 @@ class TaskService:
         limits = self._config.limits.for_owner(owner)
         try:  # the same planning the daemon does later, so bad values fail now, with a 400
             plan = plan_job(task, task_id=task_id, workdir=str(self._config.storage.work_root / task_id),
-                            config=self._config, schemes=self.schemes, limits=limits)
+                            config=self._config, schemes=self.schemes, owner=owner, limits=limits)
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
         for item, resolved in zip(task.inputs or [], plan.input_types, strict=True):

@@ -152,7 +152,7 @@ class RunService:
         self._config = config
         self._settings = config.wes
         self.on_change = on_change
-        self.schemes = schemes or Schemes(config)
+        self.schemes = schemes or Schemes(config, self.runs.owner_of)
         self.root = config.wes.root(config.storage.data_roots)
 
     # -- creating a run ------------------------------------------------------------------------
@@ -175,12 +175,13 @@ class RunService:
             attachments = Attachments(run_dir / "attachments")
             attachments.create()
             self._attach(attachments, submission.attachments)
-            workflow = self._workflow(request.workflow_url, attachments, run_dir)
-            params = self._resolve_params(request.workflow_params, attachments)
-            self._check(workflow, params, run_dir)
+            workflow = self._workflow(request.workflow_url, attachments, run_dir, owner)
+            params = self._resolve_params(request.workflow_params, attachments, owner)
+            policy = FetchPolicy.for_run(self._config, run_dir, self.schemes.areas.readable(owner))
+            self._check(workflow, params, policy)
             engine_request = {"run_id": run_id, "owner": owner, "workflow": workflow, "params": params,
                               "engine_parameters": request.workflow_engine_parameters,
-                              "fetch_policy": FetchPolicy.for_run(self._config, run_dir).to_json(),
+                              "fetch_policy": policy.to_json(),
                               "apptainer": self._config.apptainer.model_dump(mode="json")}
             self._write_request(run_dir, engine_request)
             try:
@@ -269,7 +270,7 @@ class RunService:
             except AttachmentError as exc:
                 raise BadRequest(str(exc)) from None
 
-    def _workflow(self, url: str, attachments: Attachments, run_dir: Path) -> str:
+    def _workflow(self, url: str, attachments: Attachments, run_dir: Path, owner: str) -> str:
         """The main document as an absolute file:// URL the engine can read (fragment kept)."""
         base, _, fragment = url.partition("#")
         suffix = f"#{fragment}" if fragment else ""
@@ -286,7 +287,7 @@ class RunService:
             return Path(real).as_uri() + suffix
         if scheme in ("", "file"):
             try:
-                source = FileScheme(self._config).input(base, "FILE")
+                source = self.schemes.for_url("file:").input(base, "FILE", owner)
             except SchemeError as exc:
                 raise BadRequest(f"workflow_url: {exc}") from None
             return Path(source.source).as_uri() + suffix
@@ -315,7 +316,7 @@ class RunService:
         os.chmod(remote / name, 0o640)
         return (remote / name).as_uri()
 
-    def _resolve_params(self, params: dict[str, Any], attachments: Attachments) -> dict[str, Any]:
+    def _resolve_params(self, params: dict[str, Any], attachments: Attachments, owner: str) -> dict[str, Any]:
         """A copy of the job object whose File/Directory locations are absolute: relative ones name
         attachments (file:// URLs into the run directory); absolute ones must be allowed by the TES
         schemes (data roots, http(s)) since the workflow's tasks will read them."""
@@ -327,12 +328,12 @@ class RunService:
                 return value
             result = {key: visit(item, f"{where}.{key}") for key, item in value.items()}
             if value.get("class") in ("File", "Directory"):
-                self._resolve_location(result, where, attachments)
+                self._resolve_location(result, where, attachments, owner)
             return result
 
         return visit(params, "")
 
-    def _resolve_location(self, obj: dict[str, Any], where: str, attachments: Attachments) -> None:
+    def _resolve_location(self, obj: dict[str, Any], where: str, attachments: Attachments, owner: str) -> None:
         cls = obj["class"]
         key = "location" if "location" in obj else "path" if "path" in obj else None
         if key is None:
@@ -354,7 +355,7 @@ class RunService:
             return
         declared = "DIRECTORY" if cls == "Directory" else "FILE"
         try:
-            self.schemes.for_url(location).input(location, declared)
+            self.schemes.for_url(location).input(location, declared, owner)
         except SchemeError as exc:
             # Not a path of this site: maybe the client's own path of a file it attached.
             name = self._client_path(location, attachments, cls == "Directory")
@@ -372,18 +373,17 @@ class RunService:
             return None
         return attachments.by_suffix(path, directory=directory)
 
-    def _check(self, workflow: str, params: dict[str, Any], run_dir: Path) -> None:
+    def _check(self, workflow: str, params: dict[str, Any], policy: FetchPolicy) -> None:
         """cwltool loads and validates the workflow and the job object now, so a broken one is a
         400 with cwltool's own message rather than a run that fails later. Everything the
-        documents name is read under the run's FetchPolicy (its own directories and the data
-        roots, http(s) by the address policy), here in the service's account."""
+        documents name is read under the run's FetchPolicy (its own directories and the owner's
+        areas of the data roots, http(s) by the address policy), here in the service's account."""
         try:
-            from hpc_bridge.cwl.fetch import FetchPolicy
             from hpc_bridge.cwl.validate import InvalidWorkflow, validate_workflow
         except ImportError as exc:
             raise ServiceUnavailable(f"the CWL engine is not available here ({exc})") from None
         try:
-            validate_workflow(workflow, params=params, policy=FetchPolicy.for_run(self._config, run_dir))
+            validate_workflow(workflow, params=params, policy=policy)
         except InvalidWorkflow as exc:
             raise BadRequest(str(exc) or "invalid workflow") from None
 

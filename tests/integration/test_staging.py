@@ -196,6 +196,30 @@ def test_symlinks_planted_by_the_task_are_not_followed_when_collecting(
         assert not (data / "r.txt").exists()
 
 
+def test_an_input_swapped_for_a_symlink_during_executor_0_does_not_reach_executor_1(
+        server: ServerProcess, data: Path, secret: Path, dev_config: SiteConfig) -> None:
+    """Each executor's `--bind` resolves the input path again, so it is checked before each one."""
+    (data / "in").mkdir()
+    (data / "in" / "secret.txt").write_text("the checked input\n")
+    resp = post(server, {"inputs": [{"url": (data / "in").as_uri(), "path": "/in", "type": "DIRECTORY"}],
+                         "executors": [sh("cat /in/secret.txt; sleep 8"), sh("cat /in/secret.txt")]})
+    assert resp.status_code == 200, resp.text
+    task_id = resp.json()["id"]
+    record = dev_config.storage.work_root / task_id / "record.jsonl"
+    deadline = time.monotonic() + 120
+    while '"executor_start","executor":0' not in (record.read_text() if record.exists() else ""):
+        assert time.monotonic() < deadline, "executor 0 did not start"
+        time.sleep(0.2)
+    os.rename(data / "in", data / "in.checked")
+    os.symlink(secret.parent, data / "in")  # the job user may read it, but it was never allowed
+    task = run_existing(server, task_id)
+    assert task["state"] == "SYSTEM_ERROR", task
+    logs = task["logs"][0]
+    assert [log["stdout"] for log in logs["logs"]] == ["the checked input\n"]  # executor 1 never ran
+    assert any("changed or vanished" in line for line in logs["system_logs"]), logs["system_logs"]
+    assert "SECRET-CANARY" not in str(task)
+
+
 def test_work_areas_are_private_and_removed_after_retention(
         server_factory: Callable[..., ServerProcess], dev_config: SiteConfig, data: Path) -> None:
     server = server_factory(storage={"work_retention_hours": 0},

@@ -3,14 +3,22 @@ and an admin; another user's task does not exist for you, whatever you try with 
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.staging.areas import owner_key
 
 from ..oidc import Issuer, claims, jwk, token
 from .conftest import ServerProcess
@@ -40,11 +48,15 @@ class User:
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return requests.request(method, self.base + path, headers=self.headers, timeout=10, **kwargs)
 
-    def create(self, script: str) -> str:
-        body = {"name": "tenancy", "executors": [{"image": "busybox", "command": ["sh", "-c", script]}]}
-        resp = self.call("POST", "/tasks", json=body)
+    def create(self, script: str, **fields: Any) -> str:
+        resp = self.post(script, **fields)
         assert resp.status_code == 200, resp.text
         return resp.json()["id"]
+
+    def post(self, script: str, **fields: Any) -> requests.Response:
+        body = {"name": "tenancy", "executors": [{"image": "busybox", "command": ["sh", "-c", script]}],
+                **fields}
+        return self.call("POST", "/tasks", json=body)
 
     def wait(self, task_id: str, states: set[str], timeout: float = 90) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -57,10 +69,30 @@ class User:
 
 
 @pytest.fixture
-def server(server_factory: Callable[..., ServerProcess], idp: Issuer) -> ServerProcess:
+def areas(dev_config: SiteConfig) -> Iterator[Path]:
+    """A data-root directory holding this test's owner areas (made by the jobs, as the job user),
+    a read-only shared area and a writable one."""
+    base = dev_config.storage.data_roots[0] / f"it-areas-{uuid.uuid4().hex[:10]}"
+    job_user = pwd.getpwnam(dev_config.slurm.submit_as or "root")
+    for name, owned in (("", False), ("users", True), ("reference", False), ("exchange", True)):
+        (base / name).mkdir(mode=0o755, exist_ok=True)
+        if owned:
+            os.chown(base / name, job_user.pw_uid, job_user.pw_gid)
+    (base / "reference" / "genome.fa").write_text(">chr1\nACGT\n")
+    (base / "loose.txt").write_text("in a data root, but in no one's area")
+    os.chmod(base / "loose.txt", 0o644)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., ServerProcess], idp: Issuer, areas: Path) -> ServerProcess:
     return server_factory(auth={"mode": "jwt", "issuers": [{"issuer": idp.issuer}],
                                 "admin_claim": "roles", "admin_values": ["hpc-admin"],
-                                "jwks_refresh_min_interval": 1, "jwks_cache_lifespan": 3})
+                                "jwks_refresh_min_interval": 1, "jwks_cache_lifespan": 3},
+                          storage={"owner_areas": str(areas / "users" / "{owner}"),
+                                   "shared_areas": [{"path": str(areas / "reference")},
+                                                    {"path": str(areas / "exchange"), "writable": True}]})
 
 
 def test_users_cannot_see_or_touch_each_others_tasks(server: ServerProcess, idp: Issuer,
@@ -159,3 +191,54 @@ def test_users_cannot_see_or_touch_each_others_runs(server: ServerProcess, idp: 
     tes_id = tasks[0]["tes_uri"].rstrip("/").rsplit("/", 1)[-1]
     assert bob.call("GET", f"/tasks/{tes_id}").status_code == 404  # the run's TES task is alice's too
     assert requests.get(f"{wes}/runs", headers={}, timeout=10).status_code == 401
+    # The run's files are in the runs root, inside a data root, but only its owner's tasks reach them.
+    output = requests.get(f"{wes}/runs/{run_id}", headers=alice.headers, timeout=10).json()["outputs"]["out"]
+    reuse = [{"url": output["location"], "path": "/in/x", "type": "FILE"}]
+    resp = bob.post("cat /in/x", inputs=reuse)
+    assert resp.status_code == 400 and "outside your area" in resp.json()["msg"], resp.text
+    assert alice.wait(alice.create("cat /in/x", inputs=reuse), FINAL)["logs"][0]["logs"][0]["stdout"] == \
+        "secret-of-alice\n"
+
+
+def test_each_owner_reaches_only_their_own_files(server: ServerProcess, idp: Issuer, areas: Path,
+                                                 keys: list[rsa.RSAPrivateKey]) -> None:
+    """Service mode, one Unix user for every job: the owner areas are what keeps users apart."""
+    alice, bob = User(server, idp, keys[0], "alice"), User(server, idp, keys[0], "bob")
+    alice_area = areas / "users" / owner_key(f"{idp.issuer}#alice")
+    info = requests.get(f"{server.url}/ga4gh/tes/v1/service-info", headers=alice.headers, timeout=10).json()
+    assert alice_area.as_uri() in info["storage"] and (areas / "reference").as_uri() in info["storage"]
+    assert not any("/users/bob-" in s for s in info["storage"])
+
+    out = {"path": "/out/result.txt", "url": (alice_area / "result.txt").as_uri(), "type": "FILE"}
+    done = alice.create("echo secret-of-alice > /out/result.txt", outputs=[out])
+    assert alice.wait(done, FINAL)["state"] == "COMPLETE"
+    assert (alice_area / "result.txt").read_text() == "secret-of-alice\n"
+
+    steal = {"url": (alice_area / "result.txt").as_uri(), "path": "/in/x", "type": "FILE"}
+    resp = bob.post("cat /in/x", inputs=[steal])
+    assert resp.status_code == 400 and "outside your area" in resp.json()["msg"]
+    assert "secret-of-alice" not in resp.text
+    overwrite = {**out, "path": "/out/result.txt"}
+    resp = bob.post("echo bob > /out/result.txt", outputs=[overwrite])
+    assert resp.status_code == 400 and "outputs[0].url" in resp.json()["msg"]
+    loose = {"url": (areas / "loose.txt").as_uri(), "path": "/in/x", "type": "FILE"}
+    assert bob.post("cat /in/x", inputs=[loose]).status_code == 400  # in a data root, no one's area
+    to_reference = {"path": "/out/f", "url": (areas / "reference" / "f").as_uri(), "type": "FILE"}
+    assert bob.post("echo > /out/f", outputs=[to_reference]).status_code == 400  # shared, read-only
+
+    genome = {"url": (areas / "reference" / "genome.fa").as_uri(), "path": "/in/genome.fa", "type": "FILE"}
+    exchange = {"path": "/out/f", "url": (areas / "exchange" / "note.txt").as_uri(), "type": "FILE"}
+    reads = bob.create("cat /in/genome.fa; echo from-bob > /out/f", inputs=[genome], outputs=[exchange])
+    task = bob.wait(reads, FINAL)
+    assert task["state"] == "COMPLETE" and task["logs"][0]["logs"][0]["stdout"] == ">chr1\nACGT\n"
+    assert (areas / "exchange" / "note.txt").read_text() == "from-bob\n"
+    # A writable shared area never has a file replaced, not even by its own writer's next task.
+    again = alice.create("echo from-alice > /out/f", outputs=[exchange])
+    task = alice.wait(again, FINAL)
+    assert task["state"] == "SYSTEM_ERROR"
+    assert "never replaces" in " ".join(task["logs"][0].get("system_logs", []))
+    assert (areas / "exchange" / "note.txt").read_text() == "from-bob\n"
+    # Bob's own area works for Bob, as Alice's did for her.
+    bob_area = areas / "users" / owner_key(f"{idp.issuer}#bob")
+    mine = bob.create("echo b > /out/f", outputs=[{**exchange, "url": (bob_area / "f").as_uri()}])
+    assert bob.wait(mine, FINAL)["state"] == "COMPLETE" and (bob_area / "f").read_text() == "b\n"

@@ -714,3 +714,48 @@ def test_sources_below_a_directory_the_job_user_cannot_list_are_collected(user_e
     assert (e.dest / "g" / "hidden" / "sub" / "w1.txt").read_bytes() == b"w1"
     ok, events = e.collect_as_user(e.output("/out/hidden/*.txt", "n", wildcard=True, path_prefix="/out"))
     assert not ok and "Permission denied" in events[0]["message"]
+
+
+# --- owner areas ----------------------------------------------------------------------------------
+
+def test_destinations_stay_inside_the_owners_areas(env: Env) -> None:
+    """The plan allowed only the owner's area: a manifest aimed elsewhere in the root is refused."""
+    (env.data / "mine").mkdir()
+    (env.vol / "f").write_bytes(b"x")
+    manifest = {**env.manifest(env.output("/out/f", "mine/f", type="FILE"),
+                               env.output("/out/f", "theirs/f", type="FILE", index=1)),
+                "areas": [str(env.data / "mine")]}
+    env.events = []
+    assert not collect(manifest, env.events.append)
+    assert (env.data / "mine" / "f").read_bytes() == b"x"
+    assert not (env.data / "theirs").exists()
+    assert "outside the areas" in env.kinds("output_error")[0]["message"]
+
+
+def test_a_shared_area_never_has_a_file_replaced(env: Env) -> None:
+    shared = env.data / "exchange"
+    shared.mkdir()
+    (shared / "taken.txt").write_bytes(b"written by another owner")
+    (env.vol / "f").write_bytes(b"mine")
+    (env.vol / "d").mkdir()
+    (env.vol / "d" / "taken.txt").write_bytes(b"mine too")
+    (env.vol / "d" / "new.txt").write_bytes(b"new")
+    manifest = {**env.manifest(env.output("/out/f", "exchange/taken.txt", type="FILE"),
+                               env.output("/out/f", "exchange/fresh.txt", type="FILE", index=1),
+                               env.output("/out/d", "exchange", type="DIRECTORY", index=2)),
+                "areas": [str(shared)], "keep": [str(shared)]}
+    env.events = []
+    assert not collect(manifest, env.events.append)
+    assert (shared / "taken.txt").read_bytes() == b"written by another owner"
+    assert (shared / "fresh.txt").read_bytes() == b"mine"
+    assert (shared / "new.txt").read_bytes() == b"new"
+    errors = [e["message"] for e in env.kinds("output_error")]
+    assert len(errors) == 2 and all("never replaces" in m for m in errors)
+    assert not [p for p in shared.iterdir() if p.name.startswith(".hpc-bridge-")]  # no temp file left
+
+
+def test_outside_a_keep_area_files_are_replaced(env: Env) -> None:
+    (env.data / "old.txt").write_bytes(b"old")
+    (env.vol / "f").write_bytes(b"new")
+    assert env.run(env.output("/out/f", "old.txt", type="FILE"))
+    assert (env.data / "old.txt").read_bytes() == b"new"

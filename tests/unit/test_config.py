@@ -77,7 +77,8 @@ def test_auth_must_be_chosen_explicitly(tmp_path: Path) -> None:
 
 def test_auth_key_files_resolve_against_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("auth:\n  issuers:\n    - {issuer: 'https://id.example.org', jwks_file: keys/jwks.json}\n")
+    path.write_text("auth:\n  issuers:\n    - {issuer: 'https://id.example.org', jwks_file: keys/jwks.json}\n"
+                    "storage: {one_shared_space: true}\n")
     cfg = load_config(path)
     assert cfg.auth.issuers[0].jwks_file == tmp_path / "keys" / "jwks.json"
 

@@ -44,7 +44,7 @@ class Run:
         (self.outside / "tree").mkdir()
         (self.outside / "tree" / "f.txt").write_text(CANARY)
         self.config = config
-        self.policy = FetchPolicy.for_run(config, self.run_dir)
+        self.policy = FetchPolicy.for_run(config, self.run_dir, [str(r) for r in config.storage.data_roots])
 
     def attach(self, name: str, text: str) -> Path:
         path = self.attachments / name

@@ -487,7 +487,7 @@ def plan(body: dict[str, Any], config: SiteConfig) -> JobPlan:
     """What POST /tasks does before storing a task (the API turns either error into a 400)."""
     task = Task.model_validate(body)
     return plan_job(task, task_id="t1", workdir=str(config.storage.work_root / "t1"), config=config,
-                    schemes=Schemes(config))
+                    schemes=Schemes(config), owner="local")
 
 
 @pytest.mark.parametrize(("site", "pid"), refused_cases(TES_SITES))

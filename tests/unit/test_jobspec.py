@@ -18,7 +18,7 @@ def task(**fields: object) -> Task:
 
 
 def make_plan(t: Task, config: SiteConfig) -> JobPlan:
-    return plan_job(t, task_id="t1", workdir=WORK, config=config, schemes=Schemes(config))
+    return plan_job(t, task_id="t1", workdir=WORK, config=config, schemes=Schemes(config), owner="local")
 
 
 def options(t: Task, config: SiteConfig) -> dict[str, str | None]:

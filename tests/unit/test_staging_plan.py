@@ -40,7 +40,7 @@ def config(dev_config: SiteConfig, data: Path) -> SiteConfig:
 def plan(config: SiteConfig, **fields: object) -> JobPlan:
     body = {"executors": [{"image": "busybox", "command": ["true"]}], **fields}
     return plan_job(Task.model_validate(body), task_id="t1", workdir=WORK, config=config,
-                    schemes=Schemes(config))
+                    schemes=Schemes(config), owner="local")
 
 
 def binds(p: JobPlan) -> list[str]:

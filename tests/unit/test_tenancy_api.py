@@ -182,7 +182,7 @@ def test_time_cap_bounds_a_task_without_a_time_limit(dev_config: SiteConfig, idp
 
     config = site(dev_config, idp, max_time_minutes=90)
     plan = plan_job(Task.model_validate(TASK), task_id="t", workdir="/srv/w/t", config=config,
-                    schemes=Schemes(config), limits=config.limits.for_owner("x"))
+                    schemes=Schemes(config), owner="x", limits=config.limits.for_owner("x"))
     assert ("time", "90") in plan.script.options
     client = limited(dev_config, idp, store, max_time_minutes=90)
     ok = {**TASK, "resources": {"backend_parameters": {"time": "01:30:00"}}}
