@@ -569,6 +569,7 @@ class Daemon:
         cutoff = iso(datetime.now(UTC) - timedelta(hours=hours))
         root = os.path.realpath(self.config.storage.work_root)
         removed = 0
+        packs: set[str] = set()
         for row in self.store.tasks.due_for_cleanup(cutoff):
             workdir = os.path.realpath(row.workdir or "")
             if workdir == root or not within(workdir, root):
@@ -591,18 +592,18 @@ class Daemon:
             self.store.tasks.update(row.id, cleaned_at=now_iso(), system_logs=[
                 *row.system_logs, f"work area removed {hours:g} h after the task ended"])
             removed += 1
-        self._clean_pack_dirs()
+            if row.pack_id:
+                packs.add(row.pack_id)
+        self._clean_pack_dirs(packs)
         return removed
 
-    def _clean_pack_dirs(self) -> None:
+    def _clean_pack_dirs(self, packs: set[str]) -> None:
         """A pack's directory (launcher, slurm.out, cancel markers) goes with its last work area.
-        Its id is stored with the tasks before the directory is made, so a new one is never taken."""
-        root = self.config.storage.work_root / pack.PACK_DIR
-        if not root.is_dir():
-            return
-        in_use = self.store.tasks.packs_in_use()
-        for directory in root.iterdir():
-            if directory.name not in in_use and not directory.is_symlink():
+        Only packs of this store's tasks: another service on the same work root (or a test server)
+        has packs this one knows nothing of, and removing one fails its pending job."""
+        for pack_id in packs - self.store.tasks.packs_in_use():
+            directory = self._pack_dir(pack_id)
+            if not directory.is_symlink():
                 shutil.rmtree(directory, ignore_errors=True)
 
     def _executor_logs(self, row: TaskRow, record: JobRecord | None, tails: bool = True) -> list[dict]:

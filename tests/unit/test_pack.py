@@ -193,8 +193,12 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     daemon.cycle()
     assert [store.tasks.get(i).state for i in ids] == ["CANCELED", "CANCELED", "COMPLETE"]
 
-    # The pack's directory goes with the last of its tasks' work areas.
+    # The pack's directory goes with the last of its tasks' work areas; a pack of another service
+    # on the same work root (unknown to this store) stays, its job may still be pending.
+    foreign = work / ".packs" / "pack-of-another-service"
+    foreign.mkdir()
     for task_id in [big, other]:
         store.tasks.update(task_id, state="COMPLETE", end_time="2000-01-01T00:00:00Z")
     daemon.clean_work_areas()
     assert not (work / ".packs" / pack_id).exists()
+    assert foreign.is_dir()
