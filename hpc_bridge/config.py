@@ -23,6 +23,7 @@ from pydantic import (
 
 from hpc_bridge.auth.settings import AuthSettings
 from hpc_bridge.runas.settings import RunAsSettings, existing_user
+from hpc_bridge.slurm.timelimit import minutes
 from hpc_bridge.wes.settings import WesSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -82,15 +83,27 @@ class PackingSettings(_Strict):
 
 
 class UserLimits(_Strict):
-    """What one user may ask for; every field None means no limit of this service's own (Slurm's
-    limits still apply). The site maxima per task, and per-user overrides, use the same fields."""
+    """What one user may ask for; a `max_*` None means no limit of this service's own (Slurm's
+    limits still apply). The site maxima per task, and per-user overrides, use the same fields.
+
+    Per-node amounts (cores, memory, disk, `gres`) count once per node a task may get (`nodes`).
+    The `allowed_*` lists bound the accounts, QoS and partitions a task may name; None means no
+    choice at all in `run_as.mode: service` (every job is the service account's, so any name would
+    charge its allocations), and any name in the run_as modes (Slurm's associations of the user's
+    own Unix user decide). A partition without `allowed_partitions` is bounded by `slurm.partitions`."""
 
     max_cpu_cores: Annotated[int, Field(ge=1)] | None = None
     max_ram_gb: Annotated[float, Field(gt=0)] | None = None
     max_disk_gb: Annotated[float, Field(gt=0)] | None = None
     max_gpus: Annotated[int, Field(ge=0)] | None = None
+    max_nodes: Annotated[int, Field(ge=1)] | None = None
     # Longest time limit a task may ask for (backend parameter `time`), in minutes.
     max_time_minutes: Annotated[int, Field(ge=1)] | None = None
+    # `exclusive` takes whole nodes, whatever the limits above say.
+    allow_exclusive: bool = False
+    allowed_accounts: list[str] | None = None
+    allowed_qos: list[str] | None = None
+    allowed_partitions: list[str] | None = None
     # Tasks (and workflow runs) not yet in a final state.
     max_active_tasks: Annotated[int, Field(ge=1)] | None = None
     max_content_bytes: Annotated[int, Field(ge=0)] | None = None
@@ -107,6 +120,13 @@ class LimitSettings(UserLimits):
 
     default_time: str | None = None
     users: dict[str, UserLimits] = Field(default_factory=dict)
+
+    @field_validator("default_time")
+    @classmethod
+    def _slurm_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            minutes(value)
+        return value
 
     def for_owner(self, owner: str) -> UserLimits:
         """The effective limits of one user: the override's set fields win over the site's."""

@@ -72,8 +72,9 @@ def time_option(options: Sequence[tuple[str, str | None]]) -> str | None:
     return next((value for name, value in options if name == "time"), None)
 
 
-def task_minutes(options: Sequence[tuple[str, str | None]]) -> float | None:
-    """A task's time limit in minutes, from its #SBATCH options; None: no limit of its own."""
+def task_minutes(options: Sequence[tuple[str, str | None]]) -> int | None:
+    """A task's time limit in minutes, from its #SBATCH options; None: no limit of its own, or one
+    Slurm reads as none (`0`, `UNLIMITED`, `-1`), so such a task is never taken for a short one."""
     value = time_option(options)
     return minutes(value) if value else None
 
@@ -100,7 +101,7 @@ def group(items: Sequence[T], *, key: Callable[[T], Hashable],
     for members in by_key.values():
         limit = task_minutes(options(members[0]))
         size = 0
-        if limit is not None and 0 < limit <= settings.max_task_minutes:
+        if limit is not None and limit <= settings.max_task_minutes:
             size = min(settings.max_tasks, int((settings.max_minutes - 1) // limit))
         if size < 2 or len(members) < 2:
             packs.extend([m] for m in members)

@@ -17,12 +17,15 @@ from hpc_bridge.config import SiteConfig, UserLimits
 from hpc_bridge.containers.apptainer import Bind, UnsafeValue, exec_argv
 from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
 from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
-from hpc_bridge.slurm.timelimit import gpu_count, minutes
+from hpc_bridge.slurm.timelimit import gpu_count, minutes, node_count
 from hpc_bridge.staging.schemes import SchemeError, Schemes
-from hpc_bridge.tes.models import NAME_MAX, FileType, Task
+from hpc_bridge.tes.models import NAME_MAX, FileType, Resources, Task
 
 FLAG_PARAMETERS = {"exclusive"}
 TRUE_VALUES = {"", "true", "yes", "1"}
+# Backend parameters choosing whose allocation (and which nodes) a job uses -> the limit listing
+# the names a task may choose.
+ALLOW_LISTS = {"account": "allowed_accounts", "qos": "allowed_qos", "partition": "allowed_partitions"}
 
 
 class InvalidTask(ValueError):
@@ -86,6 +89,7 @@ def sbatch_options(task: Task, config: SiteConfig, limits: UserLimits | None = N
     limits = limits or config.limits
     opts: dict[str, str | None] = {}
     warnings: list[str] = []
+    named: list[str] = []  # the account and QoS the task chose itself, checked once they are safe
     if config.slurm.default_partition:
         opts["partition"] = config.slurm.default_partition
     if config.slurm.account:
@@ -94,22 +98,13 @@ def sbatch_options(task: Task, config: SiteConfig, limits: UserLimits | None = N
         opts["time"] = config.limits.default_time
     if res is not None:
         if res.cpu_cores is not None:
-            if limits.max_cpu_cores and res.cpu_cores > limits.max_cpu_cores:
-                raise InvalidTask("resources.cpu_cores",
-                                  f"{res.cpu_cores} exceeds the maximum of {limits.max_cpu_cores}")
             opts["cpus-per-task"] = str(res.cpu_cores)
         if res.ram_gb is not None:
-            if limits.max_ram_gb and res.ram_gb > limits.max_ram_gb:
-                raise InvalidTask("resources.ram_gb", f"{res.ram_gb:g} exceeds the maximum of "
-                                  f"{limits.max_ram_gb:g}")
             opts["mem"] = _mb(res.ram_gb)
         if res.disk_gb is not None:
-            if limits.max_disk_gb and res.disk_gb > limits.max_disk_gb:
-                raise InvalidTask("resources.disk_gb", f"{res.disk_gb:g} exceeds the maximum of "
-                                  f"{limits.max_disk_gb:g}")
             opts["tmp"] = _mb(res.disk_gb)
         if res.zones:
-            opts["partition"] = _partition(res.zones[0], config, "resources.zones[0]")
+            opts["partition"] = _partition(res.zones[0], config, limits, "resources.zones[0]")
         if res.preemptible:
             pre = config.slurm.preemptible
             if pre.qos:
@@ -127,50 +122,106 @@ def sbatch_options(task: Task, config: SiteConfig, limits: UserLimits | None = N
                 warnings.append(f"backend parameter {key!r} is not supported here and was ignored")
                 continue
             if key == "partition":
-                opts["partition"] = _partition(value, config, "resources.backend_parameters.partition")
+                opts["partition"] = _partition(value, config, limits, "resources.backend_parameters.partition")
             elif key in FLAG_PARAMETERS:
                 if value.strip().lower() in TRUE_VALUES:
                     opts[key] = None
             else:
                 opts[key] = value
+                if key in ALLOW_LISTS:
+                    named.append(key)
     for key, value in opts.items():
         if value is not None:
             try:
                 sbatch_value(value)
             except UnsafeValue as exc:
                 raise InvalidTask(f"resources ({key})", str(exc)) from None
-    _check_time_and_gpus(opts, limits)
+    for key in named:
+        _allowed(key, str(opts[key]), getattr(limits, ALLOW_LISTS[key]), config,
+                 f"resources.backend_parameters.{key}")
+    _check_limits(res, opts, limits)
     gpu = "gpus" in opts or "gpu" in (opts.get("gres") or "")
     return list(opts.items()), warnings, gpu
 
 
-def _check_time_and_gpus(opts: dict[str, str | None], limits: UserLimits) -> None:
-    """A user's time cap also bounds a task that asks for none (else the partition's default,
-    possibly longer, would apply)."""
+def _check_limits(res: Resources | None, opts: dict[str, str | None], limits: UserLimits) -> None:
+    """What Slurm will grant against the user's limits. `--cpus-per-task`, `--mem`, `--tmp` and
+    `--gres` are per node, so they count once for every node `--nodes` allows; a time limit Slurm
+    reads as none (`0`, `UNLIMITED`) exceeds any maximum, and a time cap also bounds a task that asks
+    for none (else the partition's default, possibly longer, would apply); `exclusive` takes whole
+    nodes, which no limit here bounds."""
     where = "resources.backend_parameters"
-    if limits.max_time_minutes is not None:
-        if opts.get("time") is None:
-            opts["time"] = str(limits.max_time_minutes)
+    if limits.max_time_minutes is not None and opts.get("time") is None:
+        opts["time"] = str(limits.max_time_minutes)
+    if opts.get("time") is not None:
         try:
             asked = minutes(str(opts["time"]))
         except ValueError as exc:
             raise InvalidTask(f"{where}.time", str(exc)) from None
-        if asked is None or asked > limits.max_time_minutes:
-            raise InvalidTask(f"{where}.time", f"{opts['time']} exceeds your maximum of "
+        if limits.max_time_minutes is not None and (asked is None or asked > limits.max_time_minutes):
+            what = "no time limit to Slurm" if asked is None else f"{asked} minutes"
+            raise InvalidTask(f"{where}.time", f"{opts['time']} ({what}) exceeds your maximum of "
                               f"{limits.max_time_minutes} minutes")
+    try:
+        nodes = node_count(str(opts["nodes"])) if opts.get("nodes") is not None else 1
+    except ValueError as exc:
+        raise InvalidTask(f"{where}.nodes", str(exc)) from None
+    if limits.max_nodes is not None and nodes > limits.max_nodes:
+        raise InvalidTask(f"{where}.nodes", f"{nodes} nodes exceed your maximum of {limits.max_nodes}")
+    if "exclusive" in opts and not limits.allow_exclusive:
+        raise InvalidTask(f"{where}.exclusive", "whole nodes are not allowed here (the site's "
+                                                "limits.allow_exclusive is off for you)")
+    res = res or Resources()
+    per_node = [  # (field, amount per node, maximum); a task naming no cores gets one per node
+        ("resources.cpu_cores" if res.cpu_cores is not None else f"{where}.nodes",
+         res.cpu_cores or 1, limits.max_cpu_cores),
+        ("resources.ram_gb", res.ram_gb, limits.max_ram_gb),
+        ("resources.disk_gb", res.disk_gb, limits.max_disk_gb),
+    ]
+    for name, amount, maximum in per_node:
+        if amount is not None and maximum is not None and amount * nodes > maximum:
+            total = f"{amount:g}" if nodes == 1 else f"{amount:g} on each of {nodes} nodes ({amount * nodes:g})"
+            raise InvalidTask(name, f"{total} exceeds the maximum of {maximum:g}")
     if limits.max_gpus is not None:
-        try:
-            gpus = gpu_count("gpus", opts.get("gpus")) + gpu_count("gres", opts.get("gres"))
-        except ValueError:
-            raise InvalidTask(where, "cannot count the GPUs asked for") from None
+        counts: dict[str, int] = {}
+        for option in ("gpus", "gres"):
+            try:
+                counts[option] = gpu_count(option, opts.get(option))
+            except ValueError as exc:
+                raise InvalidTask(f"{where}.{option}", str(exc)) from None
+        gpus = counts["gpus"] + counts["gres"] * nodes  # --gpus is per job, --gres per node
         if gpus > limits.max_gpus:
-            raise InvalidTask(f"{where}.gpus", f"{gpus} GPU(s) exceed your maximum of {limits.max_gpus}")
+            each = f" ({counts['gres']} per node by gres on {nodes} nodes)" if counts["gres"] and nodes > 1 else ""
+            raise InvalidTask(f"{where}.gpus", f"{gpus} GPU(s){each} exceed your maximum of {limits.max_gpus}")
 
 
-def _partition(name: str, config: SiteConfig, where: str) -> str:
-    if config.slurm.partitions and name not in config.slurm.partitions:
-        raise InvalidTask(where, f"unknown partition {name!r} (this site has: "
-                                 f"{', '.join(config.slurm.partitions)})")
+def _allowed(option: str, value: str, allowed: list[str] | None, config: SiteConfig, where: str) -> None:
+    """Account, QoS and partition choose whose allocation and which nodes a job uses. In run_as.mode
+    service every job is the service account's, so only listed names pass (no list: none may be
+    chosen); a job run as its user's own Unix user is bound by that user's Slurm associations, so
+    without a list any name goes to Slurm."""
+    if allowed is None:
+        if config.run_as.enabled:
+            return
+        raise InvalidTask(where, f"this site does not let tasks choose their {option}: every job runs as its "
+                                 f"service account (a site lists the allowed ones in limits.{ALLOW_LISTS[option]})")
+    for name in value.split(",") if option == "partition" else [value]:  # --partition takes a list
+        if name not in allowed:
+            raise InvalidTask(where, f"{option} {name!r} is not allowed for you (allowed: "
+                                     f"{', '.join(allowed) or 'none'})")
+
+
+def _partition(name: str, config: SiteConfig, limits: UserLimits, where: str) -> str:
+    """A partition the task names, or each of a list: one of the site's (`slurm.partitions`), and of
+    the user's `allowed_partitions` when set (without, the site's list is the bound)."""
+    if config.slurm.partitions:
+        for part in name.split(","):
+            if part not in config.slurm.partitions:
+                raise InvalidTask(where, f"unknown partition {part!r} (this site has: "
+                                         f"{', '.join(config.slurm.partitions)})")
+        if limits.allowed_partitions is None:
+            return name
+    _allowed("partition", name, limits.allowed_partitions, config, where)
     return name
 
 
@@ -215,18 +266,20 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
     checks: list[InputCheck] = []
     downloads: list[Download] = []
     input_types: list[str] = []
+    used: set[str] = set()  # the binds' container paths, one lookup per bind (thousands of inputs)
 
     def add_bind(host: str, container: str, where: str, read_only: bool = False) -> Bind:
         container = normalize(container)
         if container == "/" or container.split("/")[1] in ("proc", "sys", "dev"):
             raise InvalidTask(where, f"cannot mount over {container!r}")
-        if any(b.container == container for b in binds):
+        if container in used:
             raise InvalidTask(where, f"{container!r} is already used by another input, output or volume")
         bind = Bind(host, container, read_only)
         try:
             bind.spec()
         except UnsafeValue as exc:
             raise InvalidTask(where, str(exc)) from None
+        used.add(container)
         binds.append(bind)
         return bind
 

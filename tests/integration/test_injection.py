@@ -100,9 +100,11 @@ SITES = [*TES_SITES, *WES_SITES]
 @pytest.fixture(scope="module")
 def inj_server(dev_config: SiteConfig, slurm: Any, tmp_path_factory: pytest.TempPathFactory,
                ictx: Ctx) -> Iterator[ServerProcess]:
-    """One server (API + daemon) on a fresh database for the whole module; WES runs in ictx."""
+    """One server (API + daemon) on a fresh database for the whole module; WES runs in ictx; every
+    payload an allowed account, so the account backend parameter reaches sbatch."""
     config = write_config(dev_config, tmp_path_factory.mktemp("inj-server"),
-                          wes={"runs_root": str(ictx.data / "runs")})
+                          wes={"runs_root": str(ictx.data / "runs")},
+                          limits={"allowed_accounts": [ictx.payload(p) for p in PAYLOADS]})
     server = ServerProcess(config, free_port())
     server.start()
     yield server

@@ -472,15 +472,17 @@ def ctx(tmp_path: Path) -> Ctx:
 
 
 @pytest.fixture()
-def unit_config(dev_config: SiteConfig, tmp_path: Path) -> SiteConfig:
-    """The dev site, with its data root, work root and apptainer binary in tmp_path."""
+def unit_config(dev_config: SiteConfig, tmp_path: Path, ctx: Ctx) -> SiteConfig:
+    """The dev site, with its data root, work root and apptainer binary in tmp_path; every payload is
+    an allowed account (an account's allow-list is checked after the value is found safe)."""
     fake = tmp_path / "apptainer"
     fake.write_text(FAKE_APPTAINER.format(python=sys.executable, log=str(tmp_path / "apptainer.log")))
     fake.chmod(0o755)
     storage = dev_config.storage.model_copy(update={"data_roots": [tmp_path / "data"],
                                                     "work_root": tmp_path / "work"})
     apptainer = dev_config.apptainer.model_copy(update={"binary": fake})
-    return dev_config.model_copy(update={"storage": storage, "apptainer": apptainer})
+    limits = dev_config.limits.model_copy(update={"allowed_accounts": [ctx.payload(p) for p in PAYLOADS]})
+    return dev_config.model_copy(update={"storage": storage, "apptainer": apptainer, "limits": limits})
 
 
 def plan(body: dict[str, Any], config: SiteConfig) -> JobPlan:

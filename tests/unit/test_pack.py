@@ -35,6 +35,13 @@ def test_tasks_of_one_shape_are_split_evenly_and_others_stay_alone() -> None:
     ("11", [1, 1, 1, 1, 1, 1, 1]),  # longer than max_task_minutes
     ("10", [4, 3]),  # as many as fit in max_minutes (5 × 10 + 1 > 50)
     ("0:30", [7]),
+    # what Slurm reads as no time limit is never short
+    ("0", [1, 1, 1, 1, 1, 1, 1]),
+    ("00:00:00", [1, 1, 1, 1, 1, 1, 1]),
+    ("0-0", [1, 1, 1, 1, 1, 1, 1]),
+    ("-1", [1, 1, 1, 1, 1, 1, 1]),
+    ("UNLIMITED", [1, 1, 1, 1, 1, 1, 1]),
+    ("infinite", [1, 1, 1, 1, 1, 1, 1]),
 ])
 def test_only_tasks_known_to_be_short_are_packed(time: str | None, sizes: list[int]) -> None:
     options = [("time", time)] if time else []
@@ -45,6 +52,7 @@ def test_only_tasks_known_to_be_short_are_packed(time: str | None, sizes: list[i
 
 def test_the_shared_job_asks_time_for_every_task_in_turn() -> None:
     assert pack.pack_options(SHAPE, 3) == [*SHAPE[:3], ("time", "31")]
+    assert pack.pack_options([("time", "0:30")], 4) == [("time", "5")]  # Slurm grants whole minutes
     assert pack.pack_options([("time", "1-00:00:00")], 2) == [("time", "2881")]
     assert pack.pack_options([("mem", "1M")], 5) == [("mem", "1M")]
 
