@@ -37,6 +37,20 @@ def test_config_check_prints_the_resolved_config() -> None:
     assert str(ROOT / "var" / "hpc-bridge.sqlite") in result.output
 
 
+@pytest.mark.parametrize("command", [["config", "check"], ["serve"]])
+def test_several_users_in_one_unix_account_need_owner_areas(tmp_path: Path, command: list[str]) -> None:
+    """With tokens and service mode, one job user writes everyone's files: refused unless the
+    site writes down that it accepts one shared space."""
+    site = tmp_path / "site.yaml"
+    site.write_text("auth: {issuers: [{issuer: 'https://id.example.org/'}]}\n"
+                    f"storage: {{work_root: {tmp_path}/work, data_roots: [{tmp_path}/data]}}\n")
+    result = CliRunner().invoke(main, [*command, "--config", str(site)])
+    assert result.exit_code == 2 and "storage.owner_areas is required" in result.output
+    site.write_text(site.read_text().replace("data_roots:", "one_shared_space: true, data_roots:"))
+    if command == ["config", "check"]:
+        assert CliRunner().invoke(main, [*command, "--config", str(site)]).exit_code == 0
+
+
 # --- the TES client commands, against the real Flask app on a loopback port (no daemon) ---
 
 
