@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from pydantic import ValidationError
@@ -303,10 +302,3 @@ def test_an_unsafe_account_is_reported_as_unsafe_before_the_allow_list(dev_confi
 def test_binds_are_unique_by_normalized_container_path(dev_config: SiteConfig) -> None:
     error = refused(task(volumes=["/data", "/x/../data/"]), dev_config)
     assert error.field == "volumes[1]" and "already used" in str(error)
-
-
-def test_many_binds_plan_in_linear_time(dev_config: SiteConfig) -> None:
-    """One set lookup per bind: 30000 volumes plan in about 0.3 s; a list scan per bind took 25 s."""
-    started = time.monotonic()
-    plan = make_plan(task(volumes=[f"/v/{i}" for i in range(30000)]), dev_config)
-    assert len(plan.directories) == 30000 and time.monotonic() - started < 8
