@@ -8,11 +8,12 @@ Run as root on the dev machine with the cluster up. Bridge: a fresh `hpc-bridge 
 and work root) receives the workflow through `hpc-bridge-cwl-runner`, which submits over the WES API,
 waits and copies the outputs; the clock covers that one command. It runs twice: with the site's
 packing of short tasks (the tool declares a one-minute ToolTimeLimit), and with packing off, one
-Slurm job per scatter element. Toil: `toil-cwl-runner` from its own
-venv (`.venv-toil`, made with `pip install 'toil[cwl]'` on first use: Toil pins its own cwltool), with
-`--no-container` (it has no Apptainer support for the local registry), its job store and work dir on
-the shared /srv. Slurm jobs used are counted from job ids: a marker job submitted just before and just
-after each side brackets every job id Slurm handed out in between. Outputs of both are checked.
+Slurm job per scatter element. Toil: `toil-cwl-runner` from its own venv (`.venv-toil`, made with
+`pip install 'toil[cwl]==9.6.0'` on first use: Toil pins its own cwltool, and the pin keeps a new
+Toil release from changing the comparison or breaking CI's tiny run), with `--no-container` (it has
+no Apptainer support for the local registry), its job store and work dir on the shared /srv. Slurm
+jobs used are counted from job ids: a marker job submitted just before and just after each side
+brackets every job id Slurm handed out in between. Outputs of both are checked.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hpc_bridge.config import load_config  # noqa: E402
 
 WORKFLOW = ROOT / "bench" / "workflows" / "scatter.cwl"
 TOIL_VENV = ROOT / ".venv-toil"
+TOIL = "toil[cwl]==9.6.0"  # the version of the README's figures
 
 
 def marker_job() -> int:
@@ -82,9 +84,9 @@ def bridge(run_: Run, job: Path, n: int, *, packing: bool) -> dict:
 def ensure_toil() -> Path:
     exe = TOIL_VENV / "bin" / "toil-cwl-runner"
     if not exe.exists():
-        say("installing toil[cwl] into .venv-toil (first use)")
+        say(f"installing {TOIL} into .venv-toil (first use)")
         subprocess.run([sys.executable, "-m", "venv", str(TOIL_VENV)], check=True)
-        subprocess.run([str(TOIL_VENV / "bin" / "pip"), "install", "--quiet", "toil[cwl]"], check=True)
+        subprocess.run([str(TOIL_VENV / "bin" / "pip"), "install", "--quiet", TOIL], check=True)
     return exe
 
 

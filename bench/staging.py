@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """Benchmark: data staging through hpc-bridge on the real dev cluster, against raw `sbatch`.
 
-    .venv/bin/python bench/staging.py [--repeat 5] [--jitter 2]
+    .venv/bin/python bench/staging.py [--repeat 5] [--jitter 2] [--size-mb 1024]
 
 Run as root on the dev machine (`dev/cluster up`), from anywhere. Three phases, all measured in
 this one run, then a summary table on stdout (progress goes to stderr):
 
 1. Job start latency: task `creation_time` -> first executor `start_time` (FULL view) for a tiny
-   `file://` input, a 1 GiB input with the default `storage.file_inputs: bind` and the same input on
-   a second server with `file_inputs: copy`, plus the work area's disk use (`du -sk`) for the big
-   ones. Baseline: `runuser -u hpcb -- sbatch --wrap` of a script that writes `date +%s.%N` (its own
-   start) and then runs `apptainer exec busybox.sif true`, from the sbatch call to that start.
-2. Output collection: a task writing 1 GiB to /out/big.bin with a FILE output vs the same task
+   `file://` input, a big one (1 GiB, or `--size-mb`) with the default `storage.file_inputs: bind`
+   and the same input on a second server with `file_inputs: copy`, plus the work area's disk use
+   (`du -sk`) for the big ones. Baseline: `runuser -u hpcb -- sbatch --wrap` of a script that
+   writes `date +%s.%N` (its own start) and then runs `apptainer exec busybox.sif true`, from the
+   sbatch call to that start.
+2. Output collection: a task writing as much to /out/big.bin with a FILE output vs the same task
    with /out as a plain volume (nothing collected), POST -> COMPLETE; and the collector's own time
    (last `executor_end` -> `collect_end` in the job's record.jsonl) as a throughput.
 3. Registry image: POST -> COMPLETE for a task on 127.0.0.1:5000/hpc-bridge/busybox:1.0 with a
@@ -65,6 +66,7 @@ from tes_submit import (
 from hpc_bridge.config import SiteConfig, load_config
 from hpc_bridge.slurm.record import parse_record
 
+MIB = 1024**2
 GIB = 1024**3
 REGISTRY_IMAGE = "127.0.0.1:5000/hpc-bridge/busybox:1.0"
 
@@ -72,9 +74,10 @@ REGISTRY_IMAGE = "127.0.0.1:5000/hpc-bridge/busybox:1.0"
 class StagingRun(Run):
     """Run (temp dir, work root, servers, job clean-up) plus the data directory and image caches."""
 
-    def __init__(self, base: SiteConfig, keep: bool, jitter: float) -> None:
+    def __init__(self, base: SiteConfig, keep: bool, jitter: float, size_mb: int) -> None:
         super().__init__(base, keep)
         self.jitter = jitter
+        self.size = size_mb * MIB  # of the big input and of the output
         self.data = base.storage.data_roots[0] / f"bench-{self.id}"
         self.extra: list[Path] = [self.data]
 
@@ -156,6 +159,11 @@ def sh(script: str, **fields: object) -> dict:
     return {"image": "busybox", "command": ["sh", "-c", script], **fields}
 
 
+def size_text(size: int) -> str:
+    """The big file's size as the labels show it: 1 GiB for the default, MiB for a smaller one."""
+    return f"{size // GIB} GiB" if size % GIB == 0 else f"{size // MIB} MiB"
+
+
 def stats(values: list[float]) -> str:
     return f"{median(values):>8.2f}s{min(values):>8.2f}s{max(values):>8.2f}s"
 
@@ -208,10 +216,10 @@ def phase_inputs(run_: StagingRun, repeat: int) -> dict:
     tiny, big = data / "tiny.txt", data / "big.bin"
     tiny.write_text("x\n")
     t0 = time.monotonic()
-    run(["fallocate", "-l", str(GIB), str(big)])
-    if big.stat().st_blocks * 512 < GIB:
+    run(["fallocate", "-l", str(run_.size), str(big)])
+    if big.stat().st_blocks * 512 < run_.size:
         raise RuntimeError(f"{big} is sparse: fallocate did not reserve its blocks")
-    say(f"[inputs] {big} ({GIB} bytes, allocated on disk) in {time.monotonic() - t0:.1f}s")
+    say(f"[inputs] {big} ({run_.size} bytes, allocated on disk) in {time.monotonic() - t0:.1f}s")
     bind, bind_cfg = run_.server("inputs-bind")
     copy, copy_cfg = run_.server("inputs-copy", storage={"file_inputs": "copy"})
     sif = next((d / "busybox.sif" for d in bind_cfg.apptainer.image_dirs if (d / "busybox.sif").is_file()),
@@ -240,15 +248,16 @@ def phase_inputs(run_: StagingRun, repeat: int) -> dict:
             out[name]["in_job"].append(staging_in_job(workdir))
             if name in ("bind", "copy"):
                 out[f"du_{name}"].append(du_kib(workdir))
-            remove(workdir)  # a copy mode work area holds 1 GiB: do not let them pile up
+            remove(workdir)  # a copy mode work area holds the big input: do not let them pile up
         start, submit = raw_start(run_, bind_cfg, sif, i)
         out["raw"]["start"].append(start)
         out["raw"]["submit"].append(submit)
         out["raw"]["in_job"].append(0.0)  # its `date` is the first thing the job does
         progress.done()
+        big_text = size_text(run_.size)
         say(f"[inputs] round {i + 1}/{repeat}: start latency raw {start:.2f}s, tiny "
-            f"{out['tiny']['start'][-1]:.2f}s, 1 GiB bind {out['bind']['start'][-1]:.2f}s "
-            f"({out['du_bind'][-1]} KiB in the work area), 1 GiB copy {out['copy']['start'][-1]:.2f}s "
+            f"{out['tiny']['start'][-1]:.2f}s, {big_text} bind {out['bind']['start'][-1]:.2f}s "
+            f"({out['du_bind'][-1]} KiB in the work area), {big_text} copy {out['copy']['start'][-1]:.2f}s "
             f"({out['du_copy'][-1]} KiB)")
     bind.stop()
     copy.stop()
@@ -285,7 +294,7 @@ def collector_seconds(workdir: Path) -> float:
 
 def phase_outputs(run_: StagingRun, repeat: int) -> dict:
     server, config = run_.server("outputs")
-    write = sh("dd if=/dev/zero of=/out/big.bin bs=1M count=1024 2>/dev/null")
+    write = sh(f"dd if=/dev/zero of=/out/big.bin bs=1M count={run_.size // MIB} 2>/dev/null")
     out: dict = {"with": [], "without": [], "job_with": [], "job_without": [], "collect": []}
     for i in range(repeat):
         dest = run_.data / f"out-{i}.bin"
@@ -302,15 +311,15 @@ def phase_outputs(run_: StagingRun, repeat: int) -> dict:
             out[f"job_{name}"].append(job_seconds(workdir))
             if name == "with":
                 size = dest.stat().st_size
-                if size != GIB or body["logs"][0]["outputs"][0]["size_bytes"] != str(GIB):
-                    raise RuntimeError(f"output {dest} has {size} bytes, not {GIB}")
+                if size != run_.size or body["logs"][0]["outputs"][0]["size_bytes"] != str(run_.size):
+                    raise RuntimeError(f"output {dest} has {size} bytes, not {run_.size}")
                 out["collect"].append(collector_seconds(workdir))
                 remove(dest)
             remove(workdir)
         progress.done()
         say(f"[outputs] round {i + 1}/{repeat}: without outputs {out['without'][-1]:.2f}s (job "
-            f"{out['job_without'][-1]:.2f}s), with a 1 GiB FILE output {out['with'][-1]:.2f}s (job "
-            f"{out['job_with'][-1]:.2f}s, collector {out['collect'][-1]:.2f}s)")
+            f"{out['job_without'][-1]:.2f}s), with a {size_text(run_.size)} FILE output "
+            f"{out['with'][-1]:.2f}s (job {out['job_with'][-1]:.2f}s, collector {out['collect'][-1]:.2f}s)")
     server.stop()
     run_.drain("outputs")
     return out
@@ -348,9 +357,10 @@ def phase_registry(run_: StagingRun, repeat: int) -> dict:
 def report(env: dict, inp: dict, outp: dict, reg: dict) -> None:
     line = "=" * 104
     n = env["repeat"]
+    big = size_text(env["size"])
     print(line)
     print(f"hpc-bridge staging benchmark  ({env['when']}, {env['slurm']}, {env['cpus']} CPUs, "
-          f"repeat={n}, jitter 0..{env['jitter']:g}s, run time {env['elapsed']:.0f}s)")
+          f"repeat={n}, size {big}, jitter 0..{env['jitter']:g}s, run time {env['elapsed']:.0f}s)")
     print(line)
     raw = median(inp["raw"]["start"])
     print(f"1. Job start latency (medians of {n}; TES: creation_time -> first executor start_time, FULL view)")
@@ -358,8 +368,8 @@ def report(env: dict, inp: dict, outp: dict, reg: dict) -> None:
           f"{'in job':>9}{'work area':>13}")
     rows = [("raw: sbatch --wrap -> job's own start", "raw", None),
             ("a) tiny file:// input (bind)", "tiny", None),
-            ("b) 1 GiB file:// input, file_inputs: bind", "bind", "du_bind"),
-            ("c) 1 GiB file:// input, file_inputs: copy", "copy", "du_copy")]
+            (f"b) {big} file:// input, file_inputs: bind", "bind", "du_bind"),
+            (f"c) {big} file:// input, file_inputs: copy", "copy", "du_copy")]
     for label, key, du in rows:
         usage = f"{int(median(inp[du])):>9} KiB" if du else ""
         print(f"   {label:<46}{stats(inp[key]['start'])}{median(inp[key]['start']) / raw:>7.2f}"
@@ -371,15 +381,15 @@ def report(env: dict, inp: dict, outp: dict, reg: dict) -> None:
     print()
     without, with_ = median(outp["without"]), median(outp["with"])
     collect = median(outp["collect"])
-    print(f"2. Output collection (task writes 1 GiB to /out/big.bin; medians of {n})")
+    print(f"2. Output collection (task writes {big} to /out/big.bin; medians of {n})")
     print(f"   {'case':<46}{'median':>9}{'min':>9}{'max':>9}")
     print(f"   {'POST -> COMPLETE, no outputs (/out a volume)':<46}{stats(outp['without'])}")
     print(f"   {'POST -> COMPLETE, one FILE output':<46}{stats(outp['with'])}")
     print(f"   {'job_start -> job_end, no outputs':<46}{stats(outp['job_without'])}")
     print(f"   {'job_start -> job_end, one FILE output':<46}{stats(outp['job_with'])}")
     print(f"   {'collector: executor_end -> collect_end':<46}{stats(outp['collect'])}"
-          f"   -> {1 / collect:.2f} GiB/s")
-    print(f"   cost of collecting 1 GiB: {with_ - without:+.2f}s end to end, "
+          f"   -> {env['size'] / GIB / collect:.2f} GiB/s")
+    print(f"   cost of collecting {big}: {with_ - without:+.2f}s end to end, "
           f"{median(outp['job_with']) - median(outp['job_without']):+.2f}s in the job")
     print()
     print(f"3. Registry image {REGISTRY_IMAGE} (POST -> COMPLETE, medians of {n})")
@@ -401,6 +411,8 @@ def main() -> int:
     parser.add_argument("--jitter", type=float, default=2.0,
                         help="random pause before each submission, 0..JITTER s (default 2: the dev "
                              "cluster's sched_interval)")
+    parser.add_argument("--size-mb", type=int, default=1024,
+                        help="MiB of the big input and of the output (default 1024; CI runs a tiny size)")
     parser.add_argument("--config", type=Path, default=ROOT / "site_config" / "dev.yaml",
                         help="base site config (default site_config/dev.yaml)")
     parser.add_argument("--keep", action="store_true",
@@ -410,6 +422,8 @@ def main() -> int:
         parser.error("--repeat must be at least 1")
     if args.jitter < 0:
         parser.error("--jitter must not be negative")
+    if args.size_mb < 1:
+        parser.error("--size-mb must be at least 1")
     if os.geteuid() != 0:
         parser.error("run as root (fallocate in the data root, runuser to the job user, du of work areas)")
     base = load_config(args.config)
@@ -418,7 +432,7 @@ def main() -> int:
     if run(["scontrol", "ping"], check=False).find("UP") < 0:
         print("Slurm controller not reachable: start the dev cluster with `dev/cluster up`", file=sys.stderr)
         return 1
-    run_ = StagingRun(base, args.keep, args.jitter)
+    run_ = StagingRun(base, args.keep, args.jitter, args.size_mb)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -427,8 +441,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     t_start = time.time()
     try:
-        say(f"staging benchmark run {run_.id}: repeat={args.repeat}, data {run_.data}, temp {run_.tmp}, "
-            f"work {run_.work}")
+        say(f"staging benchmark run {run_.id}: repeat={args.repeat}, size {size_text(run_.size)}, "
+            f"data {run_.data}, temp {run_.tmp}, work {run_.work}")
         run_.make_data_dir()
         inp = phase_inputs(run_, args.repeat)
         outp = phase_outputs(run_, args.repeat)
@@ -442,7 +456,7 @@ def main() -> int:
         run_.cleanup()
     env = {"when": datetime.now().strftime("%Y-%m-%d %H:%M"), "repeat": args.repeat, "cpus": os.cpu_count(),
            "slurm": run(["sinfo", "--version"], check=False).strip(), "elapsed": time.time() - t_start,
-           "jitter": args.jitter, "foreign": len(run_.foreign_seen)}
+           "jitter": args.jitter, "size": run_.size, "foreign": len(run_.foreign_seen)}
     report(env, inp, outp, reg)
     return 0
 

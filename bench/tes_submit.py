@@ -53,11 +53,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hpc_bridge.auth import NO_AUTH_IDENTITY  # noqa: E402
 from hpc_bridge.config import PACKAGE_DIR, SiteConfig, load_config  # noqa: E402
 from hpc_bridge.daemon import Daemon  # noqa: E402
 from hpc_bridge.slurm.client import CliSlurmClient  # noqa: E402
 from hpc_bridge.slurm.record import parse_record  # noqa: E402
 from hpc_bridge.slurm.script import render  # noqa: E402
+from hpc_bridge.staging.schemes import Schemes  # noqa: E402
 from hpc_bridge.store import Store  # noqa: E402
 from hpc_bridge.tes.jobspec import plan_job, task_id_from_comment  # noqa: E402
 from hpc_bridge.tes.models import Task  # noqa: E402
@@ -65,6 +67,7 @@ from hpc_bridge.tes.service import TaskService  # noqa: E402
 
 TASK = {"name": "bench", "executors": [{"image": "busybox", "command": ["true"]}]}
 TES = "/ga4gh/tes/v1"
+OWNER = NO_AUTH_IDENTITY.owner  # the dev config has no authentication: every task is "local"'s
 FINAL_TES = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 FINAL_SLURM = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
@@ -209,7 +212,8 @@ class Run:
         """The exact script the daemon would submit for TASK, in a work dir owned by the job user."""
         task_id = str(uuid.uuid4())
         workdir = config.storage.work_root / task_id
-        plan = plan_job(Task.model_validate(TASK), task_id=task_id, workdir=str(workdir), config=config)
+        plan = plan_job(Task.model_validate(TASK), task_id=task_id, workdir=str(workdir), config=config,
+                        schemes=Schemes(config), owner=OWNER)
         workdir.mkdir(parents=True, mode=0o700)
         script = workdir / "job.sh"
         script.write_text(render(plan.script, config.template_search_path))
@@ -459,7 +463,7 @@ def phase_cycles(run_: Run, n: int) -> dict:
     created = 0
     for target in steps:
         while created < target:
-            service.create(dict(TASK), "local")
+            service.create(dict(TASK), OWNER)
             created += 1
             progress(f"[cycle] creating tasks {created}/{target}")
         submit_cycles: list[tuple[Counter[str], float]] = []
@@ -488,7 +492,7 @@ def phase_cycles(run_: Run, n: int) -> dict:
             f"{step['steady_s'] * 1000:.0f} ms")
     # Cancel all N through the TES service: how many scancel calls does the daemon need?
     for row in store.tasks.in_states(["QUEUED"]):
-        service.cancel(row.id, "local")
+        service.cancel(row.id, OWNER)
     cancel_cycles = []
     t0 = time.monotonic()
     while store.tasks.in_states(["CANCELING"]) and time.monotonic() - t0 < 120:
