@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from hpc_bridge import jsonlimit
 from hpc_bridge.auth import AuthError, TokenVerifier
 from hpc_bridge.auth.context import authenticate, current_identity, is_public
-from hpc_bridge.config import SiteConfig
-from hpc_bridge.errors import ServiceError, TooManyRequests
+from hpc_bridge.config import DEFAULT_MAX_REQUEST_BYTES, SiteConfig
+from hpc_bridge.errors import BadRequest, ServiceError, TooManyRequests
 from hpc_bridge.ratelimit import RateLimiter
 from hpc_bridge.store import Store
 from hpc_bridge.tes.api import bp as tes_bp
@@ -23,8 +26,16 @@ from hpc_bridge.wes.service import RunService
 
 log = logging.getLogger(__name__)
 
-# Request bodies of users without a `max_request_bytes` limit: a tesTask, or a WES run's attachments.
-DEFAULT_MAX_REQUEST_BYTES = 16 * 1024**2
+
+class _JSONProvider(DefaultJSONProvider):
+    """JSON bodies nested too deeply are a 400 saying so (see hpc_bridge.jsonlimit), raised as
+    such: a ValueError would make `get_json(silent=True)` call the body "not JSON"."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return jsonlimit.loads(s)
+        except jsonlimit.TooDeep as exc:
+            raise BadRequest(f"body: {exc}") from None
 
 
 def _body(message: str, code: int) -> ResponseReturnValue:
@@ -76,6 +87,7 @@ def create_app(config: SiteConfig, *, store: Store | None = None,
     app = Flask("hpc_bridge")
     app.config["SITE"] = config
     app.config["STARTED_AT"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    app.json = _JSONProvider(app)
     app.json.sort_keys = False
     if config.auth.mode == "none":
         log.warning("AUTHENTICATION IS OFF (auth.mode: none): every caller is the same user "

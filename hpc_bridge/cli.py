@@ -299,7 +299,11 @@ def serve(config_path: Path, host: str | None, port: int | None, insecure_no_aut
     if supervisor is not None:
         app.extensions["hpc_bridge.runs"].on_change = supervisor.wake
     try:
-        waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="hpc-bridge")
+        # Waitress reads (and spools to disk) a whole body before the app sees the request: a
+        # larger one than the site accepts is refused there, before reading and authentication.
+        # It refuses a body of exactly its maximum, the app one over its limit: hence the + 1.
+        waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="hpc-bridge",
+                       max_request_body_size=config.server_request_bytes + 1)
     finally:
         if supervisor is not None:
             supervisor.shutdown()

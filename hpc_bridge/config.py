@@ -24,9 +24,13 @@ from pydantic import (
 from hpc_bridge.auth.settings import AuthSettings
 from hpc_bridge.runas.settings import RunAsSettings, existing_user
 from hpc_bridge.slurm.timelimit import minutes
-from hpc_bridge.wes.settings import WesSettings
+from hpc_bridge.wes.settings import MiB, WesSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# Request bodies of users without a `max_request_bytes` limit: a tesTask, or anything but a WES run.
+DEFAULT_MAX_REQUEST_BYTES = 16 * MiB
+# Executor log tails a task's row may hold (`limits.caps.max_executors` × 2 × `storage.log_tail_bytes`).
+MAX_LOG_ROW_BYTES = 16 * MiB
 
 
 class ConfigError(Exception):
@@ -113,13 +117,30 @@ class UserLimits(_Strict):
     burst: Annotated[int, Field(ge=1)] | None = None
 
 
+class TaskCaps(_Strict):
+    """How many parts one task may have, for everyone: the request size bounds their bytes, not
+    their number, and each part costs the service work (planning, a bind mount, a job step, an
+    environment entry). Every executor also keeps 2 × `storage.log_tail_bytes` of log tails in the
+    task's database row. `max_env` counts per executor. `max_tags` is also how many `tag_key`
+    filters a task list may have: each is one term of an SQL expression, whose depth SQLite
+    limits to 1000."""
+
+    max_executors: Annotated[int, Field(ge=1)] = 16
+    max_inputs: Annotated[int, Field(ge=0)] = 10000
+    max_outputs: Annotated[int, Field(ge=0)] = 10000
+    max_volumes: Annotated[int, Field(ge=0)] = 1000
+    max_env: Annotated[int, Field(ge=0)] = 1000
+    max_tags: Annotated[int, Field(ge=1, le=500)] = 100
+
+
 class LimitSettings(UserLimits):
     """Site limits: the fields of UserLimits for everyone, `users` overriding them per identity
-    (keyed by owner, `<issuer>#<subject>`; "local" without authentication), and the default time
-    limit of a task that names none."""
+    (keyed by owner, `<issuer>#<subject>`; "local" without authentication), the default time
+    limit of a task that names none, and the caps on the parts of a task."""
 
     default_time: str | None = None
     users: dict[str, UserLimits] = Field(default_factory=dict)
+    caps: TaskCaps = TaskCaps()
 
     @field_validator("default_time")
     @classmethod
@@ -325,6 +346,40 @@ class SiteConfig(_Strict):
                              "true to accept that)")
         check_areas(storage, self.wes.root(storage.data_roots))
         return self
+
+    @model_validator(mode="after")
+    def _bounded_requests(self) -> SiteConfig:
+        """The server reads no body over `server_request_bytes`: a larger per-user limit would be
+        a promise it cannot keep."""
+        for owner, override in self.limits.users.items():
+            if override.max_request_bytes is not None and override.max_request_bytes > self.server_request_bytes:
+                raise ValueError(f"limits.users[{owner}].max_request_bytes ({override.max_request_bytes}) is "
+                                 f"more than the server reads at all ({self.server_request_bytes}: "
+                                 "limits.max_request_bytes, or without it the WES run request size)")
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_log_rows(self) -> SiteConfig:
+        """A task's executor logs live in its database row, read whole with the task."""
+        row = self.limits.caps.max_executors * 2 * self.storage.log_tail_bytes
+        if row > MAX_LOG_ROW_BYTES:
+            raise ValueError(f"limits.caps.max_executors × 2 × storage.log_tail_bytes is {row} bytes, more than "
+                             f"{MAX_LOG_ROW_BYTES}: every executor's stdout and stderr tails are kept in the "
+                             "task's database row")
+        return self
+
+    @property
+    def wes_request_bytes(self) -> int:
+        """The body of a WES run request of a user without `max_request_bytes`: its attachments,
+        its parameters and 1 MiB for the rest of the form."""
+        return self.wes.max_attachments_bytes + self.wes.max_params_bytes + MiB
+
+    @property
+    def server_request_bytes(self) -> int:
+        """The largest request body the server reads at all; a larger one is refused (413) before
+        it is read, so before authentication: the site's `limits.max_request_bytes`, else the
+        largest of the defaults (a tesTask, a WES run request)."""
+        return self.limits.max_request_bytes or max(DEFAULT_MAX_REQUEST_BYTES, self.wes_request_bytes)
 
     @property
     def template_search_path(self) -> list[Path]:

@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt import PyJWK, PyJWKClient
 from jwt.utils import base64url_decode
 
+from hpc_bridge import jsonlimit
+
 from .settings import AuthSettings, IssuerSettings, check_jwks_uri
 
 log = logging.getLogger(__name__)
@@ -303,12 +305,13 @@ class _StaticKeys:
 
 
 def _segment_json(token: str, index: int) -> dict[str, Any]:
-    """One JOSE segment, decoded WITHOUT verification: only to choose what to verify against."""
+    """One JOSE segment, decoded WITHOUT verification: only to choose what to verify against.
+    Depth-limited: it is parsed before authentication, and again by pyjwt."""
     parts = token.split(".")
     if len(parts) != 3:
         raise AuthError("token is malformed")
     try:
-        value = json.loads(base64url_decode(parts[index]))
+        value = jsonlimit.loads(base64url_decode(parts[index]))
     except (ValueError, TypeError):
         raise AuthError("token is malformed") from None
     if not isinstance(value, dict):

@@ -122,6 +122,8 @@ def validate_workflow(workflow: str, *, params: dict[str, Any] | None = None, po
         loader = Loader(jobloaderctx.copy(), fetcher_constructor=fetcher_constructor(policy, refusals),
                         doc_cache=False)
         job, _ = loader.resolve_all(cmap(copy.deepcopy(params)), base, checklinks=False)
+        if not isinstance(job, dict):  # a top-level `$import` of another kind of document
+            raise InvalidWorkflow("workflow_params: must be an object (the job), not what its $import yields")
         if _imports(params):  # the literals it imported were not among those the WES layer checked
             check_literals(job, "workflow_params", base, policy)
         fill_in_defaults(tool.tool["inputs"], job, StdFsAccess(""))
@@ -136,7 +138,11 @@ def validate_workflow(workflow: str, *, params: dict[str, Any] | None = None, po
         raise InvalidWorkflow(str(exc)) from None
     except (SchemaSaladException, WorkflowException) as exc:
         raise InvalidWorkflow(_reason(str(exc), refusals)) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable or malformed documents
+    except RecursionError:
+        raise InvalidWorkflow("the workflow or its inputs are nested too deeply to be loaded") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # Unreadable or malformed documents: cwltool takes some shapes for granted, such as
+        # mappings in `inputs`, where a document (or what an `$import` yields) may hold a string.
         raise InvalidWorkflow(f"{type(exc).__name__}: {exc}") from None
 
 

@@ -3,13 +3,14 @@ transaction; and the TES tasks of a run, found through their `wes_run_id` tag (i
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpc_bridge.store.tasks import LIVE_STATES, TaskRow, now_iso
+from hpc_bridge.store.tasks import decode_token as _decode_token
+from hpc_bridge.store.tasks import encode_token as _encode_token
 
 if TYPE_CHECKING:
     from hpc_bridge.store.db import Store
@@ -50,18 +51,12 @@ class RunRow:
 
 
 def encode_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"r{seq}".encode()).decode().rstrip("=")
+    return _encode_token(seq, "r")
 
 
 def decode_token(token: str) -> int:
     """Opaque to clients; a forged or corrupt token is a ValueError (-> 400)."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if raw[0] != "r" or not raw[1:].isdigit():
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, IndexError, UnicodeDecodeError):
-        raise ValueError(f"invalid page_token: {token!r}") from None
+    return _decode_token(token, "r")
 
 
 class ActiveRunsLimit(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ _JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "out
 LIVE_STATES = ("QUEUED", "INITIALIZING", "RUNNING", "PAUSED")
 # What counts against a user's active-task limit: everything that may still hold a Slurm job.
 ACTIVE_STATES = (*LIVE_STATES, "CANCELING")
+MAX_SEQ = 2**63 - 1  # SQLite's largest INTEGER
 
 
 class ActiveLimitReached(Exception):
@@ -75,19 +77,22 @@ class TaskFilter:
     tags: tuple[tuple[str, str], ...] = ()  # (key, value) pairs, all must match; "" = any value
 
 
-def encode_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"t{seq}".encode()).decode().rstrip("=")
+def encode_token(seq: int, kind: str = "t") -> str:
+    """A page token: the `seq` a page continues from, marked with the table's `kind` letter."""
+    return base64.urlsafe_b64encode(f"{kind}{seq}".encode()).decode().rstrip("=")
 
 
-def decode_token(token: str) -> int:
-    """Page tokens are opaque to clients; a forged or corrupt one is a ValueError (-> 400)."""
+def decode_token(token: str, kind: str = "t") -> int:
+    """Page tokens are opaque to clients; a forged or corrupt one is a ValueError (-> 400), and so
+    is a seq beyond SQLite's integers, which no query could compare (an OverflowError)."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        if raw[0] != "t" or not raw[1:].isdigit():
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, IndexError, UnicodeDecodeError):
-        raise ValueError(f"invalid page_token: {token!r}") from None
+    except (ValueError, UnicodeDecodeError):
+        raw = ""
+    match = re.fullmatch(rf"{kind}([0-9]{{1,19}})", raw)
+    if match is None or int(match[1]) > MAX_SEQ:
+        raise ValueError("invalid page_token: not one this server gave out")
+    return int(match[1])
 
 
 class TaskStore:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from hpc_bridge.config import SiteConfig
+from hpc_bridge.config import SiteConfig, TaskCaps
 
 
 class ApiModel(BaseModel):
@@ -101,11 +101,16 @@ class Output(ApiModel):
     type: FileType | None = None
 
 
+# A billion GB is more than any node has, and its megabytes still fit Slurm's counters; Python's JSON
+# reads Infinity and NaN, and 1e308 GB overflows on its way to megabytes: both refused here.
+Gigabytes = Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
+
+
 class Resources(ApiModel):
     cpu_cores: Annotated[int, Field(ge=1)] | None = None
     preemptible: bool | None = None
-    ram_gb: Annotated[float, Field(gt=0)] | None = None
-    disk_gb: Annotated[float, Field(gt=0)] | None = None
+    ram_gb: Gigabytes | None = None
+    disk_gb: Gigabytes | None = None
     zones: list[str] | None = None
     backend_parameters: dict[str, str] | None = None
     backend_parameters_strict: bool | None = None
@@ -160,6 +165,19 @@ class Task(ApiModel):
     tags: dict[Searchable, Searchable] | None = None
     logs: list[TaskLog] | None = None
     creation_time: str | None = None
+
+    def over_caps(self, caps: TaskCaps) -> str | None:
+        """Why the task has more parts than the site's caps allow (naming the field), or None."""
+        counts = [("executors", len(self.executors), caps.max_executors),
+                  ("inputs", len(self.inputs or ()), caps.max_inputs),
+                  ("outputs", len(self.outputs or ()), caps.max_outputs),
+                  ("volumes", len(self.volumes or ()), caps.max_volumes),
+                  ("tags", len(self.tags or {}), caps.max_tags),
+                  *((f"executors[{i}].env", len(e.env or {}), caps.max_env) for i, e in enumerate(self.executors))]
+        for field, count, cap in counts:
+            if count > cap:
+                return f"{field}: {count} given, more than the {cap} allowed here"
+        return None
 
 
 class CreateTaskResponse(ApiModel):

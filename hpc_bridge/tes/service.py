@@ -66,6 +66,8 @@ class TaskService:
             task = Task.model_validate(body)
         except ValidationError as exc:
             raise BadRequest(validation_message(exc)) from None
+        if problem := task.over_caps(self._config.limits.caps):
+            raise BadRequest(problem)
         task_id = str(uuid.uuid4())
         limits = self._config.limits.for_owner(owner)
         try:  # the same planning the daemon does later, so bad values fail now, with a 400
@@ -105,6 +107,9 @@ class TaskService:
             raise BadRequest(f"state: unknown state {state!r}")
         if len(tag_values) > len(tag_keys):
             raise BadRequest("tag_value: more values than tag_key parameters")
+        if len(tag_keys) > (most := self._config.limits.caps.max_tags):
+            raise BadRequest(f"tag_key: {len(tag_keys)} given, more than the {most} allowed here "
+                             "(as many as a task may have tags)")
         try:
             before = decode_token(page_token) if page_token else None
         except ValueError as exc:

@@ -69,7 +69,7 @@ def _submission() -> Submission:
     request.max_form_memory_size = site.wes.max_params_bytes
     if site.limits.for_owner(current_identity().owner).max_request_bytes is None:
         # No per-user cap: a run may carry its attachments (wes.max_attachments_bytes) and params.
-        request.max_content_length = site.wes.max_attachments_bytes + site.wes.max_params_bytes + 2**20
+        request.max_content_length = site.wes_request_bytes
     fields: dict[str, str] = {}
     if any(not key for key in [*request.form, *request.files]):
         raise BadRequest("body: every multipart part needs a name in its Content-Disposition header")

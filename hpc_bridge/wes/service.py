@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from hpc_bridge import jsonlimit
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.cwl.fetch import FetchPolicy
 from hpc_bridge.errors import BadRequest, NotFound, ServiceError, TooManyRequests
@@ -112,7 +113,7 @@ def _json_object(value: Any, field: str) -> dict[str, Any]:
         return {}
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = jsonlimit.loads(value)
         except ValueError as exc:
             raise BadRequest(f"{field}: not valid JSON ({exc})") from None
     if not isinstance(value, dict):

@@ -248,6 +248,28 @@ def test_garbage_tokens(idp: Issuer, value: str) -> None:
     assert idp.total == 0
 
 
+def _deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize("segment", [0, 1])
+@pytest.mark.parametrize("nested", [
+    _deep(10000),  # Python's parser would raise RecursionError (and the token stays under 32 KiB)
+    '{"alg": "RS256", "kid": "rsa-1", "iss": "x", "x": ' + _deep(100) + "}",  # parsed, too deep to pass on
+])
+def test_deeply_nested_segments_are_malformed_before_any_fetch(idp: Issuer, rsa_key: rsa.RSAPrivateKey,
+                                                              segment: int, nested: str) -> None:
+    parts = token(rsa_key, claims(idp)).split(".")
+    parts[segment] = b64(nested.encode())
+    refused(verifier_for(idp), "Bearer " + ".".join(parts), "token is malformed")
+    assert idp.total == 0
+
+
+def test_nesting_within_the_limit_is_verified(idp: Issuer, rsa_key: rsa.RSAPrivateKey) -> None:
+    nested = json.loads(_deep(60))
+    assert verifier_for(idp).verify("Bearer " + token(rsa_key, claims(idp, x=nested))).claims["x"] == nested
+
+
 # --- key refresh, rotation, throttle --------------------------------------------------------
 
 

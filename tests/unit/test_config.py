@@ -91,3 +91,34 @@ def test_per_user_limits_override_only_what_they_set(tmp_path: Path) -> None:
     assert limits.for_owner("https://id.example.org#alice").max_active_tasks == 100
     assert limits.for_owner("https://id.example.org#alice").max_cpu_cores == 4
     assert limits.for_owner("https://id.example.org#bob").max_active_tasks == 10
+
+
+def _limits_config(tmp_path: Path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text("auth: {mode: none}\n" + text)
+    return load_config(path)
+
+
+def test_the_server_reads_the_site_request_limit_or_the_largest_default(tmp_path: Path) -> None:
+    assert _limits_config(tmp_path, "limits: {max_request_bytes: 4096}\n").server_request_bytes == 4096
+    default = _limits_config(tmp_path, "")
+    assert default.server_request_bytes == default.wes_request_bytes == (256 + 8 + 1) * 1024**2
+    small_wes = _limits_config(tmp_path, "wes: {max_attachments_bytes: 1, max_params_bytes: 1024}\n")
+    assert small_wes.server_request_bytes == 16 * 1024**2  # a tesTask's default
+
+
+def test_a_user_request_limit_above_what_the_server_reads_is_refused(tmp_path: Path) -> None:
+    user = "  users:\n    'https://id.example.org#alice': {max_request_bytes: %d}\n"
+    assert _limits_config(tmp_path, "limits:\n  max_request_bytes: 8192\n" + user % 8192)
+    with pytest.raises(ConfigError, match=r"limits.users\[https://id.example.org#alice\].max_request_bytes \(8193\)"):
+        _limits_config(tmp_path, "limits:\n  max_request_bytes: 8192\n" + user % 8193)
+
+
+def test_caps_keep_a_task_rows_log_tails_bounded(tmp_path: Path) -> None:
+    assert _limits_config(tmp_path, "limits: {caps: {max_executors: 128}}\n").limits.caps.max_executors == 128
+    with pytest.raises(ConfigError, match="log_tail_bytes is 16908288 bytes"):
+        _limits_config(tmp_path, "limits: {caps: {max_executors: 129}}\n")
+    with pytest.raises(ConfigError, match="log_tail_bytes"):
+        _limits_config(tmp_path, "storage: {log_tail_bytes: 16777216}\n")
+    with pytest.raises(ConfigError, match="max_tags"):
+        _limits_config(tmp_path, "limits: {caps: {max_tags: 501}}\n")  # filters past SQLite's expression depth

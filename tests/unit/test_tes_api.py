@@ -7,6 +7,8 @@ the FULL view before validating. Everything else must validate as it is.
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from hpc_bridge.app import create_app
-from hpc_bridge.config import SiteConfig
+from hpc_bridge.config import SiteConfig, TaskCaps
 from hpc_bridge.store import Store, TaskFilter
+from hpc_bridge.store.tasks import MAX_SEQ, encode_token
 
 SPEC = "tes-1.1.0.openapi.yaml"
 BASE = "/ga4gh/tes/v1"
@@ -191,3 +194,115 @@ def test_finished_task_logs_validate_in_every_view(client: FlaskClient, store: S
     client.checked("get", f"{BASE}/tasks?view=FULL")
     client.checked("get", f"{BASE}/tasks?view=BASIC")
     client.checked("get", f"{BASE}/tasks")
+
+
+# -- hostile input: a 400 naming the problem, never a 500, nothing stored -----------------------
+
+
+def nothing_stored(store: Store) -> bool:
+    return store.tasks.list(TaskFilter(), before_seq=None, limit=10) == []
+
+
+def post_raw(client: FlaskClient, text: str):
+    return client.post(f"{BASE}/tasks", data=text, content_type="application/json")
+
+
+@pytest.mark.parametrize("text", [
+    '{"executors": ' + "[" * 5000 + "]" * 5000 + "}",  # Python's parser: RecursionError
+    json.dumps(simple(tags={"k": "v"}))[:-1] + ', "description": ' + "[" * 100 + "]" * 100 + "}",
+    "[" * 100000 + "]" * 100000,
+])
+def test_deeply_nested_bodies_are_400(client: FlaskClient, store: Store, text: str) -> None:
+    resp = post_raw(client, text)
+    assert resp.status_code == 400 and resp.get_json() == {
+        "msg": "body: nested more than 64 levels deep, the maximum here", "status_code": 400}
+    assert nothing_stored(store)
+
+
+def test_nesting_within_the_limit_is_parsed(client: FlaskClient) -> None:
+    resp = post_raw(client, json.dumps(simple())[:-1] + ', "description": ' + "[" * 63 + "]" * 63 + "}")
+    assert resp.status_code == 400 and "description: Input should be a valid string" in resp.get_json()["msg"]
+
+
+@pytest.mark.parametrize("field", ["ram_gb", "disk_gb"])
+@pytest.mark.parametrize(("value", "words"), [
+    ("1e308", "less than or equal to 1000000000"), ("1e400", "finite"), ("Infinity", "finite"),
+    ("-Infinity", "finite"), ("NaN", "finite"), ("1000000001", "less than or equal"),
+])
+def test_non_finite_and_absurd_sizes_are_400(client: FlaskClient, store: Store, field: str, value: str,
+                                             words: str) -> None:
+    text = json.dumps(simple(resources={field: 1}))[:-3] + value + "}}"
+    resp = post_raw(client, text)
+    assert resp.status_code == 400, resp.get_json()
+    assert f"resources.{field}" in resp.get_json()["msg"] and words in resp.get_json()["msg"]
+    assert nothing_stored(store)
+
+
+def test_the_largest_size_plans(client: FlaskClient) -> None:
+    """1e9 GB passes the model (no overflow on its way to MB); the dev site has no size limit."""
+    create(client, simple(resources={"ram_gb": 1e9, "disk_gb": 1e9}))
+
+
+def _token(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("raw", ["t" + "9" * 25, f"t{MAX_SEQ + 1}", "t" + "9" * 5000, "t\u0663", "t-1", "t"])
+def test_page_tokens_beyond_sqlite_integers_are_400(client: FlaskClient, raw: str) -> None:
+    resp = client.get(f"{BASE}/tasks?page_token={_token(raw)}")
+    assert resp.status_code == 400 and resp.get_json()["msg"].startswith("invalid page_token")
+
+
+def test_the_largest_page_token_is_a_page(client: FlaskClient) -> None:
+    task_id = create(client, simple())
+    assert encode_token(MAX_SEQ) == _token(f"t{MAX_SEQ}")
+    body = client.checked("get", f"{BASE}/tasks?page_token={encode_token(MAX_SEQ)}").get_json()
+    assert body["tasks"] == [{"id": task_id, "state": "QUEUED"}]
+
+
+def test_tag_filters_are_capped(client: FlaskClient, dev_config: SiteConfig) -> None:
+    most = dev_config.limits.caps.max_tags
+    tagged = create(client, simple(tags={f"k{i}": "" for i in range(most)}))
+    query = "&".join(f"tag_key=k{i}" for i in range(most))
+    assert [t["id"] for t in client.checked("get", f"{BASE}/tasks?{query}").get_json()["tasks"]] == [tagged]
+    for count in (most + 1, 1001, 5000):
+        resp = client.get(f"{BASE}/tasks?" + "&".join(f"tag_key=k{i}" for i in range(count)))
+        assert resp.status_code == 400
+        assert resp.get_json()["msg"] == (f"tag_key: {count} given, more than the {most} allowed here "
+                                          "(as many as a task may have tags)")
+
+
+CAPS = TaskCaps(max_executors=2, max_inputs=2, max_outputs=2, max_volumes=2, max_env=2, max_tags=2)
+
+
+@pytest.fixture()
+def capped(dev_config: SiteConfig, store: Store) -> FlaskClient:
+    limits = dev_config.limits.model_copy(update={"caps": CAPS})
+    return create_app(dev_config.model_copy(update={"limits": limits}), store=store).test_client()
+
+
+def executor(**fields: Any) -> dict[str, Any]:
+    return {"image": "busybox", "command": ["true"], **fields}
+
+
+@pytest.mark.parametrize(("parts", "field"), [
+    ({"executors": [executor()] * 3}, "executors"),
+    ({"inputs": [{"path": f"/in/{i}", "content": "x"} for i in range(3)]}, "inputs"),
+    ({"outputs": [{"path": f"/out/{i}", "url": f"file:///srv/hpc-bridge/data/{i}"} for i in range(3)]}, "outputs"),
+    ({"volumes": ["/v1", "/v2", "/v3"]}, "volumes"),
+    ({"tags": {"a": "", "b": "", "c": ""}}, "tags"),
+    ({"executors": [executor(), executor(env={"A": "1", "B": "2", "C": "3"})]}, "executors[1].env"),
+])
+def test_parts_over_the_caps_are_400_naming_the_field(capped: FlaskClient, store: Store, parts: dict[str, Any],
+                                                      field: str) -> None:
+    resp = capped.post(f"{BASE}/tasks", json=simple(**parts))
+    assert resp.status_code == 400
+    assert resp.get_json()["msg"] == f"{field}: 3 given, more than the 2 allowed here"
+    assert nothing_stored(store)
+
+
+def test_parts_at_the_caps_are_accepted(capped: FlaskClient) -> None:
+    body = simple(executors=[executor(env={"A": "1", "B": "2"})] * 2, volumes=["/v1", "/v2"],
+                  inputs=[{"path": f"/in/{i}", "content": "x"} for i in range(2)], tags={"a": "", "b": ""})
+    resp = capped.post(f"{BASE}/tasks", json=body)
+    assert resp.status_code == 200, resp.get_json()

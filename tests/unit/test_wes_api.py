@@ -9,6 +9,7 @@ used as they are.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -597,3 +598,74 @@ def test_request_size_follows_the_wes_caps_unless_the_user_has_a_limit(client: F
     client.application.config["SITE"] = config.model_copy(update={"limits": limits})
     resp = submit(client, files=big, workflow_params={})
     assert resp.status_code == 413 and resp.get_json()["status_code"] == 413
+
+
+# -- hostile input: a 400 naming the problem, never a 500, nothing stored -----------------------
+
+DEEP = "[" * 5000 + "]" * 5000  # Python's parser: RecursionError
+
+
+def nothing_stored(store: Store, data_root: Path) -> bool:
+    return RunStore(store).list(None, before_seq=None, limit=10) == [] and run_dirs(data_root) == []
+
+
+@pytest.mark.parametrize("field", ["workflow_params", "tags", "workflow_engine_parameters"])
+@pytest.mark.parametrize("value", ['{"a": ' + DEEP + "}", '{"a": ' + "[" * 100 + "]" * 100 + "}"])
+def test_deeply_nested_form_fields_are_400(client: FlaskClient, store: Store, data_root: Path, field: str,
+                                           value: str) -> None:
+    assert_400(submit(client, **{field: value}), field, "nested more than 64 levels deep")
+    assert nothing_stored(store, data_root)
+
+
+def test_deeply_nested_json_body_is_400(client: FlaskClient, store: Store, data_root: Path) -> None:
+    body = '{"workflow_type": "CWL", "workflow_params": {"a": ' + DEEP + "}}"
+    resp = client.post(f"{BASE}/runs", data=body, content_type="application/json", headers=as_user("alice"))
+    assert_400(resp, "body: nested more than 64 levels deep")
+    assert nothing_stored(store, data_root)
+
+
+@pytest.mark.parametrize("raw", ["r" + "9" * 25, f"r{2**63}", "r" + "9" * 5000])
+def test_page_tokens_beyond_sqlite_integers_are_400(client: FlaskClient, raw: str) -> None:
+    run_id = create(client)
+    token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    for path in ("/runs", f"/runs/{run_id}/tasks"):
+        assert_400(client.get(f"{BASE}{path}?page_token={token}"), "invalid page_token")
+
+
+@pytest.fixture()
+def real_client(config: SiteConfig, store: Store) -> FlaskClient:
+    """The real validator (cwltool), for documents only cwltool reads."""
+    return create_app(config, store=store, verifier=Users()).test_client()  # type: ignore[arg-type]
+
+
+def submit_to(client: FlaskClient, files: dict[str, bytes], **fields: Any):
+    return client.post(f"{BASE}/runs", data=form(files, workflow_url="tool.cwl", **fields),
+                       content_type="multipart/form-data", headers=as_user("alice"))
+
+
+@pytest.mark.parametrize(("files", "params", "words"), [
+    ({"tool.cwl": (TOOL + "hints: " + "[" * 1000 + "]" * 1000 + "\n").encode()}, {},
+     ("nested too deeply",)),
+    ({"tool.cwl": (TOOL + "hints:\n  - " + "{a: " * 1000 + "1" + "}" * 1000 + "\n").encode()}, {},
+     ("nested too deeply",)),
+    ({"tool.cwl": TOOL.replace("inputs:\n  reads: {type: File, inputBinding: {position: 1}}",
+                               "inputs: {$import: str.yml}").encode(), "str.yml": b"hello\n"}, {},
+     ("AttributeError",)),
+    ({"tool.cwl": TOOL.encode(), "str.yml": b"hello\n"}, {"$import": "str.yml"},
+     ("workflow_params: must be an object",)),
+])
+def test_documents_cwltool_cannot_load_are_400(real_client: FlaskClient, store: Store, data_root: Path,
+                                               files: dict[str, bytes], params: dict[str, Any],
+                                               words: tuple[str, ...]) -> None:
+    assert_400(submit_to(real_client, files, workflow_params=params), *words)
+    assert nothing_stored(store, data_root)
+
+
+def test_real_validator_accepts_nesting_within_the_limit(real_client: FlaskClient, data_root: Path) -> None:
+    nested: Any = "x"
+    for _ in range(60):
+        nested = [nested]
+    files = {"tool.cwl": TOOL.replace("outputs:", "  extra: Any\noutputs:").encode(), "reads.txt": b"ACGT\n"}
+    resp = submit_to(real_client, files, workflow_params={"reads": {"class": "File", "location": "reads.txt"},
+                                                          "extra": nested})
+    assert resp.status_code == 200, resp.get_json()
