@@ -215,6 +215,14 @@ class ApptainerSettings(_Strict):
     trusted_registries: list[str] = Field(default_factory=list)
     pull_timeout: Annotated[float, Field(gt=0)] = 1800.0
     pull_parallelism: Annotated[int, Field(ge=1, le=16)] = 2
+    # The account a root daemon runs `apptainer pull` as (a registry's answers are parsed there, so
+    # never root; an account of its own, not a task's user). A daemon that is not root pulls as itself.
+    pull_as: str | None = None
+
+    @field_validator("pull_as")
+    @classmethod
+    def _pull_user_exists(cls, value: str | None) -> str | None:
+        return existing_user(value)
 
 
 class HttpInputSettings(_Strict):

@@ -22,7 +22,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from hpc_bridge.config import ConfigError, SiteConfig
 from hpc_bridge.containers.apptainer import UnsafeValue
@@ -30,7 +30,7 @@ from hpc_bridge.containers.cache import ImageCache, PullError
 from hpc_bridge.containers.images import RegistryImage
 from hpc_bridge.slurm import pack
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
-from hpc_bridge.slurm.record import JobRecord, parse_record
+from hpc_bridge.slurm.record import JobRecord, file_refusal, parse_record
 from hpc_bridge.slurm.script import JobScript, render
 from hpc_bridge.slurm.states import map_state, member_state, still_active
 from hpc_bridge.staging import http
@@ -91,34 +91,46 @@ class DaemonLock:
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
 
-def read_record(workdir: str | None) -> JobRecord | None:
-    """None when there is no record (yet); other I/O errors propagate (retried next cycle). The
-    job user owns the file: no symlink is followed, no FIFO blocks, and its size is capped."""
-    if not workdir:
-        return None
+class JobFileRefused(Exception):
+    """A file where the job writes that the daemon will not read; the message says which and why."""
+
+
+def _open_job_file(path: str, base: str, owner_uid: int) -> BinaryIO | None:
+    """Open a file the job wrote under `base` (its work area or status directory) for the daemon,
+    which may be root: walked to from `base` without following a symlink, and only the job user's
+    own single-link regular file (`file_refusal`). None: no such file (yet)."""
+    area = WorkArea(Path(base))
     try:
-        fd = os.open(Path(workdir, "record.jsonl"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = area.open_read(area.relative(path))
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{workdir}/record.jsonl is not a regular file")
+    except OSError as exc:
+        raise JobFileRefused(f"{path}: {exc.strerror or exc}; not read") from None
+    fh = os.fdopen(fd, "rb")
+    if (reason := file_refusal(os.fstat(fd), owner_uid)) is not None:
+        fh.close()
+        raise JobFileRefused(f"{path}: {reason}; not read")
+    return fh
+
+
+def read_record(workdir: str | None, owner_uid: int) -> JobRecord | None:
+    """None when there is no record (yet); JobFileRefused when it is not the job's own file; other
+    I/O errors propagate (retried next cycle). Its size is capped."""
+    if not workdir:
+        return None
+    fh = _open_job_file(f"{workdir}/record.jsonl", workdir, owner_uid)
+    if fh is None:
+        return None
+    with fh:
         return parse_record(fh.read(MAX_RECORD_BYTES).decode(errors="replace"))
 
 
-def _tail(path: str, workdir: str, limit: int) -> str:
-    """The end of an executor's output, read by the daemon (possibly root): the path must still
-    resolve inside the task's work area, and a symlink planted by the task is not followed."""
-    real, base = os.path.realpath(path), os.path.realpath(workdir)
-    if not within(real, base):
+def _tail(path: str, workdir: str, limit: int, owner_uid: int) -> str:
+    """The end of an executor's output, checked as the record is (JobFileRefused)."""
+    fh = _open_job_file(path, workdir, owner_uid)
+    if fh is None:
         return ""
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
+    with fh:
         size = fh.seek(0, os.SEEK_END)
         fh.seek(max(0, size - limit))
         return fh.read().decode(errors="replace")
@@ -141,6 +153,9 @@ class Daemon:
         self._last_cleanup = 0.0
         self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
         self._job_user = pwd.getpwnam(config.slurm.submit_as) if config.slurm.submit_as else None
+        # Whom the service's own jobs (every task not run as its own user) belong to in Slurm.
+        self._service_user = config.slurm.submit_as or pwd.getpwuid(os.geteuid()).pw_name
+        self._ignored_jobs: set[str] = set()  # jobs carrying a task's comment under another user
         self._check_run_as()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -183,8 +198,13 @@ class Daemon:
             log.warning("Slurm unavailable, tasks stay as they are: %s", exc)
             return False
         by_id = {j.job_id: j for j in jobs}
-        by_task = {tid: j for j in jobs if (tid := task_id_from_comment(j.comment))}
-        by_pack = {pid: j for j in jobs if (pid := pack.pack_id_from_comment(j.comment))}
+        by_task: dict[str, list[JobStatus]] = {}
+        by_pack: dict[str, list[JobStatus]] = {}
+        for job in jobs:  # a comment is anyone's to set: several jobs may carry the same one
+            if tid := task_id_from_comment(job.comment):
+                by_task.setdefault(tid, []).append(job)
+            elif pid := pack.pack_id_from_comment(job.comment):
+                by_pack.setdefault(pid, []).append(job)
         busy = any(row.job_id for row in active)
         to_cancel: list[str] = []
         to_cancel_as_user: list[TaskRow] = []
@@ -192,7 +212,7 @@ class Daemon:
         for row in active:
             try:
                 if row.job_id is None:
-                    adopted = self._submitted_before(row, by_task, by_pack)
+                    adopted = self._submitted_before(row, by_id, by_task, by_pack)
                     if adopted is not None:
                         self._adopt(row, adopted)
                     elif row.cancel_requested:
@@ -229,7 +249,7 @@ class Daemon:
         """A packed task is cancelled alone: its step if it runs, else a marker so that the launcher
         skips it (both, when it starts in between: the next cycle sees its step). Returns the steps
         to scancel."""
-        record = read_record(self._record_dir(row))
+        record, _ = self._record(row)
         if record is not None and record.finished:
             return []
         if record is not None and record.step_id:
@@ -251,17 +271,24 @@ class Daemon:
 
     # -- submission -------------------------------------------------------------------------
 
-    def _submitted_before(self, row: TaskRow, by_task: dict[str, JobStatus],
-                          by_pack: dict[str, JobStatus]) -> str | None:
+    def _submitted_before(self, row: TaskRow, by_id: dict[str, JobStatus],
+                          by_task: dict[str, list[JobStatus]],
+                          by_pack: dict[str, list[JobStatus]]) -> str | None:
         """A job a previous attempt submitted: still known to Slurm (comment: the task's, or its
-        pack's), or long gone from the controller but recorded by the job itself in its work area."""
-        if (job := by_task.get(row.id)) is not None:
-            return job.job_id
-        if row.pack_id and (job := by_pack.get(row.pack_id)) is not None:
-            return job.job_id
+        pack's, and run as the task's job user: anyone who can sbatch can write a comment), or long
+        gone from the controller but recorded by the job itself in its work area."""
+        user = row.run_as or self._service_user
+        for job in [*by_task.get(row.id, []), *by_pack.get(row.pack_id or "", [])]:
+            if job.user == user:
+                return job.job_id
+            if job.job_id not in self._ignored_jobs:
+                self._ignored_jobs.add(job.job_id)
+                log.warning("task %s: not adopting Slurm job %s: it carries the task's comment but runs "
+                            "as %r, not as %r", row.id, job.job_id, job.user, user)
         if row.submit_attempts:
-            record = read_record(self._record_dir(row))
-            if record is not None and record.job_id:
+            record, _ = self._record(row)
+            # A job still in the snapshot was the task's only if its comment and user said so above.
+            if record is not None and record.job_id and record.job_id not in by_id:
                 return record.job_id
         return None
 
@@ -489,6 +516,17 @@ class Daemon:
         return dataclasses.replace(script, status_dir=str(status_dir(self.config.storage.work_root, task_id)),
                                    log_tail=self.config.storage.log_tail_bytes)
 
+    def _job_uid(self, row: TaskRow) -> int:
+        """Whose files the task's job writes: its own Unix user's, or the service's job user's."""
+        return pwd.getpwnam(row.run_as or self._service_user).pw_uid
+
+    def _record(self, row: TaskRow) -> tuple[JobRecord | None, str | None]:
+        """The job's record and, when its file is refused, why (a line for the task's system logs)."""
+        try:
+            return read_record(self._record_dir(row), self._job_uid(row)), None
+        except JobFileRefused as exc:
+            return None, str(exc)
+
     def _record_dir(self, row: TaskRow) -> str | None:
         """Where a task's job leaves its record and logs: the work area, or for a per-user task
         its status directory (the work area is private to the user)."""
@@ -518,7 +556,8 @@ class Daemon:
                 and not row.cancel_requested and not row.pack_id:
             return  # nothing new until the job ends: spare the record read
         needs_record = status is None or status.state not in ("PENDING", "CONFIGURING")
-        record = read_record(self._record_dir(row)) if needs_record else None
+        record, refused = self._record(row) if needs_record else (None, None)
+        new_lines = [refused] if refused else []
         slurm_state, reason = (status.state, status.reason) if status else (None, "")
         if row.pack_id:  # the shared job's state is not the task's: its step's end is in its record
             slurm_state, reason = member_state(slurm_state, reason, record, carrier_id=row.job_id or "",
@@ -533,28 +572,29 @@ class Daemon:
                 return  # the record may still be on its way through the shared filesystem
         self._unconfirmed.pop(row.id, None)
         terminal = State(mapped.state).terminal
-        logs = list(row.system_logs)
-        new_lines = [mapped.log] if mapped.log else []
-        if terminal and record:
-            new_lines += record.output_warnings
-        logs.extend(line for line in dict.fromkeys(new_lines) if line not in logs)
+        new_lines += [mapped.log] if mapped.log else []
         changes: dict = {}
-        if logs != row.system_logs:
-            changes["system_logs"] = logs
         if record and record.start_time and not row.start_time:
             changes["start_time"] = record.start_time
         if terminal:
             now = now_iso()  # the record's clock is the job's: never later than ours (retention)
             changes["end_time"] = min(record.end_time, now) if record and record.end_time else now
-            changes["executor_logs"] = self._executor_logs(row, record)
+            changes["executor_logs"], refused_tails = self._executor_logs(row, record)
+            new_lines += refused_tails
             if record:
+                new_lines += record.output_warnings
                 changes["outputs"] = record.outputs
             self._cancel_sent.discard(row.job_id or "")
             self._cancel_sent.discard(row.id)
             if record and record.step_id:
                 self._cancel_sent.discard(f"{row.job_id}.{record.step_id}")
         elif mapped.state == State.RUNNING and record:
-            changes["executor_logs"] = self._executor_logs(row, record, tails=False)
+            changes["executor_logs"], _ = self._executor_logs(row, record, tails=False)
+        added = [line for line in dict.fromkeys(new_lines) if line not in row.system_logs]
+        if added:
+            changes["system_logs"] = [*row.system_logs, *added]
+            if refused in added:
+                log.warning("task %s: %s", row.id, refused)
         if mapped.state != row.state or changes:
             self.store.tasks.update(row.id, state=mapped.state, message=mapped.log, **changes)
 
@@ -606,10 +646,12 @@ class Daemon:
             if not directory.is_symlink():
                 shutil.rmtree(directory, ignore_errors=True)
 
-    def _executor_logs(self, row: TaskRow, record: JobRecord | None, tails: bool = True) -> list[dict]:
+    def _executor_logs(self, row: TaskRow, record: JobRecord | None,
+                       tails: bool = True) -> tuple[list[dict], list[str]]:
+        """The executors' TES logs, and a line for each output file that was refused, not read."""
         if record is None:
-            return []
-        out = []
+            return [], []
+        out, refused = [], []
         limit = self.config.storage.log_tail_bytes
         for index, ex in sorted(record.executors.items()):
             entry: dict = {"exit_code": ex.exit_code if ex.exit_code is not None else -1}
@@ -618,7 +660,12 @@ class Daemon:
             if ex.end_time:
                 entry["end_time"] = ex.end_time
             if tails and index < len(row.streams) and (base := self._record_dir(row)):
-                entry["stdout"] = _tail(row.streams[index]["stdout"], base, limit)
-                entry["stderr"] = _tail(row.streams[index]["stderr"], base, limit)
+                for stream in ("stdout", "stderr"):
+                    try:
+                        entry[stream] = _tail(row.streams[index][stream], base, limit, self._job_uid(row))
+                    except JobFileRefused as exc:
+                        entry[stream] = ""
+                        refused.append(f"executor {index} {stream}: {exc}")
+                        log.warning("task %s: executor %d %s: %s", row.id, index, stream, exc)
             out.append(entry)
-        return out
+        return out, refused

@@ -1,9 +1,13 @@
 """Pull registry images into the image cache, once per image however many threads and processes ask.
 
-The daemon runs as root on the login node and pulls before a job is submitted (compute nodes are
-often offline); jobs then run the cached SIF as the unprivileged job user, so SIFs are 0644 in a
-0755 directory. A SIF appears under its final name only once complete (pulled into a temporary
-directory beside it, then renamed), so its existence is the only "cached" test needed.
+The daemon pulls on the login node before a job is submitted (compute nodes are often offline);
+jobs then run the cached SIF as the unprivileged job user, so SIFs are 0644 in a 0755 directory.
+A pull parses what a registry sends, so it never runs as root: a root daemon runs `apptainer pull`
+as `apptainer.pull_as`, which owns nothing but the pull's own temporary directory; the daemon then
+takes the checked file itself (by descriptor, never by a name that account could swap) into the
+cache, which stays the daemon's and writable by no task user. A SIF appears under its final name
+only once complete, so its existence is the only "cached" test needed. Registries the site did not
+name are reached only through the address-checking proxy of `egress`.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import pwd
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,8 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hpc_bridge.config import ApptainerSettings
+from hpc_bridge.containers import egress
 from hpc_bridge.containers.images import RegistryImage
-from hpc_bridge.staging.http import is_allowed_address
+from hpc_bridge.slurm.record import file_refusal
 
 _STDERR_TAIL = 2000
 log = logging.getLogger(__name__)
@@ -37,8 +42,11 @@ class PullError(Exception):
 class ImageCache:
     """Blocking, idempotent pulls; `pulls` counts the pulls actually made, per normalized reference."""
 
-    def __init__(self, settings: ApptainerSettings, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, settings: ApptainerSettings, *, env: Mapping[str, str] | None = None,
+                 resolver: egress.Resolver = egress.resolve) -> None:
         self._binary = str(settings.binary)
+        self._resolver = resolver
+        self._pull_as = settings.pull_as
         self._timeout = settings.pull_timeout
         self._env = dict(os.environ if env is None else env)
         self._slots = threading.BoundedSemaphore(settings.pull_parallelism)
@@ -75,43 +83,92 @@ class ImageCache:
             self.pulls[image.normalized] += 1
         return True
 
-    def _check_registry(self, image: RegistryImage) -> None:
-        """The daemon pulls as root from the login node, which reaches internal services: a registry
-        the site did not name must resolve to public addresses only (as http inputs must)."""
+    def _pull_user(self, image: RegistryImage) -> pwd.struct_passwd | None:
+        """Whom `apptainer pull` runs as: None for the daemon itself, which is then not root."""
+        if os.geteuid() != 0:
+            return None
+        if self._pull_as is None:
+            raise PullError(_message(image, "the daemon runs as root and never pulls as root: set "
+                                            "apptainer.pull_as to an unprivileged account of its own", ""))
+        return pwd.getpwnam(self._pull_as)
+
+    def _check_registry(self, image: RegistryImage) -> bool:
+        """A registry the site did not name must resolve to public addresses only (the login node
+        reaches internal services); True when it is such a registry, which the pull then reaches
+        only through the checking proxy (the answer may change after this check)."""
         hostport = image.registry
         if hostport is None or hostport in self._trusted:  # None: library:// (the configured library)
-            return
+            return False
         host = hostport.rsplit(":", 1)[0] if not hostport.endswith("]") else hostport
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), None)}
-        except OSError as exc:
-            raise PullError(_message(image, f"cannot resolve registry {host}: {exc}", "")) from None
-        if not all(is_allowed_address(a, []) for a in addresses):
-            raise PullError(_message(image, f"registry {hostport} is not a public address and not one of "
-                                            "the site's registries (apptainer.trusted_registries)", ""))
+            egress.public_address(host, self._resolver)
+        except egress.Refused as exc:
+            raise PullError(_message(image, f"registry {hostport}: {exc}, and not one of the site's "
+                                            "registries (apptainer.trusted_registries)", "")) from None
+        return True
 
     def _pull(self, image: RegistryImage) -> None:
-        self._check_registry(image)
-        cache_dir = image.sif.parent
-        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".pull-") as tmp:
-            target = Path(tmp) / image.sif.name
-            argv = [self._binary, "pull", *(["--no-https"] if image.insecure else []), str(target),
-                    image.pull_uri]
-            # Layers are shared between pulls in a private cache (not root's home); the build's
-            # scratch space sits on the cache filesystem, which is sized for images, unlike /tmp.
-            env = {**self._env, "APPTAINER_CACHEDIR": str(cache_dir / ".apptainer"), "APPTAINER_TMPDIR": tmp}
-            stderr = self._run(argv, env, image)
-            if not target.is_file():
-                raise PullError(_message(image, "apptainer reported success but wrote no SIF", stderr))
-            target.chmod(0o644)
-            os.replace(target, image.sif)
+        proxied = self._check_registry(image)
+        user = self._pull_user(image)
+        with tempfile.TemporaryDirectory(dir=image.sif.parent, prefix=".pull-") as tmp:
+            if user is not None:
+                os.chown(tmp, user.pw_uid, user.pw_gid)
+            argv = [self._binary, "pull", *(["--no-https"] if image.insecure else []),
+                    f"{tmp}/{image.sif.name}", image.pull_uri]
+            # All of one pull stays in its own directory: its layers and the build's scratch space (on
+            # the cache filesystem, sized for images, unlike /tmp); nothing is shared between pulls.
+            env = {**self._env, "APPTAINER_CACHEDIR": f"{tmp}/.layers", "APPTAINER_TMPDIR": tmp}
+            if user is not None:
+                env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+            with egress.CheckingProxy(self._resolver) if proxied else contextlib.nullcontext() as proxy:
+                if proxy is not None:
+                    env = {k: v for k, v in env.items() if k.lower() != "no_proxy"} | proxy.environment()
+                try:
+                    stderr = self._run(argv, env, image, user, cwd=tmp)
+                except PullError:
+                    if proxy is not None and proxy.refusals:
+                        raise PullError(_message(image, "refused by the address check: "
+                                                 + "; ".join(dict.fromkeys(proxy.refusals)), "")) from None
+                    raise
+            self._take(tmp, image, user.pw_uid if user else os.geteuid(), stderr)
 
-    def _run(self, argv: list[str], env: dict[str, str], image: RegistryImage) -> str:
-        """Run apptainer in its own session, so a timeout also kills the mksquashfs it started."""
+    def _take(self, tmp: str, image: RegistryImage, owner_uid: int, stderr: str) -> None:
+        """Put the pulled SIF in the cache. The pull user controlled `tmp`: it is made the daemon's
+        first (so no name in it changes any more), then the SIF is opened without following a
+        symlink, must be the pull user's own single-link plain file (not a link to a file of
+        root's), and is made the daemon's and 0644 through its descriptor before it is renamed."""
+        dfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True, errors="replace",
-                                    start_new_session=True)
+            os.fchown(dfd, os.geteuid(), os.getegid())
+            os.fchmod(dfd, 0o700)
+            try:
+                fd = os.open(image.sif.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dfd)
+            except FileNotFoundError:
+                raise PullError(_message(image, "apptainer reported success but wrote no SIF", stderr)) from None
+            except OSError as exc:
+                raise PullError(_message(image, f"the pulled SIF is not a plain file ({exc.strerror})",
+                                         "")) from None
+            try:
+                if (reason := file_refusal(os.fstat(fd), owner_uid)) is not None:
+                    raise PullError(_message(image, f"the pulled SIF {reason}; not taken", ""))
+                os.fchown(fd, os.geteuid(), os.getegid())
+                os.fchmod(fd, 0o644)
+            finally:
+                os.close(fd)
+            os.replace(image.sif.name, image.sif, src_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def _run(self, argv: list[str], env: dict[str, str], image: RegistryImage,
+             user: pwd.struct_passwd | None, *, cwd: str) -> str:
+        """Run apptainer (as `user`, with no other group) in its own session, so a timeout also
+        kills the mksquashfs it started."""
+        who = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        try:
+            proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    errors="replace", start_new_session=True, **who)
         except OSError as exc:
             raise PullError(_message(image, f"cannot run {self._binary}: {exc.strerror}", "")) from exc
         try:

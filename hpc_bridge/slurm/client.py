@@ -21,7 +21,8 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 # One squeue call covers every job; '|' ends each field. Comment is last because it is free text.
-_QUEUE_FIELDS = ("JobID", "State", "Reason", "exit_code", "Name", "Comment")
+# UserName: a comment is free text anyone who can sbatch may set; the job's user is Slurm's own.
+_QUEUE_FIELDS = ("JobID", "State", "Reason", "exit_code", "Name", "UserName", "Comment")
 _QUEUE_FORMAT = ",".join(f"{field}:|" for field in _QUEUE_FIELDS)
 
 
@@ -35,7 +36,8 @@ class SlurmError(Exception):
 
 @dataclass(frozen=True)
 class JobStatus:
-    """What the controller knows of one job. `exit_code`/`signal` are meaningful once it has ended."""
+    """What the controller knows of one job. `exit_code`/`signal` are meaningful once it has ended;
+    `user` is the Unix user Slurm runs it as (empty when unknown)."""
 
     job_id: str
     state: str
@@ -44,6 +46,7 @@ class JobStatus:
     comment: str
     exit_code: int | None
     signal: int | None
+    user: str = ""
 
 
 class SlurmClient(Protocol):
@@ -62,14 +65,15 @@ def parse_queue(output: str) -> list[JobStatus]:
     for line in output.splitlines():
         if not line.strip():
             continue
-        job_id, state, reason, raw_exit, name, rest = line.split("|", 5)
+        job_id, state, reason, raw_exit, name, user, rest = line.split("|", 6)
         comment = rest[:-1] if rest.endswith("|") else rest
         exit_code = signal = None
         if raw_exit.strip().isdigit():
             status = int(raw_exit)
             exit_code, signal = status >> 8, status & 0x7F
         jobs.append(JobStatus(job_id.strip(), state.strip(), reason.strip(), name.strip(),
-                              "" if comment.strip() == "(null)" else comment.strip(), exit_code, signal))
+                              "" if comment.strip() == "(null)" else comment.strip(), exit_code, signal,
+                              user.strip()))
     return jobs
 
 

@@ -1,12 +1,15 @@
 """The job's own record file (`record.jsonl`, written by task.sh.j2): what happened inside the job.
 
-Pure parsing of text, tolerant of a torn last line (the job may be killed mid-write).
+Pure parsing of text, tolerant of a torn last line (the job may be killed mid-write), and the
+check of any file the job wrote before the daemon reads it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 
@@ -43,6 +46,21 @@ class JobRecord:
     @property
     def finished(self) -> bool:
         return self.end_time is not None
+
+
+def file_refusal(st: os.stat_result, owner_uid: int) -> str | None:
+    """Why the daemon (the service account, or root) must not take a file found where a less
+    trusted user writes (a job's record and logs, a pulled image): that user controls the directory,
+    so a FIFO, a hard link to a file the user cannot read (possible with fs.protected_hardlinks=0)
+    or a file of another owner would make the daemon pass on what the user may not see. None: it is
+    that user's own plain file."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_nlink != 1:
+        return f"has {st.st_nlink} hard links (a link to another file?)"
+    if st.st_uid != owner_uid:
+        return f"belongs to uid {st.st_uid}, not to uid {owner_uid} who writes there"
+    return None
 
 
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z\Z")

@@ -100,6 +100,13 @@ class WorkArea:
                 self._chown_fd(fd)
                 fh.write(content)
 
+    def open_read(self, rel: str) -> int:
+        """A descriptor to read `rel`, no symlink followed on the way and no FIFO blocking; what
+        it is (type, links, owner) is the caller's to check on the descriptor."""
+        parent, name = os.path.split(rel)
+        with self._dir(parent) as dfd:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+
     def is_file(self, rel: str) -> bool:
         parent, name = os.path.split(rel)
         try:

@@ -24,6 +24,8 @@ DEFAULT_PAGE_SIZE = 256
 MAX_PAGE_SIZE = 2047
 SERVER_FIELDS = ("id", "state", "logs", "creation_time")
 RUN_TAG = "wes_run_id"  # the workflow run a task belongs to (set from the engine's credential)
+# The CWL engine reuses a run's finished tasks by this tag (cwl/tasks.py): only its credential sets it.
+JOB_KEY_TAG = "cwl_job_key"
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -77,7 +79,12 @@ class TaskService:
             raise BadRequest(str(exc)) from None
         for item, resolved in zip(task.inputs or [], plan.input_types, strict=True):
             item.type = FileType(resolved)
-        if run_id is not None:
+        if run_id is None:
+            for tag in (RUN_TAG, JOB_KEY_TAG):
+                if tag in (task.tags or {}):
+                    raise BadRequest(f"tags.{tag}: reserved: only the service sets it, on a workflow "
+                                     "run's tasks")
+        else:
             task.tags = {**(task.tags or {}), RUN_TAG: run_id}
         document = task.model_dump(mode="json", exclude_none=True, exclude=set(SERVER_FIELDS))
         try:

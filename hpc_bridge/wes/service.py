@@ -183,7 +183,8 @@ class RunService:
             engine_request = {"run_id": run_id, "owner": owner, "workflow": workflow, "params": params,
                               "engine_parameters": request.workflow_engine_parameters,
                               "fetch_policy": policy.to_json(),
-                              "apptainer": self._config.apptainer.model_dump(mode="json")}
+                              # the engine resolves images, the daemon pulls them: not its account
+                              "apptainer": self._config.apptainer.model_dump(mode="json", exclude={"pull_as"})}
             self._write_request(run_dir, engine_request)
             try:
                 self.runs.create(id=run_id, owner=owner, request=request.to_json(), tags=request.tags,

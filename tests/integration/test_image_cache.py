@@ -57,7 +57,7 @@ def settings(dev_config: SiteConfig, registry: str) -> Iterator[ApptainerSetting
     parent = Path(tempfile.mkdtemp(prefix="hpcb-image-cache-", dir="/var/tmp"))
     parent.chmod(0o755)
     yield ApptainerSettings(binary=dev_config.apptainer.binary, cache_dir=parent / "cache",
-                            insecure_registries=[registry])
+                            insecure_registries=[registry], pull_as=dev_config.apptainer.pull_as)
     shutil.rmtree(parent)
 
 

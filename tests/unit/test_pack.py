@@ -17,7 +17,7 @@ from hpc_bridge.slurm.record import parse_record
 from hpc_bridge.slurm.script import render
 from hpc_bridge.slurm.states import map_state, member_state
 
-from .test_runas import FakeSlurm
+from .test_runas import FakeSlurm, job_writes
 
 SHAPE = [("partition", "debug"), ("cpus-per-task", "1"), ("mem", "1024M"), ("time", "10")]
 
@@ -155,6 +155,7 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     config = dev_config.model_copy(update={
         "database": tmp_path / "db.sqlite",
         "storage": dev_config.storage.model_copy(update={"work_root": work, "work_retention_hours": 0})})
+    job_user = config.slurm.submit_as or "root"  # whose files the job writes
     store = Store(config.database)
     service = TaskService(store, config)
     short = {"executors": [{"image": "busybox", "command": ["true"]}],
@@ -179,7 +180,8 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     assert all(f"run_task {i} tes-{i} {work}/{i} " in text for i in ids)
 
     # The shared job runs: the first task's step has started, the others wait for their turn.
-    (work / ids[0] / "record.jsonl").write_text(_record(START, {"event": "executor_start", "executor": 0}))
+    job_writes(work / ids[0] / "record.jsonl", _record(START, {"event": "executor_start", "executor": 0}),
+               job_user)
     slurm.jobs = [JobStatus("1", "RUNNING", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", None, None)]
     daemon.cycle()
     assert [store.tasks.get(i).state for i in ids] == ["RUNNING", "QUEUED", "QUEUED"]
@@ -193,10 +195,10 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     assert (work / ".packs" / pack_id / "cancel" / ids[1]).exists()
     assert not (work / ".packs" / pack_id / "cancel" / ids[2]).exists()
 
-    (work / ids[0] / "record.jsonl").write_text(_record(START, {"event": "executor_start", "executor": 0},
-                                                        {"event": "step_end", "exit_code": 137}))
-    (work / ids[1] / "record.jsonl").write_text(_record({"event": "skipped"}))
-    (work / ids[2] / "record.jsonl").write_text(_record(*DONE))
+    job_writes(work / ids[0] / "record.jsonl", _record(START, {"event": "executor_start", "executor": 0},
+                                                       {"event": "step_end", "exit_code": 137}), job_user)
+    job_writes(work / ids[1] / "record.jsonl", _record({"event": "skipped"}), job_user)
+    job_writes(work / ids[2] / "record.jsonl", _record(*DONE), job_user)
     slurm.jobs = [JobStatus("1", "COMPLETED", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", 0, 0)]
     daemon.cycle()
     assert [store.tasks.get(i).state for i in ids] == ["CANCELED", "CANCELED", "COMPLETE"]

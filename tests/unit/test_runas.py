@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -490,6 +491,13 @@ def test_queue_covers_the_users_tasks_run_as() -> None:
 # -- the daemon: a per-user task's way, with a fake Slurm client ---------------------------------
 
 
+def job_writes(path: Path, text: str, user: str) -> None:
+    """A file the job wrote, as its user: the daemon reads no other owner's file there."""
+    path.write_text(text)
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
 class FakeSlurm:
     """Records what the daemon asks; per-user calls succeed as the helper would."""
 
@@ -555,15 +563,15 @@ def test_daemon_prepares_a_per_user_task_for_the_helper(dev_config: SiteConfig, 
     # The job (as the helper made it) writes its record and logs into the status dir; the daemon
     # reads them there, and squeue is asked about the task's user too.
     status.mkdir()
-    (status / "record.jsonl").write_text("\n".join(json.dumps(e) for e in [
+    job_writes(status / "record.jsonl", "\n".join(json.dumps(e) for e in [
         {"event": "job_start", "time": "2024-01-01T00:00:00.000Z", "job_id": "77"},
         {"event": "executor_start", "executor": 0, "time": "2024-01-01T00:00:01.000Z"},
         {"event": "executor_end", "executor": 0, "time": "2024-01-01T00:00:02.000Z", "exit_code": 0},
         {"event": "executor_start", "executor": 1, "time": "2024-01-01T00:00:02.000Z"},
         {"event": "executor_end", "executor": 1, "time": "2024-01-01T00:00:03.000Z", "exit_code": 0},
-        {"event": "job_end", "time": "2024-01-01T00:00:03.000Z", "exit_code": 0}]) + "\n")
-    (status / "executor-0.stdout").write_text("hi\n")
-    (status / "executor-1.stdout").write_text("tail of own.txt")
+        {"event": "job_end", "time": "2024-01-01T00:00:03.000Z", "exit_code": 0}]) + "\n", "alice")
+    job_writes(status / "executor-0.stdout", "hi\n", "alice")
+    job_writes(status / "executor-1.stdout", "tail of own.txt", "alice")
     slurm.jobs = [JobStatus("77", "COMPLETED", "None", "x", f"hpc-bridge:{task_id}", 0, 0)]
     daemon.cycle()
     row = store.tasks.get(task_id)

@@ -60,14 +60,22 @@ def test_missing_or_hanging_commands_are_unavailable(exc: Exception) -> None:
 
 
 def test_parse_queue_decodes_wait_status_and_keeps_free_text_comment() -> None:
-    jobs = parse_queue("7|FAILED|NonZeroExitCode|768|hpcb-abc|task a|b|\n"
-                       "8|PENDING|Resources|0|hpcb-def|(null)|\n"
-                       "9|CANCELLED|None|15|x|c|\n")
-    assert [(j.job_id, j.state, j.reason, j.exit_code, j.signal, j.comment) for j in jobs] == [
-        ("7", "FAILED", "NonZeroExitCode", 3, 0, "task a|b"),
-        ("8", "PENDING", "Resources", 0, 0, ""),
-        ("9", "CANCELLED", "None", 0, 15, "c"),
+    jobs = parse_queue("7|FAILED|NonZeroExitCode|768|hpcb-abc|hpcb|task a|b|\n"
+                       "8|PENDING|Resources|0|hpcb-def|alice|(null)|\n"
+                       "9|CANCELLED|None|15|x|bob|c|\n")
+    assert [(j.job_id, j.state, j.reason, j.exit_code, j.signal, j.user, j.comment) for j in jobs] == [
+        ("7", "FAILED", "NonZeroExitCode", 3, 0, "hpcb", "task a|b"),
+        ("8", "PENDING", "Resources", 0, 0, "alice", ""),
+        ("9", "CANCELLED", "None", 0, 15, "bob", "c"),
     ]
+
+
+def test_queue_asks_slurm_for_each_jobs_user_before_the_free_text_comment() -> None:
+    run = FakeRunner(stdout="1|RUNNING|None|0|tes-a|hpcb|hpc-bridge:a|user|x|\n")
+    [job] = CliSlurmClient(submit_as="hpcb", runner=run).queue()
+    assert (job.user, job.comment) == ("hpcb", "hpc-bridge:a|user|x")
+    fields = next(a for a in run.calls[0] if a.startswith("--Format=")).removeprefix("--Format=").split(",")
+    assert fields[-2:] == ["UserName:|", "Comment:|"]
 
 
 def test_cancel_batches_ids_and_skips_empty() -> None:
@@ -84,7 +92,7 @@ def test_ping_reports_false_on_failure() -> None:
 
 
 def test_queue_is_one_call_limited_to_the_job_user() -> None:
-    run = FakeRunner(stdout="1|RUNNING|None|0|tes-a|hpc-bridge:a|\n")
+    run = FakeRunner(stdout="1|RUNNING|None|0|tes-a|hpcb|hpc-bridge:a|\n")
     jobs = CliSlurmClient(submit_as="hpcb", runner=run).queue()
     assert [j.comment for j in jobs] == ["hpc-bridge:a"]
     assert len(run.calls) == 1 and run.calls[0][0] == "squeue"
