@@ -356,6 +356,14 @@ class SiteConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _claim_issuers_trusted(self) -> SiteConfig:
+        """A claim names a Unix user only if its token can be verified at all."""
+        unknown = sorted(set(self.run_as.claim_issuers) - {i.issuer for i in self.auth.issuers})
+        if unknown:
+            raise ValueError(f"run_as.claim_issuers {unknown} are not in auth.issuers")
+        return self
+
+    @model_validator(mode="after")
     def _bounded_requests(self) -> SiteConfig:
         """The server reads no body over `server_request_bytes`: a larger per-user limit would be
         a promise it cannot keep."""

@@ -24,11 +24,15 @@ service account, read-only. What it does follows from that row, never from the c
   every privilege and exec the CWL engine (`engine_python -I -m hpc_bridge.cwl`) in it, so the
   workflow (the user's code) runs with the user's rights only
 
-Before any of that the user is checked again: the task names one, it exists, its uid is at least
-min_uid (never root), it is in users_group if one is set, it is not the service account, and in
-table mode the helper's own table maps the task's owner to it. No shell, no PATH lookup: programs
-run by absolute path from the configuration with a fixed environment. Anything unexpected ends
-the helper with one line on stderr and exit status 2 (refused) or 3 (internal error).
+Before any of that the user is checked again (`check_user`, the same code the service runs at task
+creation): the task names one, it exists, it is neither root nor a denied account (the service
+account, deny_users: the Slurm and munge daemon users, nobody), its uid is from min_uid to max_uid,
+neither its primary nor any supplementary group is a privileged one (gid 0, the service account's
+group, deny_groups), it is in users_group if one is set (always in claim mode); in table mode the
+helper's own table maps the task's owner to it, in claim mode the owner's issuer is one of
+claim_issuers. No shell, no PATH lookup: programs run by absolute path from the configuration with
+a fixed environment. Anything unexpected ends the helper with one line on stderr and exit status 2
+(refused) or 3 (internal error).
 
 Stdlib only (Python 3.11+): it is copied to its fixed path and run by the system's python3 with -I
 (no PYTHON* variables, no user site, no current directory on sys.path) and -S.
@@ -71,6 +75,18 @@ EXIT_REFUSED = 2
 EXIT_INTERNAL = 3
 MAX_DEPTH = 64
 MAX_CONFIG_BYTES = 1024 * 1024
+# Debian reserves 60000-64999 for its own system accounts (Slurm's `slurm` is 64030), 65000-65533
+# and 65534/65535 (nobody, nogroup); login.defs gives ordinary users 1000-59999.
+MAX_UID = 59999
+# Accounts that are never targets, whatever their uid: the daemons Slurm trusts (their munge key and
+# state let them speak for any user) and nobody (owns what no one should, e.g. NFS-squashed files).
+DENY_USERS = ("slurm", "munge", "nobody")
+# Groups whose members are root or close to it (sudo, wheel, admin; docker, lxd, incus-admin,
+# libvirt: the daemon's socket is root; disk, kmem: raw devices and memory; staff: writes /usr/local,
+# where this helper lives), or read what other users cannot (adm, systemd-journal: every log;
+# shadow: password hashes; kvm: /dev/kvm), or run Slurm and munge. Groups a machine lacks are skipped.
+DENY_GROUPS = ("root", "sudo", "wheel", "admin", "adm", "docker", "lxd", "incus-admin", "libvirt",
+               "disk", "kmem", "staff", "shadow", "systemd-journal", "kvm", "slurm", "munge")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ANY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -83,24 +99,46 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True)
+class Policy:
+    """Which Unix users jobs may run as: the site's `run_as` settings and the helper's configuration
+    both become one, so the service and the helper check exactly the same things."""
+
+    service_user: str
+    min_uid: int
+    max_uid: int = MAX_UID
+    users_group: str | None = None
+    deny_users: tuple[str, ...] = DENY_USERS
+    deny_groups: tuple[str, ...] = DENY_GROUPS
+
+
+@dataclass(frozen=True)
 class Config:
     database: str
     work_root: str
-    service_user: str
     mode: str
-    min_uid: int
+    policy: Policy
     sbatch: str
     squeue: str
     scancel: str
     table: dict[str, str] = field(default_factory=dict)
-    users_group: str | None = None
+    claim_issuers: tuple[str, ...] = ()
     work_retention_hours: float | None = None
     runs_root: str | None = None  # WES run directories; with engine_python: engines may start
     engine_python: str | None = None
 
 
 _REQUIRED = ("database", "work_root", "service_user", "mode", "min_uid", "sbatch", "squeue", "scancel")
-_OPTIONAL = ("table", "users_group", "work_retention_hours", "runs_root", "engine_python")
+# Missing in a configuration written before they existed: the defaults above (max_uid, deny_*), and
+# no claim issuer at all (a claim-mode helper then refuses every task until it is reinstalled).
+_OPTIONAL = ("table", "users_group", "work_retention_hours", "runs_root", "engine_python",
+             "max_uid", "deny_users", "deny_groups", "claim_issuers")
+
+
+def _names(data: dict[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = data.get(key, default)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and USER_NAME.match(v) for v in value):
+        raise Refused(f"configuration: {key} must be a list of user or group names")
+    return tuple(value)
 
 
 def parse_config(data: Any) -> Config:
@@ -120,9 +158,11 @@ def parse_config(data: Any) -> Config:
         raise Refused("configuration: mode must be 'table' or 'claim'")
     if not isinstance(data["service_user"], str) or not USER_NAME.match(data["service_user"]):
         raise Refused("configuration: service_user must be a user name")
-    min_uid = data["min_uid"]
+    min_uid, max_uid = data["min_uid"], data.get("max_uid", MAX_UID)
     if isinstance(min_uid, bool) or not isinstance(min_uid, int) or min_uid < 1:
         raise Refused("configuration: min_uid must be an integer of at least 1")
+    if isinstance(max_uid, bool) or not isinstance(max_uid, int) or max_uid < min_uid:
+        raise Refused("configuration: max_uid must be an integer of at least min_uid")
     table = data.get("table") or {}
     if not isinstance(table, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and USER_NAME.match(v) for k, v in table.items()):
@@ -132,6 +172,11 @@ def parse_config(data: Any) -> Config:
     group = data.get("users_group")
     if group is not None and (not isinstance(group, str) or not USER_NAME.match(group)):
         raise Refused("configuration: users_group must be a group name")
+    issuers = data.get("claim_issuers") or []
+    if not isinstance(issuers, list) or not all(isinstance(i, str) and i and "#" not in i for i in issuers):
+        raise Refused("configuration: claim_issuers must be a list of issuers")
+    if data["mode"] == "claim" and (group is None or not issuers):
+        raise Refused("configuration: mode 'claim' needs users_group and claim_issuers")
     hours = data.get("work_retention_hours")
     if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0):
         raise Refused("configuration: work_retention_hours must be a number >= 0 or null")
@@ -139,10 +184,12 @@ def parse_config(data: Any) -> Config:
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not PLAIN_PATH.match(value)):
             raise Refused(f"configuration: {key} must be a plain absolute path or null")
-    return Config(database=data["database"], work_root=data["work_root"].rstrip("/"),
-                  service_user=data["service_user"], mode=data["mode"], min_uid=min_uid,
-                  sbatch=data["sbatch"], squeue=data["squeue"], scancel=data["scancel"],
-                  table=dict(table), users_group=group,
+    policy = Policy(service_user=data["service_user"], min_uid=min_uid, max_uid=max_uid, users_group=group,
+                    deny_users=_names(data, "deny_users", DENY_USERS),
+                    deny_groups=_names(data, "deny_groups", DENY_GROUPS))
+    return Config(database=data["database"], work_root=data["work_root"].rstrip("/"), mode=data["mode"],
+                  policy=policy, sbatch=data["sbatch"], squeue=data["squeue"], scancel=data["scancel"],
+                  table=dict(table), claim_issuers=tuple(issuers),
                   work_retention_hours=None if hours is None else float(hours),
                   runs_root=(data.get("runs_root") or "").rstrip("/") or None,
                   engine_python=data.get("engine_python"))
@@ -178,28 +225,59 @@ def load_config(path: str = CONFIG_PATH) -> Config:
 # -- who --------------------------------------------------------------------------------------
 
 
-def check_user(name: Any, *, min_uid: int, users_group: str | None = None,
-               getpwnam: Callable[[str], Any] = pwd.getpwnam,
-               getgrnam: Callable[[str], Any] = grp.getgrnam) -> Any:
+def check_user(name: Any, policy: Policy, *, getpwnam: Callable[[str], Any] = pwd.getpwnam,
+               getgrnam: Callable[[str], Any] = grp.getgrnam,
+               getgrouplist: Callable[[str, int], list[int]] = os.getgrouplist) -> Any:
     """The passwd entry of a user jobs may run as; Refused (saying why) otherwise. Shared by the
-    service (at task creation) and the helper (again, just before acting)."""
+    service (at task creation) and the helper (again, just before acting). Groups come from
+    getgrouplist, so that supplementary groups from LDAP or SSSD count as well as /etc/group."""
     if not isinstance(name, str) or not USER_NAME.match(name):
         raise Refused(f"{name!r} is not a valid Unix user name")
     try:
         entry = getpwnam(name)
     except KeyError:
         raise Refused(f"Unix user {name!r} does not exist") from None
-    if entry.pw_uid == 0 or entry.pw_gid == 0 or entry.pw_uid < min_uid:
-        raise Refused(f"Unix user {name!r} has uid {entry.pw_uid} (gid {entry.pw_gid}): jobs run only "
-                      f"as users with a uid of at least {min_uid} and not in group root")
-    if users_group is not None:
+    if entry.pw_name == policy.service_user:
+        raise Refused(f"Unix user {name!r} is the service account: jobs never run as it through the helper")
+    if entry.pw_name in policy.deny_users:
+        raise Refused(f"Unix user {name!r} is a system account jobs never run as (deny_users)")
+    if entry.pw_uid == 0 or not policy.min_uid <= entry.pw_uid <= policy.max_uid:
+        raise Refused(f"Unix user {name!r} has uid {entry.pw_uid}: jobs run only as users with a uid "
+                      f"from {policy.min_uid} to {policy.max_uid}")
+    gids = set(getgrouplist(entry.pw_name, entry.pw_gid))
+    if 0 in gids:
+        raise Refused(f"Unix user {name!r} is in the group root (gid 0)")
+    try:
+        service_gid = getpwnam(policy.service_user).pw_gid
+    except KeyError:
+        raise Refused(f"service account {policy.service_user!r} does not exist") from None
+    if service_gid in gids:
+        raise Refused(f"Unix user {name!r} is in the service account's group (gid {service_gid}), "
+                      "which reads every task's status directory")
+    for denied in policy.deny_groups:
         try:
-            group = getgrnam(users_group)
+            gid = getgrnam(denied).gr_gid
         except KeyError:
-            raise Refused(f"Unix group {users_group!r} does not exist") from None
-        if name not in group.gr_mem and entry.pw_gid != group.gr_gid:
-            raise Refused(f"Unix user {name!r} is not in the group {users_group!r}")
+            continue  # not on this machine: no one can be in it
+        if gid in gids:
+            raise Refused(f"Unix user {name!r} is in the privileged group {denied!r} (deny_groups)")
+    if policy.users_group is not None:
+        try:
+            group = getgrnam(policy.users_group)
+        except KeyError:
+            raise Refused(f"Unix group {policy.users_group!r} does not exist") from None
+        if group.gr_gid not in gids:
+            raise Refused(f"Unix user {name!r} is not in the group {policy.users_group!r}")
     return entry
+
+
+def check_issuer(owner: str, issuers: tuple[str, ...] | list[str]) -> None:
+    """In claim mode a token names its own Unix user: only tokens of the issuers the site trusts
+    for that may (owners are `<issuer>#<subject>`; the first '#' splits, issuers have none)."""
+    issuer, sep, _ = owner.partition("#")
+    if not sep or issuer not in issuers:
+        raise Refused(f"owner {owner!r}: only tokens of {', '.join(issuers) or 'no issuer'} may name a "
+                      "Unix user here (claim_issuers)")
 
 
 @dataclass(frozen=True)
@@ -232,11 +310,11 @@ def authorize(task: TaskState | RunState, config: Config, **lookups: Any) -> Any
     """The passwd entry of the task's user, after every check the helper's own configuration asks."""
     if not task.run_as:
         raise Refused(f"task {task.id} runs as the service account, not through this helper")
-    entry = check_user(task.run_as, min_uid=config.min_uid, users_group=config.users_group, **lookups)
-    if entry.pw_name == config.service_user:
-        raise Refused("jobs do not run as the service account through this helper")
+    entry = check_user(task.run_as, config.policy, **lookups)
     if config.mode == "table" and config.table.get(task.owner) != task.run_as:
         raise Refused(f"this helper's table does not map owner {task.owner!r} to Unix user {task.run_as!r}")
+    if config.mode == "claim":
+        check_issuer(task.owner, config.claim_issuers)
     return entry
 
 
@@ -631,9 +709,9 @@ def main(argv: list | None = None, config_path: str = CONFIG_PATH) -> int:
         os.umask(0o077)
         config = load_config(config_path)
         try:
-            service = pwd.getpwnam(config.service_user)
+            service = pwd.getpwnam(config.policy.service_user)
         except KeyError:
-            raise Refused(f"service account {config.service_user!r} does not exist") from None
+            raise Refused(f"service account {config.policy.service_user!r} does not exist") from None
         task = read_task(config, service, args[0])
         user = authorize(task, config)
         action = decide(task)

@@ -9,6 +9,8 @@ writes, from the site config's `run_as` section,
   - the sudoers rule (0440, checked with `visudo -c`) at --sudoers: only `run_as.service_user`,
     only the helper, only one argument that is a task id.
 With --dry-run it prints the three files instead. `dev/cluster` does the same for the dev cluster.
+It refuses while Slurm's own daemon accounts (SlurmUser, SlurmdUser from `scontrol show config`)
+are possible targets: name them in `run_as.deny_users`, so the service and the helper both refuse them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,33 @@ def _slurm_program(config: SiteConfig, name: str) -> str:
     return os.path.realpath(found)
 
 
+def slurm_daemon_users(show_config: str) -> set[str]:
+    """SlurmUser and SlurmdUser from `scontrol show config` ("SlurmUser = slurm(64030)")."""
+    users: set[str] = set()
+    for line in show_config.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in ("SlurmUser", "SlurmdUser"):
+            users.add(value.strip().split("(", 1)[0])
+    return users
+
+
+def check_slurm_users(config: SiteConfig, show_config: str) -> None:
+    """Slurm's daemons act for every user: their accounts must be denied like root is."""
+    settings = config.run_as
+    exposed = sorted(slurm_daemon_users(show_config) - {"root", *settings.deny_users})
+    if exposed:
+        raise ConfigError(f"Slurm runs as {', '.join(exposed)} (SlurmUser/SlurmdUser): add "
+                          f"{'it' if len(exposed) == 1 else 'them'} to run_as.deny_users")
+
+
+def _show_config(config: SiteConfig) -> str:
+    proc = subprocess.run([_slurm_program(config, "scontrol"), "show", "config"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise ConfigError(f"scontrol show config failed (Slurm's daemon users are needed): {proc.stderr.strip()}")
+    return proc.stdout
+
+
 def helper_config(config: SiteConfig) -> dict[str, Any]:
     """The helper's configuration, derived from the site config so that both agree."""
     settings = config.run_as
@@ -54,6 +83,9 @@ def helper_config(config: SiteConfig) -> dict[str, Any]:
         "service_user": settings.service_user,
         "mode": settings.mode,
         "min_uid": settings.min_uid,
+        "max_uid": settings.max_uid,
+        "deny_users": list(settings.deny_users),
+        "deny_groups": list(settings.deny_groups),
         "work_retention_hours": config.storage.work_retention_hours,
         "sbatch": _slurm_program(config, "sbatch"),
         "squeue": _slurm_program(config, "squeue"),
@@ -63,6 +95,8 @@ def helper_config(config: SiteConfig) -> dict[str, Any]:
         data["table"] = dict(settings.table)
     if settings.users_group:
         data["users_group"] = settings.users_group
+    if settings.claim_issuers:
+        data["claim_issuers"] = list(settings.claim_issuers)
     runs_root = config.wes.root(config.storage.data_roots)
     if runs_root is not None:  # WES engines start through the helper too, as the run's user
         data["runs_root"] = str(runs_root)
@@ -110,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         data = json.dumps(helper_config(config), indent=2) + "\n"
+        check_slurm_users(config, _show_config(config))
         source = helper_source(args.helper_config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

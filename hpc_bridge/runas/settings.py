@@ -14,11 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hpc_bridge.runas.helper import USER_NAME
+from hpc_bridge.runas.helper import DENY_GROUPS, DENY_USERS, MAX_UID, USER_NAME, Policy
 
 DEFAULT_HELPER = Path("/usr/local/libexec/hpc-bridge/submit-as")
 DEFAULT_HELPER_CONFIG = Path("/etc/hpc-bridge/submit-as.json")
-
 
 
 def existing_user(name: str | None) -> str | None:
@@ -30,14 +29,17 @@ def existing_user(name: str | None) -> str | None:
             raise ValueError(f"Unix user {name!r} does not exist") from None
     return name
 
+
 class RunAsSettings(BaseModel):
     """Which Unix user a task's job runs as.
 
     `service_user` is the account the daemon runs as (required by the mapping modes): the helper
     only hands over work areas that account created, and gives it group read access to each task's
-    status directory (record and logs). `users_group`, when set, is a Unix group every mapped user
-    must belong to (recommended with `claim`, where the helper cannot see the token). `min_uid`
-    keeps system accounts out; root can never be a target.
+    status directory (record and logs), so neither it nor a member of its primary group is a target.
+    `users_group` is a Unix group every mapped user must belong to (required with `claim`, where the
+    helper cannot see the token), `claim_issuers` the issuers whose tokens may name a user by `claim`.
+    `min_uid`..`max_uid` keep system accounts out, `deny_users` and `deny_groups` (primary or
+    supplementary; each list replaces its default) privileged ones; root can never be a target.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,8 +48,12 @@ class RunAsSettings(BaseModel):
     service_user: str | None = None
     table: dict[str, str] = Field(default_factory=dict)
     claim: str | None = None
+    claim_issuers: list[str] = Field(default_factory=list)
     users_group: str | None = None
     min_uid: Annotated[int, Field(ge=1)] = 1000
+    max_uid: Annotated[int, Field(ge=1)] = MAX_UID
+    deny_users: list[str] = Field(default_factory=lambda: list(DENY_USERS))
+    deny_groups: list[str] = Field(default_factory=lambda: list(DENY_GROUPS))
     helper: Path = DEFAULT_HELPER
     sudo: Path = Path("/usr/bin/sudo")
 
@@ -57,6 +63,14 @@ class RunAsSettings(BaseModel):
         bad = sorted(name for name in value.values() if not USER_NAME.match(name))
         if bad:
             raise ValueError(f"not valid POSIX user names: {bad}")
+        return value
+
+    @field_validator("deny_users", "deny_groups")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = sorted(name for name in value if not USER_NAME.match(name))
+        if bad:
+            raise ValueError(f"not valid POSIX user or group names: {bad}")
         return value
 
     @field_validator("service_user", "users_group")
@@ -85,6 +99,15 @@ class RunAsSettings(BaseModel):
             raise ValueError("mode 'table' needs a non-empty table (owner: unix user)")
         if self.mode == "claim" and not self.claim:
             raise ValueError("mode 'claim' needs claim (the token claim holding the unix user name)")
+        if self.mode == "claim" and not self.users_group:
+            raise ValueError("mode 'claim' needs users_group: the helper cannot see the token, only the "
+                             "group keeps the users a claim may name to the intended ones")
+        if self.mode == "claim" and not self.claim_issuers:
+            raise ValueError("mode 'claim' needs claim_issuers (the issuers whose tokens may name a Unix user)")
+        if self.mode != "claim" and self.claim_issuers:
+            raise ValueError("claim_issuers is only used with mode 'claim'")
+        if self.max_uid < self.min_uid:
+            raise ValueError(f"max_uid ({self.max_uid}) is below min_uid ({self.min_uid})")
         if self.mode != "table" and self.table:
             raise ValueError("table is only used with mode 'table'")
         if self.mode != "claim" and self.claim:
@@ -96,3 +119,11 @@ class RunAsSettings(BaseModel):
     @property
     def enabled(self) -> bool:
         return self.mode != "service"
+
+    @property
+    def policy(self) -> Policy:
+        """The target checks, as the helper's configuration holds them (mapping modes only)."""
+        assert self.service_user is not None  # the mapping modes require it
+        return Policy(service_user=self.service_user, min_uid=self.min_uid, max_uid=self.max_uid,
+                      users_group=self.users_group, deny_users=tuple(self.deny_users),
+                      deny_groups=tuple(self.deny_groups))

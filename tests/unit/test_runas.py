@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
+from hpc_bridge.auth.settings import AuthSettings, IssuerSettings
 from hpc_bridge.auth.verifier import NO_AUTH_IDENTITY, Identity
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.runas import helper
@@ -57,8 +58,25 @@ USERS = {
     "rootgroup": SimpleNamespace(pw_name="rootgroup", pw_uid=3000, pw_gid=0, pw_dir="/"),
     "svc": SimpleNamespace(pw_name="svc", pw_uid=4000, pw_gid=4000, pw_dir="/var/lib/svc"),
     "carol": SimpleNamespace(pw_name="carol", pw_uid=2002, pw_gid=5000, pw_dir="/home/carol"),
+    # in the users' group, but refused by the policy all the same
+    "high": SimpleNamespace(pw_name="high", pw_uid=60000, pw_gid=5000, pw_dir="/"),
+    "nobody": SimpleNamespace(pw_name="nobody", pw_uid=65534, pw_gid=65534, pw_dir="/nonexistent"),
+    "slurm": SimpleNamespace(pw_name="slurm", pw_uid=2100, pw_gid=5000, pw_dir="/"),  # a site's own uid
+    "munge": SimpleNamespace(pw_name="munge", pw_uid=2101, pw_gid=5000, pw_dir="/"),
+    "admin1": SimpleNamespace(pw_name="admin1", pw_uid=2200, pw_gid=5000, pw_dir="/"),  # sudo
+    "docker1": SimpleNamespace(pw_name="docker1", pw_uid=2201, pw_gid=5000, pw_dir="/"),  # docker
+    "disk1": SimpleNamespace(pw_name="disk1", pw_uid=2202, pw_gid=6, pw_dir="/"),  # disk, as primary group
+    "root1": SimpleNamespace(pw_name="root1", pw_uid=2203, pw_gid=5000, pw_dir="/"),  # root, supplementary
+    "svcmate": SimpleNamespace(pw_name="svcmate", pw_uid=2204, pw_gid=5000, pw_dir="/"),  # the service's
 }
-GROUPS = {"hpcusers": SimpleNamespace(gr_name="hpcusers", gr_gid=5000, gr_mem=["alice", "bob"])}
+GROUPS = {
+    "hpcusers": SimpleNamespace(gr_name="hpcusers", gr_gid=5000, gr_mem=["alice", "bob"]),
+    "root": SimpleNamespace(gr_name="root", gr_gid=0, gr_mem=["root1"]),
+    "disk": SimpleNamespace(gr_name="disk", gr_gid=6, gr_mem=[]),
+    "sudo": SimpleNamespace(gr_name="sudo", gr_gid=27, gr_mem=["admin1"]),
+    "docker": SimpleNamespace(gr_name="docker", gr_gid=998, gr_mem=["docker1"]),
+    "svc": SimpleNamespace(gr_name="svc", gr_gid=4000, gr_mem=["svcmate"]),
+}
 
 
 def getpwnam(name: str) -> SimpleNamespace:
@@ -69,12 +87,28 @@ def getgrnam(name: str) -> SimpleNamespace:
     return GROUPS[name]
 
 
-LOOKUPS = {"getpwnam": getpwnam, "getgrnam": getgrnam}
+def getgrouplist(name: str, gid: int) -> list[int]:
+    return [gid, *(group.gr_gid for group in GROUPS.values() if name in group.gr_mem)]
+
+
+LOOKUPS = {"getpwnam": getpwnam, "getgrnam": getgrnam, "getgrouplist": getgrouplist}
 SERVICE = pytest.importorskip("pwd").getpwuid(ME).pw_name  # an existing account for service_user
+ISSUER = "https://aai.example.org"
+
+
+def fake_service(settings: RunAsSettings) -> RunAsSettings:
+    """Validated with a real account (the settings check it exists), then pointed at the fake
+    passwd's service account "svc"."""
+    return settings.model_copy(update={"service_user": "svc"})
 
 
 def table(**kwargs: object) -> RunAsSettings:
-    return RunAsSettings(mode="table", service_user=SERVICE, table={"local": "alice"}, **kwargs)
+    return fake_service(RunAsSettings(mode="table", service_user=SERVICE, table={"local": "alice"}, **kwargs))
+
+
+def claim(**kwargs: object) -> RunAsSettings:
+    return fake_service(RunAsSettings(**{"mode": "claim", "claim": "posix_user", "service_user": SERVICE,
+                                         "users_group": "hpcusers", "claim_issuers": [ISSUER], **kwargs}))
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -88,9 +122,17 @@ def test_default_is_the_service_account_and_site_config_accepts_it(dev_config: S
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"mode": "table", "service_user": SERVICE}, "non-empty table"),
     ({"mode": "claim", "service_user": SERVICE}, "needs claim"),
+    ({"mode": "claim", "claim": "posix_user", "service_user": SERVICE, "claim_issuers": [ISSUER]},
+     "mode 'claim' needs users_group"),
+    ({"mode": "claim", "claim": "posix_user", "service_user": SERVICE, "users_group": "g"},
+     "mode 'claim' needs claim_issuers"),
+    ({"mode": "table", "table": {"x": "a"}, "service_user": SERVICE, "claim_issuers": [ISSUER]},
+     "claim_issuers is only used with mode 'claim'"),
+    ({"min_uid": 2000, "max_uid": 1999}, "max_uid (1999) is below min_uid (2000)"),
+    ({"deny_groups": ["sudo", "a b"]}, "not valid POSIX user or group names: ['a b']"),
     ({"mode": "table", "table": {"local": "alice"}}, "needs service_user"),
-    ({"mode": "claim", "claim": "posix_user", "table": {"x": "alice"}, "service_user": SERVICE},
-     "only used with mode 'table'"),
+    ({"mode": "claim", "claim": "posix_user", "table": {"x": "alice"}, "service_user": SERVICE,
+      "users_group": "g", "claim_issuers": [ISSUER]}, "only used with mode 'table'"),
     ({"mode": "table", "table": {"x": "alice"}, "claim": "c", "service_user": SERVICE}, "only used with mode 'claim'"),
     ({"mode": "table", "table": {"x": "-rf"}, "service_user": SERVICE}, "not valid POSIX user names"),
     ({"mode": "table", "table": {"x": "a,b"}, "service_user": SERVICE}, "not valid POSIX user names"),
@@ -102,7 +144,7 @@ def test_default_is_the_service_account_and_site_config_accepts_it(dev_config: S
     ({"unknown": 1}, "Extra inputs"),
 ])
 def test_inconsistent_settings_are_refused(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValidationError, match=re.escape(message)):
         RunAsSettings(**kwargs)
 
 
@@ -117,24 +159,84 @@ def test_table_maps_the_owner() -> None:
 
 
 def test_claim_names_the_user() -> None:
-    settings = RunAsSettings(mode="claim", claim="posix_user", service_user=SERVICE)
-    ident = Identity(issuer="https://aai.example.org", subject="u1", claims={"posix_user": "bob"})
-    assert unix_user_for(ident, settings, **LOOKUPS) == "bob"
+    ident = Identity(issuer=ISSUER, subject="u1", claims={"posix_user": "bob"})
+    assert unix_user_for(ident, claim(), **LOOKUPS) == "bob"
     for claims, message in [({}, "has no 'posix_user' claim"), ({"posix_user": ["bob"]}, "not a user name"),
                             ({"posix_user": "bob;id"}, "not a valid Unix user name"),
                             ({"posix_user": "nobody-here"}, "does not exist")]:
         with pytest.raises(NoUnixUser, match=re.escape(message)):
-            unix_user_for(Identity(issuer="https://aai.example.org", subject="u1", claims=claims),
-                          settings, **LOOKUPS)
+            unix_user_for(Identity(issuer=ISSUER, subject="u1", claims=claims), claim(), **LOOKUPS)
+
+
+def test_a_claim_names_a_user_only_in_tokens_of_the_sites_claim_issuers() -> None:
+    """A trusted issuer (it may log users in) that the site did not name for claims: no Unix user,
+    and nothing falls back (not the table, not the service account)."""
+    other = Identity(issuer="https://other.example.org", subject="u1", claims={"posix_user": "bob"})
+    with pytest.raises(NoUnixUser, match=re.escape("only tokens of https://aai.example.org may name a Unix user")):
+        unix_user_for(other, claim(), **LOOKUPS)
+    lookalike = Identity(issuer=ISSUER + "/", subject="u1", claims={"posix_user": "bob"})
+    with pytest.raises(NoUnixUser, match="claim_issuers"):
+        unix_user_for(lookalike, claim(), **LOOKUPS)
+    with pytest.raises(NoUnixUser, match="claim_issuers"):  # no authentication: no issuer at all
+        unix_user_for(NO_AUTH_IDENTITY, claim(), **LOOKUPS)
+
+
+def test_claim_issuers_must_be_issuers_the_site_verifies(dev_config: SiteConfig) -> None:
+    data = dev_config.model_dump(mode="json")
+    data["auth"] = {"mode": "jwt", "issuers": [{"issuer": ISSUER, "jwks_uri": ISSUER + "/jwks"}]}
+    data["run_as"] = {"mode": "claim", "claim": "posix_user", "service_user": SERVICE, "users_group": "g",
+                      "claim_issuers": [ISSUER]}
+    assert SiteConfig.model_validate(data).run_as.claim_issuers == [ISSUER]
+    data["run_as"]["claim_issuers"] = [ISSUER, "https://other.example.org"]
+    with pytest.raises(ValidationError, match=re.escape("run_as.claim_issuers ['https://other.example.org'] "
+                                                        "are not in auth.issuers")):
+        SiteConfig.model_validate(data)
 
 
 @pytest.mark.parametrize(("user", "message"), [
-    ("lowly", "uid 990"), ("root", "uid 0"), ("rootgroup", "not in group root"), ("ghost", "does not exist"),
+    ("lowly", "has uid 990: jobs run only as users with a uid from 1000 to 59999"),
+    ("root", "has uid 0"),
+    ("high", "has uid 60000"),  # Debian's reserved range starts here
+    ("nobody", "is a system account jobs never run as (deny_users)"),
+    ("slurm", "'slurm' is a system account"),
+    ("munge", "'munge' is a system account"),
+    ("rootgroup", "is in the group root (gid 0)"),
+    ("root1", "is in the group root (gid 0)"),  # supplementary
+    ("admin1", "is in the privileged group 'sudo' (deny_groups)"),
+    ("docker1", "is in the privileged group 'docker'"),
+    ("disk1", "is in the privileged group 'disk'"),  # primary
+    ("svcmate", "is in the service account's group (gid 4000)"),
+    ("svc", "is the service account"),
+    ("ghost", "does not exist"),
 ])
-def test_system_users_root_and_unknown_users_are_refused(user: str, message: str) -> None:
-    with pytest.raises(NoUnixUser, match=message):
-        unix_user_for(NO_AUTH_IDENTITY, RunAsSettings(mode="table", service_user=SERVICE,
-                                                      table={"local": user}), **LOOKUPS)
+def test_the_policy_refuses_every_privileged_or_system_user(user: str, message: str) -> None:
+    """The same check runs at task creation and in the helper (below): one rule, two places."""
+    settings = table(users_group="hpcusers").model_copy(update={"table": {"local": user}})
+    with pytest.raises(NoUnixUser, match=re.escape(message)):
+        unix_user_for(NO_AUTH_IDENTITY, settings, **LOOKUPS)
+    cfg = _cfg(table={"local": user})
+    with pytest.raises(Refused, match=re.escape(message)):
+        authorize(_task(run_as=user), cfg, **LOOKUPS)
+
+
+def test_the_site_sets_the_uid_range_and_deny_lists() -> None:
+    def user_for(name: str, **policy: object) -> str | None:
+        settings = table(**policy).model_copy(update={"table": {"local": name}})
+        return unix_user_for(NO_AUTH_IDENTITY, settings, **LOOKUPS)
+
+    assert user_for("high", max_uid=60000) == "high"
+    with pytest.raises(NoUnixUser, match="uid from 1000 to 1999"):
+        user_for("alice", max_uid=1999)
+    assert user_for("admin1", deny_groups=["docker"]) == "admin1"  # the list replaces the default
+    with pytest.raises(NoUnixUser, match="privileged group 'hpcusers'"):
+        user_for("alice", deny_groups=["hpcusers"])
+    with pytest.raises(NoUnixUser, match="deny_users"):
+        user_for("bob", deny_users=["bob"])
+    with pytest.raises(NoUnixUser, match="group root"):  # gid 0 and the service's group, always
+        user_for("root1", deny_groups=[])
+    with pytest.raises(NoUnixUser, match="service account's group"):
+        user_for("svcmate", deny_groups=[])
+    assert user_for("nobody", deny_users=[], max_uid=65534) == "nobody"  # a site can, but must say so
 
 
 def test_users_group_membership_primary_or_supplementary() -> None:
@@ -144,14 +246,15 @@ def test_users_group_membership_primary_or_supplementary() -> None:
     users = {**USERS, "dave": SimpleNamespace(pw_name="dave", pw_uid=2003, pw_gid=2003, pw_dir="/")}
     with pytest.raises(NoUnixUser, match="not in the group 'hpcusers'"):
         unix_user_for(NO_AUTH_IDENTITY, table(users_group="hpcusers").model_copy(update={"table": {"local": "dave"}}),
-                      getpwnam=users.__getitem__, getgrnam=getgrnam)
+                      getpwnam=users.__getitem__, getgrnam=getgrnam, getgrouplist=getgrouplist)
 
 
-def test_the_service_account_is_never_a_target() -> None:
-    users = {**USERS, SERVICE: SimpleNamespace(pw_name=SERVICE, pw_uid=5555, pw_gid=5555, pw_dir="/")}
-    settings = RunAsSettings(mode="table", service_user=SERVICE, table={"local": SERVICE})
-    with pytest.raises(NoUnixUser, match="service account"):
-        unix_user_for(NO_AUTH_IDENTITY, settings, getpwnam=users.__getitem__, getgrnam=getgrnam)
+def test_supplementary_groups_come_from_the_system_not_only_etc_group() -> None:
+    """getgrouplist (NSS: LDAP, SSSD) decides membership, whatever a group's member list says."""
+    settings = table(users_group="hpcusers").model_copy(update={"table": {"local": "bob"}})
+    with pytest.raises(NoUnixUser, match="privileged group 'sudo'"):
+        unix_user_for(NO_AUTH_IDENTITY, settings, getpwnam=getpwnam, getgrnam=getgrnam,
+                      getgrouplist=lambda name, gid: [gid, 5000, 27])
 
 
 # -- the helper: argument, configuration, checks ------------------------------------------------
@@ -175,6 +278,7 @@ def test_helper_refuses_to_run_without_root(monkeypatch: pytest.MonkeyPatch,
 def _config_data(**changes: object) -> dict:
     data = {"database": "/var/lib/hpc-bridge/db.sqlite", "work_root": "/scratch/work", "service_user": "svc",
             "mode": "table", "table": {"local": "alice"}, "min_uid": 1000, "users_group": "hpcusers",
+            "claim_issuers": ...,
             "work_retention_hours": 168, "sbatch": "/usr/bin/sbatch", "squeue": "/usr/bin/squeue",
             "scancel": "/usr/bin/scancel"}
     data.update(changes)
@@ -189,6 +293,13 @@ def _config_data(**changes: object) -> dict:
     ({"mode": "service"}, "mode must be"),
     ({"min_uid": 0}, "min_uid"),
     ({"min_uid": True}, "min_uid"),
+    ({"max_uid": 999}, "max_uid must be an integer of at least min_uid"),
+    ({"max_uid": 1e9}, "max_uid"),
+    ({"deny_groups": "sudo"}, "deny_groups must be a list of user or group names"),
+    ({"deny_users": ["a:b"]}, "deny_users must be a list"),
+    ({"claim_issuers": ["https://x#y"]}, "claim_issuers must be a list of issuers"),
+    ({"mode": "claim", "claim_issuers": [ISSUER], "users_group": None}, "needs users_group and claim_issuers"),
+    ({"mode": "claim"}, "needs users_group and claim_issuers"),  # an old claim-mode config: refused
     ({"table": {"local": "a b"}}, "table must map"),
     ({"table": {}}, "needs a table"),
     ({"service_user": "-x"}, "service_user"),
@@ -225,6 +336,10 @@ def _cfg(**changes: object) -> Config:
     return parse_config(_config_data(**changes))
 
 
+def _claim_cfg(**changes: object) -> Config:
+    return _cfg(**{"mode": "claim", "table": ..., "claim_issuers": [ISSUER], **changes})
+
+
 def _task(**changes: object) -> TaskState:
     fields = {"id": TASK, "owner": "local", "state": "QUEUED", "run_as": "alice", "job_id": None,
               "cancel_requested": False, "end_time": None, "cleaned_at": None}
@@ -238,15 +353,30 @@ def test_helper_authorizes_only_what_its_own_configuration_allows() -> None:
         (_task(run_as=None), _cfg(), "runs as the service account"),
         (_task(run_as="bob"), _cfg(), "does not map owner 'local' to Unix user 'bob'"),
         (_task(owner="https://x#y"), _cfg(), "does not map owner"),
-        (_task(run_as="lowly"), _cfg(mode="claim", users_group=None), "uid 990"),
-        (_task(run_as="root"), _cfg(mode="claim", users_group=None), "uid 0"),
-        (_task(run_as="svc"), _cfg(mode="claim", min_uid=1, users_group=None), "service account"),
-        (_task(run_as="carol"), _cfg(mode="claim", users_group="nogroup"), "group 'nogroup' does not exist"),
+        (_task(run_as="lowly", owner=f"{ISSUER}#u"), _claim_cfg(), "uid 990"),
+        (_task(run_as="root", owner=f"{ISSUER}#u"), _claim_cfg(), "uid 0"),
+        (_task(run_as="svc", owner=f"{ISSUER}#u"), _claim_cfg(min_uid=1), "service account"),
+        (_task(run_as="carol", owner=f"{ISSUER}#u"), _claim_cfg(users_group="nogroup"),
+         "group 'nogroup' does not exist"),
+        (_task(run_as="bob", owner="https://other.example.org#u"), _claim_cfg(), "claim_issuers"),
+        (_task(run_as="bob", owner="local"), _claim_cfg(), "claim_issuers"),
     ]:
         with pytest.raises(Refused, match=re.escape(message)):
-            authorize(task, cfg, getpwnam=getpwnam, getgrnam=getgrnam)
-    # claim mode: the table is not consulted, the user checks still are
-    assert authorize(_task(run_as="bob", owner="someone"), _cfg(mode="claim"), **LOOKUPS).pw_name == "bob"
+            authorize(task, cfg, **LOOKUPS)
+    # claim mode: the table is not consulted, the user and issuer checks are
+    assert authorize(_task(run_as="bob", owner=f"{ISSUER}#someone"), _claim_cfg(), **LOOKUPS).pw_name == "bob"
+
+
+def test_an_old_helper_configuration_gets_the_safe_defaults() -> None:
+    """Written before max_uid and the deny lists existed: the helper denies what a new one would."""
+    policy = _cfg().policy
+    assert (policy.max_uid, policy.deny_users, policy.deny_groups) == (
+        helper.MAX_UID, helper.DENY_USERS, helper.DENY_GROUPS)
+    assert RunAsSettings().max_uid == helper.MAX_UID == 59999
+    assert tuple(RunAsSettings().deny_groups) == helper.DENY_GROUPS
+    assert {"root", "sudo", "wheel", "adm", "docker", "disk", "shadow", "staff", "lxd", "libvirt", "kvm",
+            "systemd-journal", "slurm", "munge"} <= set(helper.DENY_GROUPS)
+    assert {"slurm", "munge", "nobody"} <= set(helper.DENY_USERS)
 
 
 def test_the_stored_state_decides_what_the_helper_does() -> None:
@@ -395,9 +525,12 @@ def test_the_engine_action_needs_its_own_configuration_and_path(tmp_path: Path) 
 def test_install_derives_the_helper_files_from_the_site_config(dev_config: SiteConfig) -> None:
     from hpc_bridge.runas import install
 
-    config = dev_config.model_copy(update={"run_as": table(users_group="hpcusers")})
+    config = dev_config.model_copy(update={"run_as": RunAsSettings(
+        mode="table", service_user=SERVICE, table={"local": "alice"}, users_group="hpcusers",
+        max_uid=50000, deny_groups=["sudo", "docker"])})
     data = install.helper_config(config)
     assert parse_config(data).table == {"local": "alice"}
+    assert parse_config(data).policy == config.run_as.policy  # the service and the helper check the same
     assert data["work_root"] == str(dev_config.storage.work_root) and os.path.isabs(data["sbatch"])
     assert data["runs_root"] == str(dev_config.storage.data_roots[0] / "runs")
     assert data["engine_python"] == sys.executable
@@ -410,6 +543,27 @@ def test_install_derives_the_helper_files_from_the_site_config(dev_config: SiteC
         check = subprocess.run(["visudo", "-c", "-f", "-"], input=rule, capture_output=True, text=True,
                                check=False)
         assert check.returncode == 0, check.stderr + check.stdout
+
+
+def test_install_writes_the_claim_issuers_and_refuses_an_undenied_slurm_user(dev_config: SiteConfig) -> None:
+    from hpc_bridge.config import ConfigError
+    from hpc_bridge.runas import install
+
+    auth = AuthSettings(mode="jwt", issuers=[IssuerSettings(issuer=ISSUER, jwks_uri=ISSUER + "/jwks")])
+    run_as = RunAsSettings(mode="claim", claim="posix_user", service_user=SERVICE, users_group="hpcusers",
+                           claim_issuers=[ISSUER])
+    config = dev_config.model_copy(update={"auth": auth, "run_as": run_as})
+    data = install.helper_config(config)
+    assert data["claim_issuers"] == [ISSUER] and parse_config(data).claim_issuers == (ISSUER,)
+
+    show = "SlurmUser               = slurmadm(450)\nSlurmdUser              = root(0)\nSlurmctldPort = 6817\n"
+    assert install.slurm_daemon_users(show) == {"slurmadm", "root"}
+    with pytest.raises(ConfigError, match=re.escape("Slurm runs as slurmadm (SlurmUser/SlurmdUser): add it to "
+                                                    "run_as.deny_users")):
+        install.check_slurm_users(config, show)
+    denied = config.model_copy(update={"run_as": run_as.model_copy(update={"deny_users": ["slurmadm"]})})
+    install.check_slurm_users(denied, show)
+    install.check_slurm_users(config, "SlurmUser = slurm(64030)\nSlurmdUser = root(0)\n")  # in the default
 
 
 # -- the job script with a status directory ---------------------------------------------------
