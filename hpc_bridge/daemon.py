@@ -28,6 +28,7 @@ from hpc_bridge.config import ConfigError, SiteConfig
 from hpc_bridge.containers.apptainer import UnsafeValue
 from hpc_bridge.containers.cache import ImageCache, PullError
 from hpc_bridge.containers.images import RegistryImage
+from hpc_bridge.lifecycle import ACTIVE
 from hpc_bridge.slurm import pack
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
 from hpc_bridge.slurm.record import JobRecord, file_refusal, parse_record
@@ -52,7 +53,6 @@ from hpc_bridge.tes.models import State, Task
 
 log = logging.getLogger(__name__)
 
-ACTIVE = [State.QUEUED, State.INITIALIZING, State.RUNNING, State.PAUSED, State.CANCELING]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,9 +377,7 @@ class Daemon:
                 return None
         streams = [dict(zip(("stdout", "stderr"), plan.script.log_paths(i), strict=True))
                    for i in range(len(plan.script.executors))]
-        self.store.tasks.update(row.id, workdir=str(workdir), streams=streams,
-                                system_logs=[*row.system_logs,
-                                             *(w for w in plan.warnings if w not in row.system_logs)],
+        self.store.tasks.update(row.id, workdir=str(workdir), streams=streams, add_logs=plan.warnings,
                                 submit_attempts=row.submit_attempts + 1)
         return Prepared(row, script, plan.script)
 
@@ -395,8 +393,7 @@ class Daemon:
             lines = [*(f"preparing image {img.reference} (pulling {img.pull_uri} into the image cache)"
                        for img in pulls), *(f"downloading input {d.url}" for d in downloads)]
             # The work area is known from now on, so it is cleaned up even if staging fails.
-            self.store.tasks.update(row.id, workdir=str(area.path), system_logs=[*row.system_logs, *lines],
-                                    message=lines[0])
+            self.store.tasks.update(row.id, workdir=str(area.path), add_logs=lines, message=lines[0])
             future = self._stager.submit(self._stage, row.id, area, pulls, downloads)
             future.add_done_callback(lambda _: self._wake.set())
             self._staging[row.id] = future
@@ -545,9 +542,7 @@ class Daemon:
     def _fail(self, row: TaskRow, message: str) -> None:
         """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""
         log.warning("task %s: %s", row.id, message)
-        state = State.CANCELED if self.store.tasks.get(row.id).cancel_requested else State.SYSTEM_ERROR
-        self.store.tasks.update(row.id, state=state, end_time=now_iso(),
-                                system_logs=[*row.system_logs, message], message=message)
+        self.store.tasks.fail(row.id, message)
 
     # -- monitoring -------------------------------------------------------------------------
 
@@ -591,12 +586,10 @@ class Daemon:
         elif mapped.state == State.RUNNING and record:
             changes["executor_logs"], _ = self._executor_logs(row, record, tails=False)
         added = [line for line in dict.fromkeys(new_lines) if line not in row.system_logs]
-        if added:
-            changes["system_logs"] = [*row.system_logs, *added]
-            if refused in added:
-                log.warning("task %s: %s", row.id, refused)
-        if mapped.state != row.state or changes:
-            self.store.tasks.update(row.id, state=mapped.state, message=mapped.log, **changes)
+        if refused in added:
+            log.warning("task %s: %s", row.id, refused)
+        if mapped.state != row.state or changes or added:
+            self.store.tasks.update(row.id, state=mapped.state, message=mapped.log, add_logs=added, **changes)
 
     # -- work areas ---------------------------------------------------------------------------
 
@@ -629,8 +622,8 @@ class Daemon:
             if os.path.exists(workdir):
                 log.warning("task %s: could not remove work area %s, retrying later", row.id, workdir)
                 continue
-            self.store.tasks.update(row.id, cleaned_at=now_iso(), system_logs=[
-                *row.system_logs, f"work area removed {hours:g} h after the task ended"])
+            self.store.tasks.update(row.id, cleaned_at=now_iso(),
+                                    add_logs=[f"work area removed {hours:g} h after the task ended"])
             removed += 1
             if row.pack_id:
                 packs.add(row.pack_id)

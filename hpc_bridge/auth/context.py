@@ -10,7 +10,8 @@ from flask import current_app, g, request
 
 from hpc_bridge.errors import Forbidden
 from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
-from hpc_bridge.store.runs import FINAL_STATES, RunStore
+from hpc_bridge.lifecycle import RUN_FINAL
+from hpc_bridge.store.runs import RunStore
 
 from . import runtoken
 from .verifier import AuthError, Identity, TokenVerifier
@@ -45,7 +46,7 @@ def authenticate() -> None:
 
 def _run_identity(token: runtoken.RunToken) -> Identity:
     run = RunStore(current_app.extensions["hpc_bridge.store"]).get(token.run_id)
-    if run is None or run.state in FINAL_STATES or not runtoken.matches(token, run.engine_token):
+    if run is None or run.state in RUN_FINAL or not runtoken.matches(token, run.engine_token):
         raise AuthError("run credential is not valid (the run ended, or a newer engine holds it)")
     if request.blueprint != "tes":
         raise AuthError("a run credential may only call the TES API", status=403,
@@ -64,7 +65,7 @@ def check_run_may_create() -> None:
     if run_id is None:
         return
     run = RunStore(current_app.extensions["hpc_bridge.store"]).get(run_id)
-    if run is None or run.state == "CANCELING" or run.state in FINAL_STATES:
+    if run is None or run.state == "CANCELING" or run.state in RUN_FINAL:
         raise Forbidden(f"workflow run {run_id} is being cancelled: no new task may start")
 
 

@@ -20,7 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 from hpc_bridge.cwl.client import CredentialRevoked, RemoteTask, RunClient
 from hpc_bridge.errors import Forbidden, NotFound, TooManyRequests
-from hpc_bridge.store.tasks import LIVE_STATES, now_iso
+from hpc_bridge.lifecycle import LIVE
+from hpc_bridge.store.tasks import now_iso
 from hpc_bridge.tes.models import State
 
 log = logging.getLogger("hpc_bridge.cwl")
@@ -92,7 +93,7 @@ class TaskRunner:
                 if row.id in self._claimed or row.created_at >= self.started_at:
                     continue
                 if row.state == State.COMPLETE and outputs_on_disk(row) or \
-                        row.state in LIVE_STATES and not row.cancel_requested:
+                        row.state in LIVE and not row.cancel_requested:
                     self._claimed.add(row.id)
                     self.reused.append(row.id)
                     return row

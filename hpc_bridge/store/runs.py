@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpc_bridge.store.tasks import LIVE_STATES, TaskRow, now_iso
+from hpc_bridge.lifecycle import RUN_FINAL, next_state
+from hpc_bridge.store.tasks import TaskRow, now_iso
 from hpc_bridge.store.tasks import decode_token as _decode_token
 from hpc_bridge.store.tasks import encode_token as _encode_token
 
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     from hpc_bridge.store.db import Store
 
 _JSON_COLUMNS = ("request", "tags", "outputs", "system_logs")
-FINAL_STATES = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"})
 _TASK_RUN_ID = "json_extract(tags, '$.wes_run_id')"
 
 
@@ -83,9 +83,9 @@ class RunStore:
         stamp = now_iso()
         with self._store.transaction() as db:
             if max_active is not None:
-                marks = ",".join("?" for _ in FINAL_STATES)
+                marks = ",".join("?" for _ in RUN_FINAL)
                 (active,) = db.execute(f"SELECT count(*) FROM runs WHERE owner = ? AND state NOT IN "
-                                       f"({marks})", [owner, *FINAL_STATES]).fetchone()
+                                       f"({marks})", [owner, *RUN_FINAL]).fetchone()
                 if active >= max_active:
                     raise ActiveRunsLimit(max_active)
             db["runs"].insert({
@@ -149,8 +149,7 @@ class RunStore:
                 raise KeyError(run_id)
             seq, old_state, cancel_requested = current
             if state is not None:
-                if cancel_requested and state in LIVE_STATES:  # then CANCELING instead
-                    state = "CANCELING"
+                state = next_state(old_state, state, cancel_requested=bool(cancel_requested))
                 values["state"] = state
             db["runs"].update(seq, values)
             if (state is not None and state != old_state) or message:
@@ -173,7 +172,7 @@ class RunStore:
             if row is None:
                 raise KeyError(run_id)
             seq, state = row
-            if state in FINAL_STATES or state == "CANCELING":
+            if state in RUN_FINAL or state == "CANCELING":
                 return state
             stamp = now_iso()
             db["runs"].update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})

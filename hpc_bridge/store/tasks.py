@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from hpc_bridge.lifecycle import ACTIVE, TERMINAL, failure_state, next_state
+
 if TYPE_CHECKING:
     from hpc_bridge.store.db import Store
 
 _JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "outputs")
-# States a daemon write must not put back over a cancel the API recorded meanwhile.
-LIVE_STATES = ("QUEUED", "INITIALIZING", "RUNNING", "PAUSED")
-# What counts against a user's active-task limit: everything that may still hold a Slurm job.
-ACTIVE_STATES = (*LIVE_STATES, "CANCELING")
 MAX_SEQ = 2**63 - 1  # SQLite's largest INTEGER
 
 
@@ -111,9 +109,9 @@ class TaskStore:
         stamp = now_iso()
         with self._store.transaction() as db:
             if max_active is not None:
-                marks = ",".join("?" for _ in ACTIVE_STATES)
+                marks = ",".join("?" for _ in ACTIVE)
                 (active,) = db.execute(f"SELECT count(*) FROM tasks WHERE owner = ? AND state IN ({marks})",
-                                       [owner, *ACTIVE_STATES]).fetchone()
+                                       [owner, *ACTIVE]).fetchone()
                 if active >= max_active:
                     raise ActiveLimitReached(max_active)
             db["tasks"].insert({
@@ -179,34 +177,58 @@ class TaskStore:
         return {r[0] for r in rows}
 
     def update(self, task_id: str, *, state: str | None = None, message: str | None = None,
-               **fields: Any) -> None:
-        """Change columns; a new state (or a message) also appends to the task's history."""
+               add_logs: Iterable[str] = (), **fields: Any) -> str:
+        """Change columns in one write transaction and return the state stored.
+
+        A new state goes through `lifecycle.next_state` against the row as it is now (a terminal
+        task keeps its state and end time); `add_logs` appends the system log lines the row does not
+        hold yet, read inside the same transaction, so no writer's lines are lost to another's. A new
+        state (or a message) also appends to the task's history.
+        """
+        with self._store.transaction() as db:
+            return self._write(db, task_id, state, message, add_logs, fields)
+
+    def fail(self, task_id: str, message: str) -> str:
+        """End a task that cannot go on: SYSTEM_ERROR, or CANCELED when its user already asked for
+        that, with `message` as a system log line; decided inside the write transaction."""
+        with self._store.transaction() as db:
+            return self._write(db, task_id, None, message, [message], {"end_time": now_iso()}, fail=True)
+
+    def _write(self, db: Any, task_id: str, state: str | None, message: str | None,
+               add_logs: Iterable[str], fields: dict[str, Any], *, fail: bool = False) -> str:
         stamp = now_iso()
         values = {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()}
         values["updated_at"] = stamp
-        with self._store.transaction() as db:
-            current = db.execute("SELECT seq, state, cancel_requested FROM tasks WHERE id = ?",
-                                 [task_id]).fetchone()
-            if current is None:
-                raise KeyError(task_id)
-            seq, old_state, cancel_requested = current
-            if state is not None:
-                if cancel_requested and state in LIVE_STATES:
-                    state = "CANCELING"  # computed from a row read before the cancel arrived
-                values["state"] = state
-            db["tasks"].update(seq, values)
-            if (state is not None and state != old_state) or message:
-                db["events"].insert({"task_id": task_id, "time": stamp,
-                                     "state": state or old_state, "message": message})
+        current = db.execute("SELECT seq, state, cancel_requested, system_logs FROM tasks WHERE id = ?",
+                             [task_id]).fetchone()
+        if current is None:
+            raise KeyError(task_id)
+        seq, old_state, cancel_requested, logs_json = current
+        if fail:
+            state = failure_state(cancel_requested=bool(cancel_requested))
+        if state is not None:
+            state = next_state(old_state, state, cancel_requested=bool(cancel_requested))
+            if state == old_state and old_state in TERMINAL:
+                values.pop("end_time", None)  # already ended: its end stays what it was
+            values["state"] = state
+        logs = json.loads(logs_json)
+        added = [line for line in dict.fromkeys(add_logs) if line not in logs]
+        if added:
+            values["system_logs"] = json.dumps([*logs, *added])
+        db["tasks"].update(seq, values)
+        if (state is not None and state != old_state) or message:
+            db["events"].insert({"task_id": task_id, "time": stamp,
+                                 "state": state or old_state, "message": message})
+        return state or old_state
 
-    def request_cancel(self, task_id: str, *, final_states: Iterable[str]) -> str:
+    def request_cancel(self, task_id: str) -> str:
         """Atomically mark a task for cancellation unless it already ended; returns its state."""
         with self._store.transaction() as db:
             row = db.execute("SELECT seq, state FROM tasks WHERE id = ?", [task_id]).fetchone()
             if row is None:
                 raise KeyError(task_id)
             seq, state = row
-            if state in set(final_states) | {"CANCELING"}:
+            if state in TERMINAL or state == "CANCELING":
                 return state
             stamp = now_iso()
             db["tasks"].update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})

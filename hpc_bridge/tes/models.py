@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from hpc_bridge.config import SiteConfig, TaskCaps
+from hpc_bridge.lifecycle import TERMINAL
 
 
 class ApiModel(BaseModel):
@@ -40,10 +41,7 @@ class State(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in _TERMINAL
-
-
-_TERMINAL = {State.COMPLETE, State.EXECUTOR_ERROR, State.SYSTEM_ERROR, State.CANCELED, State.PREEMPTED}
+        return self.value in TERMINAL
 
 
 class View(StrEnum):

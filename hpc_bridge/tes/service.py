@@ -133,7 +133,7 @@ class TaskService:
 
     def cancel(self, task_id: str, owner: str | None, *, run_id: str | None = None) -> None:
         row = self._row(task_id, owner, run_id)
-        self._store.tasks.request_cancel(row.id, final_states=[s.value for s in State if s.terminal])
+        self._store.tasks.request_cancel(row.id)
         self._on_change()
 
     def _row(self, task_id: str, owner: str | None, run_id: str | None = None) -> TaskRow:

@@ -45,7 +45,8 @@ from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import NotFound
 from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunRow, RunStore
-from hpc_bridge.store.tasks import ACTIVE_STATES, LIVE_STATES, now_iso
+from hpc_bridge.lifecycle import ACTIVE, LIVE
+from hpc_bridge.store.tasks import now_iso
 from hpc_bridge.tes.service import TaskService
 from hpc_bridge.wes.attachments import open_beneath
 from hpc_bridge.wes.rundir import engine_launch_refusal, hand_over_run_dir
@@ -333,7 +334,7 @@ class Supervisor:
     # -- cancelling ----------------------------------------------------------------------------
 
     def _cancel_tasks(self, run_id: str) -> int:
-        live = self.runs.tasks(run_id, states=LIVE_STATES)
+        live = self.runs.tasks(run_id, states=LIVE)
         for task in live:
             try:
                 self._tasks.cancel(task.id, None)
@@ -360,7 +361,7 @@ class Supervisor:
                                                      "after SIGTERM: killed")
                 continue
             self._kill_stale(row)
-            if self.runs.tasks(row.id, states=ACTIVE_STATES, limit=1):
+            if self.runs.tasks(row.id, states=ACTIVE, limit=1):
                 continue  # the daemon is still taking their jobs out of Slurm
             self.runs.update(row.id, state="CANCELED", end_time=now_iso(), engine_pid=None,
                              engine_token=None,

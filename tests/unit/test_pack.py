@@ -188,7 +188,7 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
 
     # Cancelling the running task cancels its step; the waiting one gets a marker: the job goes on.
     for task_id in ids[:2]:
-        store.tasks.request_cancel(task_id, final_states=())
+        store.tasks.request_cancel(task_id)
     daemon.cycle()
     assert ("cancel", ["1.2"]) in slurm.calls
     assert not any(c[0] == "cancel" and "1" in c[1] for c in slurm.calls)
