@@ -50,7 +50,16 @@ class JobStatus:
 
 
 class SlurmClient(Protocol):
+    """What the daemon asks of Slurm: as the service's job user, or (`*_as_user`) through the root
+    helper as a task's own Unix user."""
+
     def submit(self, script: Path, *, workdir: Path) -> str: ...
+
+    def submit_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> str: ...
+
+    def cancel_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> None: ...
+
+    def clean_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> None: ...
 
     def queue(self, users: Sequence[str] = ()) -> list[JobStatus]: ...
 

@@ -19,7 +19,8 @@ from hpc_bridge.store import Store, TaskFilter
 from hpc_bridge.tes.service import TaskService
 
 from .test_run_credential import client, config, new_run, store  # noqa: F401 - fixtures
-from .test_runas import FakeSlurm, job_writes
+from ..fake_slurm import FakeSlurm
+from .test_runas import job_writes
 
 ROOT = 0
 TASK = {"executors": [{"image": "busybox", "command": ["true"]}]}
@@ -92,7 +93,7 @@ def test_a_refused_log_is_a_system_log_line_and_the_task_still_ends(dev_config: 
     db = Store(cfg.database)
     task_id = TaskService(db, cfg).create(TASK, owner="local")
     slurm = FakeSlurm()
-    daemon = Daemon(cfg, db, slurm)  # type: ignore[arg-type]
+    daemon = Daemon(cfg, db, slurm)
     daemon.cycle()  # submitted: job 1
     events = [{"event": "job_start", "job_id": "1"}, {"event": "executor_start", "executor": 0},
               {"event": "executor_end", "executor": 0, "exit_code": 0}, {"event": "job_end"}]
@@ -114,7 +115,7 @@ def _daemon(dev_config: SiteConfig, tmp_path: Path) -> tuple[Daemon, Store, Fake
     storage = dev_config.storage.model_copy(update={"work_root": tmp_path / "work"})
     cfg = dev_config.model_copy(update={"database": tmp_path / "db.sqlite", "storage": storage})
     db, slurm = Store(cfg.database), FakeSlurm()
-    return Daemon(cfg, db, slurm), db, slurm, cfg  # type: ignore[arg-type]
+    return Daemon(cfg, db, slurm), db, slurm, cfg
 
 
 def test_a_job_with_the_tasks_comment_is_adopted_only_when_it_runs_as_the_tasks_user(

@@ -15,7 +15,7 @@ from hpc_bridge.store import Store
 from hpc_bridge.tes.models import State
 from hpc_bridge.tes.service import TaskService
 
-from .test_runas import FakeSlurm
+from ..fake_slurm import FakeSlurm
 
 
 def test_the_sets_match_the_tes_states_and_the_helpers_copy() -> None:
@@ -87,7 +87,7 @@ def test_a_refused_job_keeps_the_warnings_of_its_plan(dev_config: SiteConfig, tm
     config = dev_config.model_copy(update={"database": tmp_path / "db.sqlite", "storage": storage})
     store = Store(config.database)
     task_id = new_task(store, config, resources={"backend_parameters": {"colour": "blue"}})
-    Daemon(config, store, RefusingSlurm()).cycle()  # type: ignore[arg-type]
+    Daemon(config, store, RefusingSlurm()).cycle()
     row = store.tasks.get(task_id)
     assert row.state == "SYSTEM_ERROR"
     assert row.system_logs == ["backend parameter 'colour' is not supported here and was ignored",

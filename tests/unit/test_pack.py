@@ -17,7 +17,8 @@ from hpc_bridge.slurm.record import parse_record
 from hpc_bridge.slurm.script import render
 from hpc_bridge.slurm.states import map_state, member_state
 
-from .test_runas import FakeSlurm, job_writes
+from ..fake_slurm import FakeSlurm
+from .test_runas import job_writes
 
 SHAPE = [("partition", "debug"), ("cpus-per-task", "1"), ("mem", "1024M"), ("time", "10")]
 
@@ -165,7 +166,7 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
                          owner="local")
     other = service.create(short, owner="someone-else")
     slurm = FakeSlurm()
-    daemon = Daemon(config, store, slurm)  # type: ignore[arg-type]
+    daemon = Daemon(config, store, slurm)
     daemon.cycle()
 
     submitted = [c[1] for c in slurm.calls if c[0] == "submit"]

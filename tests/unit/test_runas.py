@@ -41,6 +41,7 @@ from hpc_bridge.slurm.record import parse_record
 from hpc_bridge.slurm.script import ExecutorScript, JobScript, render
 
 from ..conftest import ROOT
+from ..fake_slurm import FakeSlurm
 from .test_slurm_client import FakeRunner
 
 TEMPLATES = [ROOT / "slurm_templates"]
@@ -652,35 +653,6 @@ def job_writes(path: Path, text: str, user: str) -> None:
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-class FakeSlurm:
-    """Records what the daemon asks; per-user calls succeed as the helper would."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-        self.jobs: list = []
-
-    def submit(self, script: Path, *, workdir: Path) -> str:
-        self.calls.append(("submit", str(script)))
-        return "1"
-
-    def submit_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> str:
-        self.calls.append(("submit_as_user", task_id, str(sudo), str(helper)))
-        return "77"
-
-    def cancel_as_user(self, task_id: str, *, sudo: Path, helper: Path) -> None:
-        self.calls.append(("cancel_as_user", task_id))
-
-    def cancel(self, job_ids: list[str]) -> None:
-        self.calls.append(("cancel", list(job_ids)))
-
-    def queue(self, users: list[str] = ()) -> list:  # type: ignore[assignment]
-        self.calls.append(("queue", list(users)))
-        return self.jobs
-
-    def ping(self) -> bool:
-        return True
-
-
 @as_root
 def test_daemon_prepares_a_per_user_task_for_the_helper(dev_config: SiteConfig, tmp_path: Path) -> None:
     from hpc_bridge.daemon import Daemon
@@ -700,7 +672,7 @@ def test_daemon_prepares_a_per_user_task_for_the_helper(dev_config: SiteConfig, 
                        {"image": "busybox", "command": ["true"], "stdout": "/vol/own.txt"}],
          "volumes": ["/vol"]}, owner="local", run_as="alice")
     slurm = FakeSlurm()
-    daemon = Daemon(config, store, slurm)  # type: ignore[arg-type]
+    daemon = Daemon(config, store, slurm)
     daemon.cycle()
     row = store.tasks.get(task_id)
     assert row.job_id == "77"
@@ -758,7 +730,7 @@ def test_daemon_cancels_a_per_user_job_through_the_helper(dev_config: SiteConfig
     slurm = FakeSlurm()
     slurm.jobs = [JobStatus("77", "RUNNING", "None", "x", f"hpc-bridge:{mine}", None, None),
                   JobStatus("78", "RUNNING", "None", "x", f"hpc-bridge:{theirs}", None, None)]
-    Daemon(config, store, slurm).cycle()  # type: ignore[arg-type]
+    Daemon(config, store, slurm).cycle()
     assert ("cancel_as_user", mine) in slurm.calls and ("cancel", ["78"]) in slurm.calls
 
 
@@ -778,7 +750,7 @@ def test_daemon_never_runs_a_task_without_a_user_when_a_mapping_mode_is_on(dev_c
     task_id = TaskService(store, config).create({"executors": [{"image": "busybox", "command": ["true"]}]},
                                                 owner="local")  # run_as None, as before the mode was on
     slurm = FakeSlurm()
-    Daemon(config, store, slurm).cycle()  # type: ignore[arg-type]
+    Daemon(config, store, slurm).cycle()
     row = store.tasks.get(task_id)
     assert row.state == "SYSTEM_ERROR" and "has no Unix user" in row.system_logs[-1]
     assert not [c for c in slurm.calls if c[0] != "queue"]
@@ -795,4 +767,4 @@ def test_daemon_refuses_to_start_as_another_account_than_service_user(dev_config
         "database": tmp_path / "db.sqlite",
         "run_as": RunAsSettings(mode="table", service_user=other, table={"local": "alice"})})
     with pytest.raises(ConfigError, match="needs the daemon to run as that account"):
-        Daemon(config, Store(config.database), FakeSlurm())  # type: ignore[arg-type]
+        Daemon(config, Store(config.database), FakeSlurm())
