@@ -1,6 +1,7 @@
 # make run   set up .venv, bring up the dev cluster (unless the machine has its own Slurm), serve
 # make test  the same set-up, then the whole test suite (unit + integration on real Slurm/Apptainer)
 # make conformance  the same set-up, then the whole CWL v1.2 conformance suite through WES (~20 min)
+# make lint  ruff (hpc_bridge, tests, bench, dev) and mypy --strict (hpc_bridge): 0 findings, or it fails
 # make lock  resolve pyproject.toml again (newest versions on PyPI) into requirements.lock; then run `make test`
 SHELL := /bin/bash
 # The system's Python, which every user can run: WES engines and the per-user service run from this
@@ -19,7 +20,7 @@ PYTEST_ARGS ?=
 FUZZ_EXAMPLES ?= 25
 CONFORMANCE_JOBS ?= 3
 
-.PHONY: run test unit conformance venv lock cluster clean
+.PHONY: run test unit lint conformance venv lock cluster clean
 
 venv: $(STAMP)
 
@@ -76,6 +77,11 @@ test: venv cluster
 
 conformance: venv cluster
 	$(VENV)/bin/python dev/cwl-conformance -j $(CONFORMANCE_JOBS)
+
+LINT_PATHS := hpc_bridge tests bench dev/cwl-conformance dev/cwl-conformance-summary
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 unit: venv
 	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -48,7 +48,7 @@ import requests
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from tes_submit import (
+from tes_submit import (  # noqa: E402 - found through sys.path above
     FINAL_SLURM,
     FINAL_TES,
     ROOT,
@@ -63,8 +63,8 @@ from tes_submit import (
     say,
 )
 
-from hpc_bridge.config import SiteConfig, load_config
-from hpc_bridge.slurm.record import parse_record
+from hpc_bridge.config import SiteConfig, load_config  # noqa: E402
+from hpc_bridge.slurm.record import parse_record  # noqa: E402
 
 MIB = 1024**2
 GIB = 1024**3

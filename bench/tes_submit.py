@@ -543,7 +543,7 @@ def phase_latency(run_: Run, runs: int) -> dict:
         t0 = time.time()
         task_id = session.post(f"{server.url}{TES}/tasks", json=TASK, timeout=30).json()["id"]
 
-        def api_state() -> str | None:
+        def api_state(task_id: str = task_id) -> str | None:
             state = session.get(f"{server.url}{TES}/tasks/{task_id}", params={"view": "MINIMAL"},
                                 timeout=30).json()["state"]
             return state if state in FINAL_TES else None
@@ -562,7 +562,7 @@ def phase_latency(run_: Run, runs: int) -> dict:
         t0 = time.time()
         job_id = run_.sbatch(script)
 
-        def raw_state() -> str | None:
+        def raw_state(job_id: str = job_id) -> str | None:
             state = run(["squeue", "-h", "-j", job_id, "--states=all", "-o", "%T"], check=False).strip()
             return state if state in FINAL_SLURM else None
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
@@ -38,7 +38,7 @@ class _JSONProvider(DefaultJSONProvider):
             raise BadRequest(f"body: {exc}") from None
 
 
-def _body(message: str, code: int) -> ResponseReturnValue:
+def _body(message: str, code: int) -> tuple[Response, int]:
     """GA4GH ErrorResponse shape (`msg` + `status_code`), shared by TES and WES."""
     return jsonify({"msg": message, "status_code": code}), code
 

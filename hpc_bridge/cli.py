@@ -72,7 +72,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback
                                for info in infos)
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     """GA4GH TES/WES on Slurm, executors in Apptainer."""
 
 
-class KeyValue(click.ParamType):
+class KeyValue(click.ParamType[tuple[str, str], str | tuple[str, str]]):
     """K=V on the command line; with `bare_key`, a lone K stands for (K, "") (a tag filter on the key)."""
 
     name = "K=V"
@@ -117,7 +117,7 @@ class KeyValue(click.ParamType):
         return key, val
 
 
-class Size(click.ParamType):
+class Size(click.ParamType[float, str | float]):
     """512M, 2G, 1.5T -> GB (TES ram_gb/disk_gb). A unit is required: Slurm reads a bare number as MB,
     TES as GB, and guessing wrong is off by a factor of 1024."""
 

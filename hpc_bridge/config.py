@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -439,7 +439,7 @@ def check_areas(storage: StorageSettings, runs_root: Path | None) -> None:
                                  "each owner's files must stay apart from the shared ones")
 
 
-def _resolve_paths(raw: dict, base: Path) -> dict:
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make relative filesystem settings absolute against the config file's directory.
 
     A bare program name (``binary: apptainer``) is left alone so that it is looked up on PATH.

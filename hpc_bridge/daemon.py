@@ -15,14 +15,13 @@ import logging
 import os
 import pwd
 import shutil
-import stat
 import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from hpc_bridge.config import ConfigError, SiteConfig
 from hpc_bridge.containers.apptainer import UnsafeValue
@@ -319,7 +318,8 @@ class Daemon:
             log.exception("task %s: preparing the job failed", row.id)
             self._fail(row, f"internal error while submitting: {type(exc).__name__}: {exc}")
             return None
-        if self.store.tasks.get(row.id).cancel_requested:
+        now = self.store.tasks.get(row.id)
+        if now is None or now.cancel_requested:
             return None  # cancelled while being prepared: the next cycle makes it CANCELED
         return ready
 
@@ -568,7 +568,7 @@ class Daemon:
         self._unconfirmed.pop(row.id, None)
         terminal = State(mapped.state).terminal
         new_lines += [mapped.log] if mapped.log else []
-        changes: dict = {}
+        changes: dict[str, Any] = {}
         if record and record.start_time and not row.start_time:
             changes["start_time"] = record.start_time
         if terminal:
@@ -640,14 +640,14 @@ class Daemon:
                 shutil.rmtree(directory, ignore_errors=True)
 
     def _executor_logs(self, row: TaskRow, record: JobRecord | None,
-                       tails: bool = True) -> tuple[list[dict], list[str]]:
+                       tails: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
         """The executors' TES logs, and a line for each output file that was refused, not read."""
         if record is None:
             return [], []
         out, refused = [], []
         limit = self.config.storage.log_tail_bytes
         for index, ex in sorted(record.executors.items()):
-            entry: dict = {"exit_code": ex.exit_code if ex.exit_code is not None else -1}
+            entry: dict[str, Any] = {"exit_code": ex.exit_code if ex.exit_code is not None else -1}
             if ex.start_time:
                 entry["start_time"] = ex.start_time
             if ex.end_time:

@@ -9,8 +9,8 @@ from typing import TypeVar
 from flask import current_app, g, request
 
 from hpc_bridge.errors import Forbidden
-from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
 from hpc_bridge.lifecycle import RUN_FINAL
+from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
 from hpc_bridge.store.runs import RunStore
 
 from . import runtoken
@@ -70,7 +70,8 @@ def check_run_may_create() -> None:
 
 
 def current_identity() -> Identity:
-    return g.identity
+    identity: Identity = g.identity
+    return identity
 
 
 def optional_owner() -> str | None:

@@ -204,6 +204,7 @@ def _load_static(issuer: IssuerSettings) -> _KeySet:
             if not keys.by_kid:
                 raise ValueError("no usable public signing key with a kid")
             return keys
+        key: object
         if b"-----BEGIN CERTIFICATE-----" in data:
             key = x509.load_pem_x509_certificate(data).public_key()
         else:

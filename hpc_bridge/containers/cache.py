@@ -164,11 +164,13 @@ class ImageCache:
              user: pwd.struct_passwd | None, *, cwd: str) -> str:
         """Run apptainer (as `user`, with no other group) in its own session, so a timeout also
         kills the mksquashfs it started."""
-        who = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         try:
             proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                    errors="replace", start_new_session=True, **who)
+                                    errors="replace", start_new_session=True,
+                                    user=None if user is None else user.pw_uid,
+                                    group=None if user is None else user.pw_gid,
+                                    extra_groups=None if user is None else [])
         except OSError as exc:
             raise PullError(_message(image, f"cannot run {self._binary}: {exc.strerror}", "")) from exc
         try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cwltool import main as cwlmain
+from cwltool.argparser import arg_parser
 from cwltool.context import LoadingContext
 
 from hpc_bridge.config import ApptainerSettings
@@ -75,7 +76,7 @@ def read_request(run_dir: Path) -> dict[str, Any]:
             raise EngineError(f"request.json: {key!r} must be an object")
     if "fetch_policy" not in request:
         raise EngineError("request.json: 'fetch_policy' is missing")
-    return request
+    return dict(request)
 
 
 def read_launch(stream: Any) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def read_launch(stream: Any) -> dict[str, Any]:
     for key in ("tes_url", "token"):
         if not isinstance(launch.get(key), str) or not launch[key]:
             raise EngineError(f"standard input: {key!r} must be a non-empty string")
-    return launch
+    return dict(launch)
 
 
 def engine_parameters(raw: Any) -> dict[str, Any]:
@@ -115,13 +116,14 @@ def default_image(params: dict[str, Any]) -> str:
     return params.get("default_container") or DEFAULT_IMAGE
 
 
-def _cwltool_args(workflow: str, job_file: Path, run_dir: Path, work: Path, params: dict[str, Any]) -> argparse.Namespace:
+def _cwltool_args(workflow: str, job_file: Path, run_dir: Path, work: Path,
+                  params: dict[str, Any]) -> argparse.Namespace:
     argv = ["--outdir", str(run_dir / "outputs"), "--basedir", str(run_dir),
             "--tmpdir-prefix", f"{work}/tmp/", "--tmp-outdir-prefix", f"{work}/out/",
             "--write-summary", str(work / "summary.json"), "--disable-color",
             "--eval-timeout", str(JS_TIMEOUT),
             "--on-error", params.get("on_error", "stop"), workflow, str(job_file)]
-    return cwlmain.arg_parser().parse_args(argv)
+    return arg_parser().parse_args(argv)
 
 
 def run(run_dir: Path, launch: dict[str, Any]) -> int:

@@ -9,7 +9,8 @@ import math
 import threading
 
 from cwltool.context import RuntimeContext
-from cwltool.executors import JobsType, MultithreadedJobExecutor
+from cwltool.executors import MultithreadedJobExecutor
+from cwltool.utils import JobsType
 
 _TMPDIR_LOCK = threading.Lock()
 

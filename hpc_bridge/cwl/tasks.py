@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from hpc_bridge.cwl.client import CredentialRevoked, RemoteTask, RunClient
@@ -99,7 +100,7 @@ class TaskRunner:
                     return row
         return None
 
-    def create(self, body: dict, *, step: str, key: str) -> str:
+    def create(self, body: dict[str, Any], *, step: str, key: str) -> str:
         body = {**body, "tags": {**(body.get("tags") or {}), "cwl_step": step[:200], "cwl_job_key": key}}
         while True:  # the owner's active-task limit: wait for some of the run's tasks to end
             with self._lock:

@@ -82,11 +82,11 @@ def _identity(fob: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make_tool(toolpath_object: CommentedMap, loading_context: LoadingContext) -> Process:
+def make_tool(toolpath_object: CommentedMap, loadingContext: LoadingContext) -> Process:
     """LoadingContext.construct_tool_object: CommandLineTools become TesCommandLineTools."""
     if isinstance(toolpath_object, dict) and toolpath_object.get("class") == "CommandLineTool":
-        return TesCommandLineTool(toolpath_object, loading_context)
-    return default_make_tool(toolpath_object, loading_context)
+        return TesCommandLineTool(toolpath_object, loadingContext)
+    return default_make_tool(toolpath_object, loadingContext)
 
 
 class TesCommandLineTool(CommandLineTool):
@@ -134,7 +134,7 @@ class TesJob(JobBase):
                         self._write_back(engine)
                     relink_initialworkdir(self.generatemapper, self.outdir, self.builder.outdir,
                                           inplace_update=self.inplace_update)
-                outputs = bytes2str_in_dicts(self.collect_outputs(self.outdir, rcode))  # type: ignore[arg-type]
+                outputs = cast(dict[str, Any], bytes2str_in_dicts(self.collect_outputs(self.outdir, rcode)))
         except RunCanceled as exc:
             status = "permanentFail"
             log.warning("[job %s] %s", self.name, exc)

@@ -13,16 +13,16 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 from cwltool.builder import INPUT_OBJ_VOCAB
 from cwltool.context import LoadingContext
 from cwltool.errors import WorkflowException
-from cwltool.load_tool import load_tool
-from cwltool.main import jobloaderctx
+from cwltool.load_tool import jobloaderctx, load_tool
 from cwltool.process import fill_in_defaults
 from cwltool.stdfsaccess import StdFsAccess
 from cwltool.utils import normalizeFilesDirs
+from ruamel.yaml.comments import CommentedMap
 from schema_salad.exceptions import SchemaSaladException
 from schema_salad.ref_resolver import Loader, file_uri
 from schema_salad.sourceline import cmap
@@ -84,7 +84,7 @@ def _warm_up() -> None:
         for version in _VERSIONS:
             doc = {"id": f"_:warm-up-{version}", "cwlVersion": version, "class": "CommandLineTool",
                    "baseCommand": "true", "inputs": [], "outputs": []}
-            load_tool(cmap(doc), _loading(FetchPolicy(roots=()), []))
+            load_tool(cast(CommentedMap, cmap(doc)), _loading(FetchPolicy(roots=()), []))
         _warm = True
 
 

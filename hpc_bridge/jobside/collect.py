@@ -1,4 +1,5 @@
-"""Output collection, run by the batch script after the executors succeed: `python -m hpc_bridge.jobside.collect MANIFEST`.
+"""Output collection, run by the batch script after the executors succeed:
+`python -m hpc_bridge.jobside.collect MANIFEST`.
 
 Copies each TES output from the host side of the container's binds to its destination in the site's
 data roots and appends one JSON line per copied file (and per problem) to `record.jsonl` next to the
@@ -522,7 +523,8 @@ class _Collector:
             if not _utf8(name):
                 self.warn(f"{_printable(path)}: the name is not valid UTF-8; skipped")
                 return
-            src_dir, src_name = src, name
+            src_dir: int | None = src
+            src_name = name
             is_dir, is_file = entry.is_dir(follow_symlinks=False), entry.is_file(follow_symlinks=False)
             if entry.is_symlink():
                 parent, src_name, st = self._follow(path)

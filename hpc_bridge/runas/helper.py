@@ -195,7 +195,7 @@ def parse_config(data: Any) -> Config:
                   engine_python=data.get("engine_python"))
 
 
-def _trusted(st: os.stat_result, what: str, owners: tuple = (0,)) -> None:
+def _trusted(st: os.stat_result, what: str, owners: tuple[int, ...] = (0,)) -> None:
     """Owned by root (or one of `owners`) and writable by nobody else."""
     if st.st_uid not in owners or st.st_mode & 0o022:
         raise Refused(f"{what} must be owned by uid {'/'.join(map(str, owners))} and not "
@@ -413,7 +413,7 @@ def query_task(database: str, task_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     keys = ("id", "owner", "state", "run_as", "job_id", "cancel_requested", "end_time", "cleaned_at")
-    return dict(zip(keys, row))
+    return dict(zip(keys, row, strict=True))
 
 
 def query_run(database: str, run_id: str) -> dict[str, Any] | None:
@@ -425,7 +425,7 @@ def query_run(database: str, run_id: str) -> dict[str, Any] | None:
                            [run_id]).fetchone()
     finally:
         conn.close()
-    return None if row is None else dict(zip(("id", "owner", "state", "run_as", "run_dir"), row))
+    return None if row is None else dict(zip(("id", "owner", "state", "run_as", "run_dir"), row, strict=True))
 
 
 def read_task(config: Config, service: Any, task_id: str) -> TaskState | RunState:
@@ -635,8 +635,11 @@ def clean(config: Config, task: TaskState, user: Any, service: Any, now: float |
     root_fd = open_work_root(config, service)
     try:
         # The contents as the user (root never deletes by paths the user controls) ...
-        as_user(user, lambda: [_empty_dir(config.work_root, task.id),
-                               _empty_dir(config.work_root, f"{STATUS_DIR}/{task.id}")])
+        def empty_both() -> None:
+            _empty_dir(config.work_root, task.id)
+            _empty_dir(config.work_root, f"{STATUS_DIR}/{task.id}")
+
+        as_user(user, empty_both)
         # ... and the two directories, now empty, whose entries only root (or the daemon) may remove.
         _rmdir(task.id, root_fd)
         try:
@@ -699,7 +702,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def main(argv: list | None = None, config_path: str = CONFIG_PATH) -> int:
+def main(argv: list[str] | None = None, config_path: str = CONFIG_PATH) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if len(args) != 1 or not TASK_ID.match(args[0]):

@@ -54,4 +54,4 @@ def unix_user_for(identity: Identity, settings: RunAsSettings, *,
                            getgrouplist=getgrouplist)
     except Refused as exc:
         raise NoUnixUser(str(exc)) from None
-    return entry.pw_name
+    return str(entry.pw_name)

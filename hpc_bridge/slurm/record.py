@@ -11,6 +11,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -86,7 +87,7 @@ def parse_record(text: str) -> JobRecord:
     return rec
 
 
-def _apply(rec: JobRecord, event: dict) -> JobRecord:
+def _apply(rec: JobRecord, event: dict[str, Any]) -> JobRecord:
     kind = event.get("event")
     if kind == "job_start":
         step = str(event.get("step_id") or "")

@@ -217,8 +217,8 @@ def _parse_host(text: str) -> tuple[str, IPAddress | None]:
             packed = socket.inet_aton(host.rstrip("."))
         except OSError:
             raise ValueError(f"invalid IPv4 address {text!r}") from None
-        ip = ipaddress.IPv4Address(packed)
-        return str(ip), ip
+        ip4 = ipaddress.IPv4Address(packed)
+        return str(ip4), ip4
     return host, None
 
 
@@ -449,7 +449,7 @@ def _connect(target: _Target, addresses: list[str], settings: HttpInputSettings,
         try:
             conn.connect()
             return conn
-        except (NewConnectionError, ConnectTimeoutError, ConnectionError, socket.timeout) as exc:
+        except (TimeoutError, NewConnectionError, ConnectTimeoutError, ConnectionError) as exc:
             conn.close()
             errors.append(f"{address} port {target.port}: {_connect_reason(exc)}")
         except Exception as exc:

@@ -59,7 +59,7 @@ class Scheme(Protocol):
 class FileScheme:
     """`file:///path` and bare absolute paths, inside the owner's areas of the data roots only."""
 
-    names = ("file",)
+    names: tuple[str, ...] = ("file",)
 
     def __init__(self, config: SiteConfig, areas: AreaPolicy | None = None) -> None:
         self._roots = list(config.storage.data_roots)
@@ -109,7 +109,7 @@ class FileScheme:
 class HttpScheme:
     """Read-only web inputs, downloaded on the login node with the caps of `storage.http`."""
 
-    names = ("http", "https")
+    names: tuple[str, ...] = ("http", "https")
 
     def __init__(self, config: SiteConfig) -> None:
         self._settings = config.storage.http

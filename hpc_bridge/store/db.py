@@ -20,7 +20,7 @@ SCHEMA_VERSION = 6
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["tasks"].create(
+    db.table("tasks").create(
         {
             "seq": int, "id": str, "owner": str, "name": str, "state": str,
             "created_at": str, "updated_at": str, "task": str, "tags": str,
@@ -36,34 +36,34 @@ def _v1(db: sqlite_utils.Database) -> None:
         defaults={"tags": "{}", "cancel_requested": 0, "submit_attempts": 0, "next_attempt_at": 0.0,
                   "executor_logs": "[]", "system_logs": "[]", "streams": "[]"},
     )
-    db["tasks"].create_index(["id"], unique=True)
-    db["tasks"].create_index(["state"])
-    db["tasks"].create_index(["job_id"])
-    db["events"].create(
+    db.table("tasks").create_index(["id"], unique=True)
+    db.table("tasks").create_index(["state"])
+    db.table("tasks").create_index(["job_id"])
+    db.table("events").create(
         {"seq": int, "task_id": str, "time": str, "state": str, "message": str},
         pk="seq", not_null={"task_id", "time", "state"},
     )
-    db["events"].create_index(["task_id"])
+    db.table("events").create_index(["task_id"])
 
 
 def _v2(db: sqlite_utils.Database) -> None:
     """Output file logs, and when a task's work area was removed after its retention time."""
-    db["tasks"].add_column("outputs", str, not_null_default="[]")
-    db["tasks"].add_column("cleaned_at", str)
-    db["tasks"].create_index(["cleaned_at", "end_time"])
+    db.table("tasks").add_column("outputs", str, not_null_default="[]")
+    db.table("tasks").add_column("cleaned_at", str)
+    db.table("tasks").create_index(["cleaned_at", "end_time"])
 
 
 def _v3(db: sqlite_utils.Database) -> None:
     """The Unix user a task's job runs as when the site maps identities to users (NULL: the
     service account), and an index for the per-owner queries of tenancy and limits."""
-    db["tasks"].add_column("run_as", str)
-    db["tasks"].create_index(["owner", "state"])
+    db.table("tasks").add_column("run_as", str)
+    db.table("tasks").create_index(["owner", "state"])
 
 
 def _v4(db: sqlite_utils.Database) -> None:
     """WES runs and their state history (hpc_bridge/store/runs.py), and an index that finds the
     TES tasks of a run by their `wes_run_id` tag."""
-    db["runs"].create(
+    db.table("runs").create(
         {
             "seq": int, "id": str, "owner": str, "state": str, "created_at": str, "updated_at": str,
             "start_time": str, "end_time": str, "request": str, "tags": str, "run_dir": str,
@@ -75,28 +75,28 @@ def _v4(db: sqlite_utils.Database) -> None:
                   "workflow", "cancel_requested", "launches", "system_logs"},
         defaults={"tags": "{}", "cancel_requested": 0, "launches": 0, "system_logs": "[]"},
     )
-    db["runs"].create_index(["id"], unique=True)
-    db["runs"].create_index(["owner", "state"])
-    db["runs"].create_index(["state"])
-    db["run_events"].create(
+    db.table("runs").create_index(["id"], unique=True)
+    db.table("runs").create_index(["owner", "state"])
+    db.table("runs").create_index(["state"])
+    db.table("run_events").create(
         {"seq": int, "run_id": str, "time": str, "state": str, "message": str},
         pk="seq", not_null={"run_id", "time", "state"},
     )
-    db["run_events"].create_index(["run_id"])
+    db.table("run_events").create_index(["run_id"])
     db.execute("CREATE INDEX idx_tasks_wes_run_id ON tasks (json_extract(tags, '$.wes_run_id'))")
 
 
 def _v5(db: sqlite_utils.Database) -> None:
     """The shared Slurm job ("pack") a short task runs in as a job step; NULL: a job of its own."""
-    db["tasks"].add_column("pack_id", str)
-    db["tasks"].create_index(["pack_id"])
+    db.table("tasks").add_column("pack_id", str)
+    db.table("tasks").create_index(["pack_id"])
 
 
 def _v6(db: sqlite_utils.Database) -> None:
     """The Unix user a run's engine (and its tasks) runs as (NULL: the job user of service mode),
     and the digest of the run credential its current engine holds (NULL: no engine)."""
-    db["runs"].add_column("run_as", str)
-    db["runs"].add_column("engine_token", str)
+    db.table("runs").add_column("run_as", str)
+    db.table("runs").add_column("engine_token", str)
 
 
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {

@@ -3,6 +3,7 @@ transaction; and the TES tasks of a run, found through their `wes_run_id` tag (i
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from hpc_bridge.store.tasks import decode_token as _decode_token
 from hpc_bridge.store.tasks import encode_token as _encode_token
 
 if TYPE_CHECKING:
+    from sqlite_utils.db import Table
+
     from hpc_bridge.store.db import Store
 
 _JSON_COLUMNS = ("request", "tags", "outputs", "system_logs")
@@ -72,8 +75,8 @@ class RunStore:
         self._store = store
 
     @property
-    def _table(self):
-        return self._store.db["runs"]
+    def _table(self) -> Table:
+        return self._store.db.table("runs")
 
     def create(self, *, id: str, owner: str, request: dict[str, Any], tags: dict[str, str],
                run_dir: str, workflow: str, run_as: str | None = None,
@@ -88,12 +91,12 @@ class RunStore:
                                        f"({marks})", [owner, *RUN_FINAL]).fetchone()
                 if active >= max_active:
                     raise ActiveRunsLimit(max_active)
-            db["runs"].insert({
+            db.table("runs").insert({
                 "id": id, "owner": owner, "state": "QUEUED", "created_at": stamp, "updated_at": stamp,
                 "request": json.dumps(request), "tags": json.dumps(tags), "run_dir": run_dir,
                 "workflow": workflow, "run_as": run_as,
             })
-            db["run_events"].insert({"run_id": id, "time": stamp, "state": "QUEUED",
+            db.table("run_events").insert({"run_id": id, "time": stamp, "state": "QUEUED",
                                      "message": "created"})
         row = self.get(id)
         assert row is not None
@@ -113,7 +116,8 @@ class RunStore:
 
     def list(self, owner: str | None, *, before_seq: int | None, limit: int) -> list[RunRow]:
         """Newest first, keyset-paginated on `seq`: stable while runs are added."""
-        clauses, params = [], []
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if before_seq is not None:
             clauses.append("seq < ?")
             params.append(before_seq)
@@ -124,7 +128,7 @@ class RunStore:
                                       limit=limit)
         return [RunRow.from_db(r) for r in rows]
 
-    def in_states(self, states: Iterable[str]) -> list[RunRow]:
+    def in_states(self, states: Iterable[str]) -> builtins.list[RunRow]:
         states = list(states)
         marks = ",".join("?" for _ in states)
         return [RunRow.from_db(r) for r in
@@ -151,9 +155,9 @@ class RunStore:
             if state is not None:
                 state = next_state(old_state, state, cancel_requested=bool(cancel_requested))
                 values["state"] = state
-            db["runs"].update(seq, values)
+            db.table("runs").update(seq, values)
             if (state is not None and state != old_state) or message:
-                db["run_events"].insert({"run_id": run_id, "time": stamp, "state": state or old_state,
+                db.table("run_events").insert({"run_id": run_id, "time": stamp, "state": state or old_state,
                                          "message": message})
             return state or old_state
 
@@ -162,7 +166,7 @@ class RunStore:
             row = db.execute("SELECT seq, system_logs FROM runs WHERE id = ?", [run_id]).fetchone()
             if row is None:
                 raise KeyError(run_id)
-            db["runs"].update(row[0], {"system_logs": json.dumps([*json.loads(row[1]), line]),
+            db.table("runs").update(row[0], {"system_logs": json.dumps([*json.loads(row[1]), line]),
                                        "updated_at": now_iso()})
 
     def request_cancel(self, run_id: str) -> str:
@@ -171,24 +175,25 @@ class RunStore:
             row = db.execute("SELECT seq, state FROM runs WHERE id = ?", [run_id]).fetchone()
             if row is None:
                 raise KeyError(run_id)
-            seq, state = row
+            seq, state = int(row[0]), str(row[1])
             if state in RUN_FINAL or state == "CANCELING":
                 return state
             stamp = now_iso()
-            db["runs"].update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})
-            db["run_events"].insert({"run_id": run_id, "time": stamp, "state": "CANCELING",
+            db.table("runs").update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})
+            db.table("run_events").insert({"run_id": run_id, "time": stamp, "state": "CANCELING",
                                      "message": "cancel requested"})
             return "CANCELING"
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self._store.db["run_events"].rows_where("run_id = ?", [run_id], order_by="seq"))
+    def events(self, run_id: str) -> builtins.list[dict[str, Any]]:
+        return list(self._store.db.table("run_events").rows_where("run_id = ?", [run_id], order_by="seq"))
 
     # The TES tasks of a run (created by its engine with the tag wes_run_id).
 
     def tasks(self, run_id: str, owner: str | None = None, *, after_seq: int | None = None,
-              limit: int | None = None, states: Iterable[str] | None = None) -> list[TaskRow]:
+              limit: int | None = None, states: Iterable[str] | None = None) -> builtins.list[TaskRow]:
         """In creation order (the order the engine submitted the steps), keyset on `seq`."""
-        clauses, params = [f"{_TASK_RUN_ID} = ?"], [run_id]
+        clauses: builtins.list[str] = [f"{_TASK_RUN_ID} = ?"]
+        params: builtins.list[Any] = [run_id]
         if owner is not None:
             clauses.append("owner = ?")
             params.append(owner)
@@ -199,7 +204,7 @@ class RunStore:
             states = list(states)
             clauses.append(f"state IN ({','.join('?' for _ in states)})")
             params += states
-        rows = self._store.db["tasks"].rows_where(" AND ".join(clauses), params, order_by="seq",
+        rows = self._store.db.table("tasks").rows_where(" AND ".join(clauses), params, order_by="seq",
                                                   limit=limit)
         return [TaskRow.from_db(r) for r in rows]
 
@@ -207,5 +212,5 @@ class RunStore:
         where, params = f"id = ? AND {_TASK_RUN_ID} = ?", [task_id, run_id]
         if owner is not None:
             where, params = where + " AND owner = ?", [*params, owner]
-        rows = list(self._store.db["tasks"].rows_where(where, params, limit=1))
+        rows = list(self._store.db.table("tasks").rows_where(where, params, limit=1))
         return TaskRow.from_db(rows[0]) if rows else None

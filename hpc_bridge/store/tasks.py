@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import re
 from collections.abc import Iterable
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from hpc_bridge.lifecycle import ACTIVE, TERMINAL, failure_state, next_state
 
 if TYPE_CHECKING:
+    from sqlite_utils.db import Table
+
     from hpc_bridge.store.db import Store
 
 _JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "outputs")
@@ -98,8 +101,8 @@ class TaskStore:
         self._store = store
 
     @property
-    def _table(self):  # noqa: ANN202 - sqlite_utils.Table
-        return self._store.db["tasks"]
+    def _table(self) -> Table:
+        return self._store.db.table("tasks")
 
     def create(self, *, id: str, owner: str, name: str | None, task: dict[str, Any],
                tags: dict[str, str], state: str = "QUEUED", run_as: str | None = None,
@@ -114,12 +117,12 @@ class TaskStore:
                                        [owner, *ACTIVE]).fetchone()
                 if active >= max_active:
                     raise ActiveLimitReached(max_active)
-            db["tasks"].insert({
+            db.table("tasks").insert({
                 "id": id, "owner": owner, "name": name, "state": state, "created_at": stamp,
                 "updated_at": stamp, "task": json.dumps(task), "tags": json.dumps(tags),
                 "run_as": run_as,
             })
-            db["events"].insert({"task_id": id, "time": stamp, "state": state, "message": "created"})
+            db.table("events").insert({"task_id": id, "time": stamp, "state": state, "message": "created"})
         row = self.get(id)
         assert row is not None
         return row
@@ -133,7 +136,8 @@ class TaskStore:
 
     def list(self, flt: TaskFilter, *, before_seq: int | None, limit: int) -> list[TaskRow]:
         """Newest first, keyset-paginated on `seq` (stable under concurrent inserts)."""
-        clauses, params = [], []
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if before_seq is not None:
             clauses.append("seq < ?")
             params.append(before_seq)
@@ -158,13 +162,13 @@ class TaskStore:
         rows = self._table.rows_where(where, params, order_by="seq desc", limit=limit)
         return [TaskRow.from_db(r) for r in rows]
 
-    def in_states(self, states: Iterable[str]) -> list[TaskRow]:
+    def in_states(self, states: Iterable[str]) -> builtins.list[TaskRow]:
         states = list(states)
         marks = ",".join("?" for _ in states)
         return [TaskRow.from_db(r) for r in
                 self._table.rows_where(f"state IN ({marks})", states, order_by="seq")]
 
-    def due_for_cleanup(self, ended_before: str, limit: int = 100) -> list[TaskRow]:
+    def due_for_cleanup(self, ended_before: str, limit: int = 100) -> builtins.list[TaskRow]:
         """Ended tasks whose work area still exists and whose retention time has passed."""
         rows = self._table.rows_where("cleaned_at IS NULL AND workdir IS NOT NULL AND end_time < ?",
                                       [ended_before], order_by="end_time", limit=limit)
@@ -215,9 +219,9 @@ class TaskStore:
         added = [line for line in dict.fromkeys(add_logs) if line not in logs]
         if added:
             values["system_logs"] = json.dumps([*logs, *added])
-        db["tasks"].update(seq, values)
+        db.table("tasks").update(seq, values)
         if (state is not None and state != old_state) or message:
-            db["events"].insert({"task_id": task_id, "time": stamp,
+            db.table("events").insert({"task_id": task_id, "time": stamp,
                                  "state": state or old_state, "message": message})
         return state or old_state
 
@@ -227,14 +231,14 @@ class TaskStore:
             row = db.execute("SELECT seq, state FROM tasks WHERE id = ?", [task_id]).fetchone()
             if row is None:
                 raise KeyError(task_id)
-            seq, state = row
+            seq, state = int(row[0]), str(row[1])
             if state in TERMINAL or state == "CANCELING":
                 return state
             stamp = now_iso()
-            db["tasks"].update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})
-            db["events"].insert({"task_id": task_id, "time": stamp, "state": "CANCELING",
+            db.table("tasks").update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})
+            db.table("events").insert({"task_id": task_id, "time": stamp, "state": "CANCELING",
                                  "message": "cancel requested"})
             return "CANCELING"
 
-    def events(self, task_id: str) -> list[dict[str, Any]]:
-        return list(self._store.db["events"].rows_where("task_id = ?", [task_id], order_by="seq"))
+    def events(self, task_id: str) -> builtins.list[dict[str, Any]]:
+        return list(self._store.db.table("events").rows_where("task_id = ?", [task_id], order_by="seq"))

@@ -24,7 +24,8 @@ bp = Blueprint("tes", __name__, url_prefix="/ga4gh/tes/v1")
 
 
 def _service() -> TaskService:
-    return current_app.extensions["hpc_bridge.tasks"]
+    service: TaskService = current_app.extensions["hpc_bridge.tasks"]
+    return service
 
 
 @bp.get("/service-info")

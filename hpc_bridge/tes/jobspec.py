@@ -130,10 +130,10 @@ def sbatch_options(task: Task, config: SiteConfig, limits: UserLimits | None = N
                 opts[key] = value
                 if key in ALLOW_LISTS:
                     named.append(key)
-    for key, value in opts.items():
-        if value is not None:
+    for key, option in opts.items():
+        if option is not None:
             try:
-                sbatch_value(value)
+                sbatch_value(option)
             except UnsafeValue as exc:
                 raise InvalidTask(f"resources ({key})", str(exc)) from None
     for key in named:
@@ -376,11 +376,11 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         redirects: dict[str, str | None] = {}
         roots: dict[str, str] = {}
         for stream in ("stdin", "stdout", "stderr"):
-            path: str | None = getattr(ex, stream)
-            if path is None:
+            requested: str | None = getattr(ex, stream)
+            if requested is None:
                 redirects[stream] = None
                 continue
-            path = normalize(path)
+            path = normalize(requested)
             bind = _covering(path, binds)
             if bind is None:
                 if stream == "stdin":
@@ -399,9 +399,9 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
     # Parents before children: Apptainer mounts in order, and a later parent would hide a child.
     binds.sort(key=lambda b: b.container.count("/"))
     final = []
-    for ex, (where, image, redirects, roots) in zip(task.executors, prepared, strict=True):
+    for ex, (where, sif, redirects, roots) in zip(task.executors, prepared, strict=True):
         try:
-            argv = exec_argv(str(config.apptainer.binary), image, ex.command, binds=binds,
+            argv = exec_argv(str(config.apptainer.binary), sif, ex.command, binds=binds,
                              env=ex.env, workdir=ex.workdir, gpu=gpu)
         except UnsafeValue as exc:
             raise InvalidTask(where, str(exc)) from None

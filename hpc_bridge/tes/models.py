@@ -244,5 +244,5 @@ class ServiceInfo(GA4GHServiceInfo):
 
     @classmethod
     def for_site(cls, config: SiteConfig, version: str, started_at: str, storage: list[str]) -> ServiceInfo:
-        return cls(**cls.site_fields(config, version, started_at), storage=storage,
-                   backend_parameters=list(config.backend_parameters))
+        return cls.model_validate({**cls.site_fields(config, version, started_at), "storage": storage,
+                                   "backend_parameters": list(config.backend_parameters)})

@@ -37,7 +37,8 @@ TEXT = "text/plain; charset=utf-8"
 
 
 def _service() -> RunService:
-    return current_app.extensions["hpc_bridge.runs"]
+    service: RunService = current_app.extensions["hpc_bridge.runs"]
+    return service
 
 
 def _links() -> Links:

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # A directory only passed through: O_PATH needs search permission on it, not read permission.
@@ -89,7 +89,7 @@ class Attachments:
         finally:
             os.close(fd)
 
-    def add(self, name: str, stream: BinaryIO, *, max_bytes: int, max_total: int) -> int:
+    def add(self, name: str, stream: IO[bytes], *, max_bytes: int, max_total: int) -> int:
         """Write one attachment; returns its size. Raises AttachmentError (duplicate, too big, a
         name clashing with a directory of another attachment)."""
         name = check_name(name)

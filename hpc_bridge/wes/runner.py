@@ -25,7 +25,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -280,7 +280,7 @@ class Submission:
                                               stack.enter_context(open(p, "rb"))))
                      for p in dict.fromkeys(self.files)]
             resp = client.call("POST", f"{WES}/runs", data=fields, files=parts)
-        return resp.json()["run_id"]
+        return str(resp.json()["run_id"])
 
 
 def _safe_name(name: str) -> str:
@@ -380,7 +380,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return result
 
 
-def run(args: argparse.Namespace, say) -> int:
+def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     client = Client(args.url, os.environ.get("HPC_BRIDGE_TOKEN") or None)
     submission = Submission(args.tool, args.job, client.data_roots())
     submission.prepare()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from hpc_bridge import jsonlimit
@@ -35,8 +35,8 @@ from hpc_bridge.store.runs import (
     decode_token,
     encode_token,
 )
+from hpc_bridge.tes.models import State
 from hpc_bridge.wes.attachments import AttachmentError, Attachments, open_beneath
-from hpc_bridge.wes.rundir import engine_launch_refusal
 from hpc_bridge.wes.models import (
     CWL_VERSIONS,
     ENGINE,
@@ -48,12 +48,12 @@ from hpc_bridge.wes.models import (
     RunStatus,
     RunSummary,
     ServiceInfo,
-    State,
     TaskListResponse,
     TaskLog,
     WorkflowEngineVersion,
     WorkflowTypeVersion,
 )
+from hpc_bridge.wes.rundir import engine_launch_refusal
 
 DEFAULT_PAGE_SIZE = 256
 MAX_PAGE_SIZE = 2047
@@ -105,7 +105,7 @@ class Submission:
     or JSON values from a JSON body) and the attachment parts."""
 
     fields: dict[str, Any]
-    attachments: list[tuple[str | None, BinaryIO]]
+    attachments: list[tuple[str | None, IO[bytes]]]
 
 
 def _json_object(value: Any, field: str) -> dict[str, Any]:
@@ -261,7 +261,7 @@ class RunService:
             except FileExistsError:
                 pass
 
-    def _attach(self, attachments: Attachments, parts: Iterable[tuple[str | None, BinaryIO]]) -> None:
+    def _attach(self, attachments: Attachments, parts: Iterable[tuple[str | None, IO[bytes]]]) -> None:
         for count, (name, stream) in enumerate(parts, 1):
             if count > self._settings.max_attachments:
                 raise BadRequest(f"workflow_attachment: more than {self._settings.max_attachments} "
@@ -333,7 +333,8 @@ class RunService:
                 self._resolve_location(result, where, attachments, owner)
             return result
 
-        return visit(params, "")
+        resolved: dict[str, Any] = visit(params, "")
+        return resolved
 
     def _resolve_location(self, obj: dict[str, Any], where: str, attachments: Attachments, owner: str) -> None:
         cls = obj["class"]

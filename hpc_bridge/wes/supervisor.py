@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,9 @@ from typing import Any
 from hpc_bridge.auth import runtoken
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import NotFound
+from hpc_bridge.lifecycle import ACTIVE, LIVE
 from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunRow, RunStore
-from hpc_bridge.lifecycle import ACTIVE, LIVE
 from hpc_bridge.store.tasks import now_iso
 from hpc_bridge.tes.service import TaskService
 from hpc_bridge.wes.attachments import open_beneath

@@ -172,9 +172,11 @@ def _strategies() -> dict[str, Any]:
             st.one_of(deep, st.just('{"alg": "RS256", "kid": "k"}')), deep),
     )
     number_requests = st.one_of(
-        st.builds(lambda field, value: ("post", f"{TES}/tasks", {"data": TASK + f', "resources": {{"{field}": {value}}}}}'}),
+        st.builds(lambda field, value: ("post", f"{TES}/tasks",
+                                        {"data": TASK + f', "resources": {{"{field}": {value}}}}}'}),
                   st.sampled_from(["ram_gb", "disk_gb", "cpu_cores"]), number),
-        st.builds(lambda value: ("post", f"{TES}/tasks", {"data": TASK[:-2] + f', "ignore_error": {value}}}]}}'}), number),
+        st.builds(lambda value: ("post", f"{TES}/tasks", {"data": TASK[:-2] + f', "ignore_error": {value}}}]}}'}),
+                  number),
         st.builds(lambda path, value: ("get", f"{path}?page_size={value}", {}),
                   st.sampled_from([f"{TES}/tasks", f"{WES}/runs", f"{WES}/runs/{RUN_ID}/tasks"]), number),
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import select
 import socket
 import threading
@@ -151,7 +150,8 @@ def test_references_inside_the_attachments_and_data_roots_are_accepted(run: Run)
     (run.data / "shared" / "genome.fa").write_text(">chr1\n")
     run.validate(workflow("tools/echo.cwl", doc="{$include: doc.txt}"))
     run.validate(tool_with_input("{type: File, default: {class: File, location: ref.txt}}"))
-    run.validate(tool_with_input(f"{{type: File, default: {{class: File, location: {run.data / 'shared/genome.fa'}}}}}"))
+    genome = run.data / "shared/genome.fa"
+    run.validate(tool_with_input(f"{{type: File, default: {{class: File, location: {genome}}}}}"))
     run.validate(tool_with_input("{type: File, default: {class: File, location: http://example.org/ref.fa}}"))
 
 

@@ -54,7 +54,8 @@ def test_bad_documents(tmp_path: Path, policy: FetchPolicy) -> None:
     bad.write_text(TOOL.replace("type: string", "type: strin"))
     with pytest.raises(InvalidWorkflow, match="unknown identifier 'strin'"):
         validate_workflow(str(bad), policy=policy)
-    bad.write_text("cwlVersion: v1.2\nclass: Workflow\ninputs: []\noutputs: []\nsteps: {s: {run: missing.cwl, in: [], out: []}}\n")
+    bad.write_text("cwlVersion: v1.2\nclass: Workflow\ninputs: []\noutputs: []\n"
+                   "steps: {s: {run: missing.cwl, in: [], out: []}}\n")
     with pytest.raises(InvalidWorkflow, match="missing.cwl"):
         validate_workflow(str(bad), policy=policy)
     bad.write_text("not: [valid")

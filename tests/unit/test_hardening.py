@@ -18,8 +18,8 @@ from hpc_bridge.slurm.record import file_refusal
 from hpc_bridge.store import Store, TaskFilter
 from hpc_bridge.tes.service import TaskService
 
-from .test_run_credential import client, config, new_run, store  # noqa: F401 - fixtures
 from ..fake_slurm import FakeSlurm
+from .test_run_credential import client, config, new_run, store  # noqa: F401 - fixtures
 from .test_runas import job_writes
 
 ROOT = 0

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hpc_bridge.slurm.record import parse_record
 from hpc_bridge.slurm.states import map_state, still_active
 
 START = '{"event":"job_start","time":"2026-01-01T00:00:00.000Z","job_id":"7"}\n'
+
+
+def ev(event: str, **fields: object) -> str:
+    """One record line, as the batch script and the collector write them."""
+    return json.dumps({"event": event, **fields, "time": "2026-01-01T00:00:00.000Z"}, separators=(",", ":")) + "\n"
 
 
 def rec(*codes: int, ended: bool = True, started: int | None = None) -> str:
@@ -81,7 +88,7 @@ def test_still_active() -> None:
 
 
 def test_a_requeued_job_starts_a_fresh_record() -> None:
-    first_run = rec(ended=False, started=0) + '{"event":"job_signal","time":"2026-01-01T00:00:00.000Z","signal":"TERM"}\n'
+    first_run = rec(ended=False, started=0) + ev("job_signal", signal="TERM")
     record = parse_record(first_run + START)
     assert not record.finished and not record.started_executing
     mapped = map_state("RUNNING", "None", record, ignore_error=[False], cancel_requested=False)
@@ -110,29 +117,26 @@ def test_refused_redirection_is_an_executor_error() -> None:
 
 
 def test_outputs_and_their_failures_come_from_the_record() -> None:
-    outputs = ('{"event":"output","output":0,"url":"file:///d/a","path":"/o/a","size_bytes":"12","time":"2026-01-01T00:00:00.000Z"}\n'
-               '{"event":"output_warning","output":1,"message":"skipped symlink /o/l","time":"2026-01-01T00:00:00.000Z"}\n')
-    ok = parse_record(rec(0, ended=False) + outputs + '{"event":"collect_end","time":"2026-01-01T00:00:00.000Z","exit_code":0}\n'
-                      + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":0}\n')
+    outputs = (ev("output", output=0, url="file:///d/a", path="/o/a", size_bytes="12")
+               + ev("output_warning", output=1, message="skipped symlink /o/l"))
+    ok = parse_record(rec(0, ended=False) + outputs + ev("collect_end", exit_code=0) + ev("job_end", exit_code=0))
     assert ok.outputs == [{"url": "file:///d/a", "path": "/o/a", "size_bytes": "12"}]
     assert ok.output_warnings == ["output 1: skipped symlink /o/l"]
     assert map_state("COMPLETED", "None", ok, ignore_error=[False], cancel_requested=False).state == "COMPLETE"
 
     missing = parse_record(rec(0, ended=False)
-                           + '{"event":"output_error","output":2,"message":"not found","time":"2026-01-01T00:00:00.000Z"}\n'
+                           + ev("output_error", output=2, message="not found")
                            + '{"event":"collect_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n'
                            + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n')
     mapped = map_state("FAILED", "None", missing, ignore_error=[False], cancel_requested=False)
     assert mapped.state == "SYSTEM_ERROR" and "output 2: not found" in (mapped.log or "")
 
-    crashed = parse_record(rec(0, ended=False) + '{"event":"collect_end","time":"2026-01-01T00:00:00.000Z","exit_code":127}\n'
-                           + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n')
+    crashed = parse_record(rec(0, ended=False) + ev("collect_end", exit_code=127) + ev("job_end", exit_code=1))
     mapped = map_state("FAILED", "None", crashed, ignore_error=[False], cancel_requested=False)
     assert mapped.state == "SYSTEM_ERROR" and "exit code 127" in (mapped.log or "")
 
 
 def test_an_input_that_changed_since_submission_is_a_system_error() -> None:
-    text = START + '{"event":"input_error","input":1,"message":"changed or vanished","time":"2026-01-01T00:00:00.000Z"}\n' \
-        + '{"event":"job_end","time":"2026-01-01T00:00:00.000Z","exit_code":1}\n'
+    text = START + ev("input_error", input=1, message="changed or vanished") + ev("job_end", exit_code=1)
     mapped = map_state("FAILED", "None", parse_record(text), ignore_error=[False], cancel_requested=False)
     assert mapped.state == "SYSTEM_ERROR" and mapped.log == "input 1: changed or vanished"
