@@ -352,7 +352,7 @@ def test_serve_refuses_no_auth_off_loopback_unless_forced(tmp_path: Path,
     assert not (tmp_path / "db.sqlite").exists()
     served: list[str] = []
     monkeypatch.setattr("waitress.serve", lambda app, host, **kw: served.append(host))
-    monkeypatch.setattr("hpc_bridge.daemon.Daemon.run", lambda self: None)
+    monkeypatch.setattr("hpc_bridge.daemon.loop.Daemon.run", lambda self: None)
     result = CliRunner().invoke(main, ["serve", "--config", str(config), "--host", "0.0.0.0",
                                        "--insecure-no-auth"])
     assert result.exit_code == 0, result.output

@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from hpc_bridge.config import SiteConfig
-from hpc_bridge.daemon import Daemon, JobFileRefused, _tail, read_record
+from hpc_bridge.daemon import Daemon, JobFileRefused, read_record, read_tail
 from hpc_bridge.slurm.client import JobStatus
 from hpc_bridge.slurm.record import file_refusal
 from hpc_bridge.store import Store, TaskFilter
@@ -35,9 +35,9 @@ def test_the_jobs_own_plain_file_is_read(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "out.log").write_text("0123456789")
     assert read_record(str(tmp_path), ROOT).job_id == "6"
-    assert _tail(str(tmp_path / "sub" / "out.log"), str(tmp_path), 4, ROOT) == "6789"
+    assert read_tail(str(tmp_path / "sub" / "out.log"), str(tmp_path), 4, ROOT) == "6789"
     assert read_record(str(tmp_path / "none"), ROOT) is None  # no work area, no record yet
-    assert _tail(str(tmp_path / "missing.log"), str(tmp_path), 4, ROOT) == ""
+    assert read_tail(str(tmp_path / "missing.log"), str(tmp_path), 4, ROOT) == ""
 
 
 def test_a_hard_link_is_refused_even_to_the_jobs_own_file(tmp_path: Path) -> None:
@@ -54,9 +54,9 @@ def test_another_owners_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out.log").write_text("root's")  # the test runs as root: not the job user's
     job_user = pwd.getpwnam("hpcb").pw_uid
     with pytest.raises(JobFileRefused, match=f"belongs to uid 0, not to uid {job_user}"):
-        _tail(str(tmp_path / "out.log"), str(tmp_path), 100, job_user)
+        read_tail(str(tmp_path / "out.log"), str(tmp_path), 100, job_user)
     job_writes(tmp_path / "out.log", "mine", "hpcb")
-    assert _tail(str(tmp_path / "out.log"), str(tmp_path), 100, job_user) == "mine"
+    assert read_tail(str(tmp_path / "out.log"), str(tmp_path), 100, job_user) == "mine"
 
 
 def test_symlinks_fifos_and_paths_outside_are_refused_without_blocking(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_symlinks_fifos_and_paths_outside_are_refused_without_blocking(tmp_path:
                       (area / "fifo.log", "not a regular file"),
                       (area / ".." / "outside.txt", "is not inside the work area")]:
         with pytest.raises(JobFileRefused, match=why):
-            _tail(str(path), str(area), 100, ROOT)
+            read_tail(str(path), str(area), 100, ROOT)
 
 
 def test_file_refusal_names_type_links_and_owner(tmp_path: Path) -> None:
