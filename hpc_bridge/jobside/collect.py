@@ -32,7 +32,7 @@ import secrets
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -148,6 +148,11 @@ def parse_manifest(data: object) -> Manifest:
             dest=_text(out, "dest", where, absolute=True)))
     return Manifest(workdir=workdir, roots=tuple(roots), outputs=tuple(specs), areas=tuple(areas),
                     keep=tuple(keep))
+
+
+def manifest_json(manifest: Manifest) -> str:
+    """The manifest as the daemon writes it for the job: what `parse_manifest` reads back."""
+    return json.dumps(asdict(manifest))
 
 
 def _paths(data: dict[str, Any], key: str) -> list[str]:

@@ -13,6 +13,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpc_bridge.jobside import events as ev
+
 
 @dataclass
 class ExecutorRecord:
@@ -89,40 +91,40 @@ def parse_record(text: str) -> JobRecord:
 
 def _apply(rec: JobRecord, event: dict[str, Any]) -> JobRecord:
     kind = event.get("event")
-    if kind == "job_start":
+    if kind == ev.JOB_START:
         step = str(event.get("step_id") or "")
         return JobRecord(job_id=str(event.get("job_id") or "") or None, start_time=_time(event["time"]),
                          step_id=step if step.isdigit() else None)
-    if kind == "executor_start":
+    if kind == ev.EXECUTOR_START:
         rec.executors.setdefault(int(event["executor"]), ExecutorRecord()).start_time = _time(event["time"])
-    elif kind == "executor_end":
+    elif kind == ev.EXECUTOR_END:
         end, code = _time(event["time"]), int(event["exit_code"])
         ex = rec.executors.setdefault(int(event["executor"]), ExecutorRecord())
         ex.end_time, ex.exit_code = end, code
-    elif kind == "job_end":
+    elif kind == ev.JOB_END:
         rec.end_time = _time(event["time"])
         rec.job_ended = True
-    elif kind == "job_signal":
+    elif kind == ev.JOB_SIGNAL:
         rec.end_time = rec.end_time or _time(event["time"])
-    elif kind == "step_end":
+    elif kind == ev.STEP_END:
         rec.end_time = rec.end_time or _time(event["time"])
         rec.step_exit = int(event["exit_code"])
         rec.step_timed_out = event.get("timed_out") is True
-    elif kind == "skipped":
+    elif kind == ev.SKIPPED:
         rec.end_time = _time(event["time"])
         rec.skipped = True
-    elif kind == "input_error":
+    elif kind == ev.INPUT_ERROR:
         rec.input_error = f"input {int(event['input'])}: {event.get('message', 'could not be staged')}"
-    elif kind == "output":
+    elif kind == ev.OUTPUT:
         rec.outputs.append({"url": str(event["url"]), "path": str(event["path"]),
                             "size_bytes": str(int(event["size_bytes"]))})
-    elif kind == "output_error":
+    elif kind == ev.OUTPUT_ERROR:
         rec.output_errors.append(f"output {int(event['output'])}: {event.get('message', 'failed')}")
-    elif kind == "collect_end":
+    elif kind == ev.COLLECT_END:
         rec.collect_exit = int(event["exit_code"])
-    elif kind == "output_warning":
+    elif kind == ev.OUTPUT_WARNING:
         rec.output_warnings.append(f"output {int(event['output'])}: {event.get('message', '')}")
-    elif kind == "unsafe_path":
+    elif kind == ev.UNSAFE_PATH:
         rec.refusal = (f"executor {int(event['executor'])} {event.get('stream', 'stream')}: the path "
                        "leads outside the task's work area (a symlink?); refused")
     return rec

@@ -7,7 +7,6 @@ builds the job at submission time; nothing here writes to disk.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import posixpath
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from importlib import resources
 from hpc_bridge.config import SiteConfig, UserLimits
 from hpc_bridge.containers.apptainer import Bind, UnsafeValue, exec_argv
 from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
+from hpc_bridge.jobside.collect import Manifest, OutputSpec, manifest_json
 from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
 from hpc_bridge.slurm.timelimit import gpu_count, minutes, node_count
 from hpc_bridge.staging.schemes import SchemeError, Schemes
@@ -323,7 +323,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
     if downloads or any(c.dest for c in checks):
         directories.append(f"{workdir}/inputs")
 
-    outputs = []
+    outputs: list[OutputSpec] = []
     for i, out in enumerate(task.outputs or []):
         where = f"outputs[{i}]"
         try:
@@ -356,9 +356,9 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             bind = add_bind(host, needed, f"{where}.path")
         elif bind.read_only:
             raise InvalidTask(f"{where}.path", f"{path!r} is inside a read-only input")
-        outputs.append({"index": i, "type": out.type.value if out.type else None, "path": path,
-                        "path_prefix": prefix, "wildcard": wildcard, "bind_container": bind.container,
-                        "bind_host": bind.host, "url": out.url, "dest": dest})
+        outputs.append(OutputSpec(index=i, type=out.type.value if out.type else None, path=path,
+                                  path_prefix=prefix, wildcard=wildcard, bind_container=bind.container,
+                                  bind_host=bind.host, url=out.url, dest=dest))
 
     # First every image and redirection (which may add binds), then the argv: every executor
     # sees every bind, so volumes and redirected files are shared between executors.
@@ -412,11 +412,10 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         # The job checks each destination again: inside a data root, and inside the area the
         # owner may write (where `keep` areas never have an existing file replaced).
         areas = {a.path: a for out in outputs
-                 if (a := schemes.areas.area_of(str(out["dest"]), owner, write=True)) is not None}
-        files[manifest] = json.dumps({"workdir": workdir, "outputs": outputs,
-                                      "roots": [str(r) for r in config.storage.data_roots],
-                                      "areas": sorted(areas),
-                                      "keep": sorted(path for path, a in areas.items() if a.keep)})
+                 if (a := schemes.areas.area_of(out.dest, owner, write=True)) is not None}
+        files[manifest] = manifest_json(Manifest(
+            workdir=workdir, outputs=tuple(outputs), roots=tuple(str(r) for r in config.storage.data_roots),
+            areas=tuple(sorted(areas)), keep=tuple(sorted(path for path, a in areas.items() if a.keep))))
         collector = f"{workdir}/collect_outputs.py"
         files[collector] = collector_source()
         collect = [str(config.storage.job_python), "-I", collector, manifest]

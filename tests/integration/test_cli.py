@@ -101,9 +101,12 @@ def test_cancel_a_running_task(server: ServerProcess) -> None:
 
 
 def test_ctrl_c_stops_waiting_but_not_the_task(server: ServerProcess) -> None:
+    # As from a terminal: a run started in the background (`make test &`) ignores SIGINT, and so
+    # would the CLI, which inherits that.
     proc = subprocess.Popen([EXE, "submit", "--wait", "--image", "busybox", "--", "sleep", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HPC_BRIDGE_URL": server.url})
+                            env={**os.environ, "HPC_BRIDGE_URL": server.url},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     task_id = proc.stdout.readline().strip()
     wait_state(server, task_id, {"RUNNING"})
