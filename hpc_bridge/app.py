@@ -81,8 +81,10 @@ def _admit() -> None:
 
 def create_app(config: SiteConfig, *, store: Store | None = None,
                on_change: Callable[[], None] = lambda: None,
+               on_run_change: Callable[[], None] = lambda: None,
                verifier: TokenVerifier | None = None) -> Flask:
-    """`on_change` wakes the daemon when a task is created or cancelled (same process).
+    """`on_change` wakes the daemon when a task is created or cancelled, `on_run_change` the WES
+    supervisor when a run is (both in the same process: `bridge.Bridge` wires them).
     `verifier` holds the issuers' key caches: one per process, built here unless passed in."""
     app = Flask("hpc_bridge")
     app.config["SITE"] = config
@@ -97,7 +99,7 @@ def create_app(config: SiteConfig, *, store: Store | None = None,
     app.extensions["hpc_bridge.verifier"] = verifier or TokenVerifier(config.auth)
     app.extensions["hpc_bridge.ratelimit"] = RateLimiter()
     app.extensions["hpc_bridge.tasks"] = TaskService(store, config, on_change)
-    app.extensions["hpc_bridge.runs"] = RunService(store, config)  # `serve` sets its on_change
+    app.extensions["hpc_bridge.runs"] = RunService(store, config, on_change=on_run_change)
     app.before_request(_admit)
     app.register_blueprint(tes_bp)
     app.register_blueprint(wes_bp)

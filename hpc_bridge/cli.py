@@ -259,14 +259,9 @@ def _wait(client: BridgeClient, task_id: str) -> tes.Task:
               help="Serve with auth mode none on a non-loopback address (never do this with real data).")
 def serve(config_path: Path, host: str | None, port: int | None, insecure_no_auth: bool) -> None:
     """Run the API (waitress) and, if no other daemon holds this database, the daemon loop."""
-    import threading
-
     import waitress
 
-    from hpc_bridge.app import create_app
-    from hpc_bridge.daemon import Daemon, DaemonLock
-    from hpc_bridge.slurm.client import CliSlurmClient
-    from hpc_bridge.store import Store
+    from hpc_bridge.bridge import Bridge
 
     config = _load(config_path)
     host = host or config.server.host
@@ -276,28 +271,12 @@ def serve(config_path: Path, host: str | None, port: int | None, insecure_no_aut
               "a loopback address: configure auth.issuers, listen on 127.0.0.1, or pass "
               "--insecure-no-auth", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = Store(config.database)
-    lock = DaemonLock(config.database)
-    daemon = Daemon(config, store, CliSlurmClient(bin_dir=config.slurm.bin_dir,
-                                                  submit_as=config.slurm.submit_as,
-                                                  timeout=config.slurm.command_timeout))
-    supervisor = None
-    if lock.acquire():
-        threading.Thread(target=daemon.run, name="hpc-bridge-daemon", daemon=True).start()
-        from hpc_bridge.tes.service import TaskService
-        from hpc_bridge.wes.supervisor import Supervisor
-
-        # WES engines run next to the daemon (one supervisor per database, like the daemon).
-        supervisor = Supervisor(config, store, TaskService(store, config, daemon.wake),
-                                tes_url=local_url(host, port))
-        threading.Thread(target=supervisor.run, name="hpc-bridge-wes", daemon=True).start()
-    else:
-        err.print(f"another daemon holds {lock.path}: serving the API only", highlight=False)
+    bridge = Bridge(config, tes_url=local_url(host, port))
+    app = bridge.start()
+    if not bridge.runs_daemon:
+        err.print(f"another daemon holds {bridge.lock.path}: serving the API only", highlight=False)
     err.print(f"hpc-bridge serving [bold]http://{host}:{port}/ga4gh/tes/v1[/bold] "
               f"(config {config_path}, database {config.database})", highlight=False)
-    app = create_app(config, store=store, on_change=daemon.wake)
-    if supervisor is not None:
-        app.extensions["hpc_bridge.runs"].on_change = supervisor.wake
     try:
         # Waitress reads (and spools to disk) a whole body before the app sees the request: a
         # larger one than the site accepts is refused there, before reading and authentication.
@@ -305,10 +284,7 @@ def serve(config_path: Path, host: str | None, port: int | None, insecure_no_aut
         waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="hpc-bridge",
                        max_request_body_size=config.server_request_bytes + 1)
     finally:
-        if supervisor is not None:
-            supervisor.shutdown()
-        daemon.stop()
-        lock.release()
+        bridge.stop()
 
 
 @main.group()

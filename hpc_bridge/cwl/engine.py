@@ -44,6 +44,7 @@ from hpc_bridge.cwl.state import EngineState
 from hpc_bridge.cwl.tasks import TaskRunner
 from hpc_bridge.cwl.tool import StablePathMapper, TesRuntimeContext, make_tool
 from hpc_bridge.cwl.validate import InvalidWorkflow, validate_workflow
+from hpc_bridge.processes import process_start
 
 log = logging.getLogger("hpc_bridge.cwl")
 
@@ -200,8 +201,6 @@ def _watch_service(pid: Any, start: Any) -> None:
     with a new credential): poll the service's pid and start time."""
     if not isinstance(pid, int) or not isinstance(start, str):
         return
-    from hpc_bridge.wes.supervisor import process_start
-
     def watch() -> None:
         while process_start(pid) == start:
             threading.Event().wait(0.5)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from hpc_bridge.store.tasks import TaskStore
+
 SCHEMA_VERSION = 6
 
 
@@ -132,8 +134,6 @@ class Store:
         _private(self.path)
         self._local = threading.local()
         self._migrate()
-        from hpc_bridge.store.tasks import TaskStore
-
         self.tasks = TaskStore(self)
 
     @property

@@ -34,13 +34,15 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import requests
 import yaml
 
+from hpc_bridge import __version__
+from hpc_bridge.lifecycle import TERMINAL
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 WES = "/ga4gh/wes/v1"
 EXIT_FAILED = 1
 EXIT_UNSUPPORTED = 33
 EXIT_INTERRUPTED = 130
 UNSUPPORTED_MARKERS = ("UnsupportedRequirement", "Unsupported requirement", "unsupported requirement")
-FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 
 
 class RunnerError(Exception):
@@ -393,7 +395,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)  # cwltest's timeout: cancel the run, as Ctrl-C does
     try:
-        while state not in FINAL:
+        while state not in TERMINAL:
             time.sleep(delay)
             delay = min(delay * 1.5, args.poll)
             new = client.call("GET", f"{WES}/runs/{run_id}/status").json()["state"]
@@ -423,8 +425,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = arg_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.version:
-        from hpc_bridge import __version__
-
         print(f"hpc-bridge-cwl-runner {__version__}")
         return 0
     if not args.tool:

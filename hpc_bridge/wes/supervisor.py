@@ -44,6 +44,7 @@ from hpc_bridge.auth import runtoken
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import NotFound
 from hpc_bridge.lifecycle import ACTIVE, LIVE
+from hpc_bridge.processes import process_start
 from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunRow, RunStore
 from hpc_bridge.store.tasks import now_iso
@@ -63,18 +64,6 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 class LaunchRefused(Exception):
     """This run's engine cannot be started as a user other than root and the service account."""
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of a process (clock ticks since boot, /proc/PID/stat field 22): with the pid,
-    it names one process, so a recycled pid is never mistaken for our engine."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
 
 
 @dataclass
@@ -153,7 +142,7 @@ class Supervisor:
         if free <= 0:
             return
         # Runs a previous service process was driving first (their engines died with it), then new ones.
-        orphans = [r for r in self.runs.in_states(["INITIALIZING", "RUNNING", "PAUSED"])
+        orphans = [r for r in self.runs.in_states(LIVE - {"QUEUED"})
                    if r.id not in self._engines]
         queued = self.runs.in_states(["QUEUED"])
         for row in [*orphans, *queued][:free]:

@@ -22,10 +22,11 @@ import pytest
 
 from hpc_bridge.auth import runtoken
 from hpc_bridge.config import SiteConfig
+from hpc_bridge.processes import process_start
 from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunStore
 from hpc_bridge.tes.service import TaskService
-from hpc_bridge.wes.supervisor import EngineCommand, Supervisor, process_start
+from hpc_bridge.wes.supervisor import EngineCommand, Supervisor
 
 FAKE_ENGINE = textwrap.dedent("""\
     import json, os, signal, sys, time
