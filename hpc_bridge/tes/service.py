@@ -18,7 +18,16 @@ from hpc_bridge.store import Store, TaskFilter, TaskRow
 from hpc_bridge.store.runs import RunStore
 from hpc_bridge.store.tasks import ActiveLimitReached, decode_token, encode_token
 from hpc_bridge.tes.jobspec import InvalidTask, plan_job
-from hpc_bridge.tes.models import FileType, State, Task, View, apply_view
+from hpc_bridge.tes.models import (
+    ExecutorLog,
+    FileType,
+    OutputFileLog,
+    State,
+    Task,
+    TaskLog,
+    View,
+    apply_view,
+)
 
 DEFAULT_PAGE_SIZE = 256
 MAX_PAGE_SIZE = 2047
@@ -147,17 +156,20 @@ class TaskService:
         """The FULL view of a task: what was submitted plus what the server knows."""
         doc: dict[str, Any] = {"id": row.id, "state": row.state, **row.task,
                                "creation_time": row.created_at}
-        if row.job_id or row.system_logs or row.executor_logs or row.outputs:
-            log: dict[str, Any] = {"logs": row.executor_logs, "outputs": row.outputs}
-            if row.job_id:
-                log["metadata"] = {"slurm_job_id": row.job_id}
-                if row.pack_id:  # one job step of a job shared by several short tasks
-                    log["metadata"]["slurm_pack_id"] = row.pack_id
-            if row.start_time:
-                log["start_time"] = row.start_time
-            if row.end_time:
-                log["end_time"] = row.end_time
-            if row.system_logs:
-                log["system_logs"] = row.system_logs
-            doc["logs"] = [log]
+        if (log := task_log(row)) is not None:
+            doc["logs"] = [log.to_json()]
         return doc
+
+
+def task_log(row: TaskRow) -> TaskLog | None:
+    """The task's one TES log (a task runs once here), from the moment the daemon knows anything."""
+    if not (row.job_id or row.system_logs or row.executor_logs or row.outputs):
+        return None
+    metadata = None
+    if row.job_id:
+        metadata = {"slurm_job_id": row.job_id}
+        if row.pack_id:  # one job step of a job shared by several short tasks
+            metadata["slurm_pack_id"] = row.pack_id
+    return TaskLog(logs=[ExecutorLog.model_validate(e) for e in row.executor_logs],
+                   outputs=[OutputFileLog.model_validate(o) for o in row.outputs], metadata=metadata,
+                   start_time=row.start_time, end_time=row.end_time, system_logs=row.system_logs or None)
