@@ -175,6 +175,8 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     pack_id = rows[ids[0]].pack_id
     assert pack_id and all(rows[i].pack_id == pack_id for i in ids)
     assert rows[big].pack_id is None and rows[other].pack_id is None
+    job = rows[ids[0]].job_id  # the shared job's id
+    assert job and all(rows[i].job_id == job for i in ids)
     launcher = work / ".packs" / pack_id / "pack.sh"
     assert str(launcher) in submitted
     text = launcher.read_text()
@@ -183,7 +185,7 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     # The shared job runs: the first task's step has started, the others wait for their turn.
     job_writes(work / ids[0] / "record.jsonl", _record(START, {"event": "executor_start", "executor": 0}),
                job_user)
-    slurm.jobs = [JobStatus("1", "RUNNING", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", None, None)]
+    slurm.jobs = [JobStatus(job, "RUNNING", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", None, None)]
     daemon.cycle()
     assert [store.tasks.get(i).state for i in ids] == ["RUNNING", "QUEUED", "QUEUED"]
 
@@ -191,8 +193,8 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     for task_id in ids[:2]:
         store.tasks.request_cancel(task_id)
     daemon.cycle()
-    assert ("cancel", ["1.2"]) in slurm.calls
-    assert not any(c[0] == "cancel" and "1" in c[1] for c in slurm.calls)
+    assert ("cancel", [f"{job}.2"]) in slurm.calls
+    assert not any(c[0] == "cancel" and job in c[1] for c in slurm.calls)
     assert (work / ".packs" / pack_id / "cancel" / ids[1]).exists()
     assert not (work / ".packs" / pack_id / "cancel" / ids[2]).exists()
 
@@ -200,7 +202,7 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
                                                        {"event": "step_end", "exit_code": 137}), job_user)
     job_writes(work / ids[1] / "record.jsonl", _record({"event": "skipped"}), job_user)
     job_writes(work / ids[2] / "record.jsonl", _record(*DONE), job_user)
-    slurm.jobs = [JobStatus("1", "COMPLETED", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", 0, 0)]
+    slurm.jobs = [JobStatus(job, "COMPLETED", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", 0, 0)]
     daemon.cycle()
     assert [store.tasks.get(i).state for i in ids] == ["CANCELED", "CANCELED", "COMPLETE"]
 
