@@ -156,15 +156,14 @@ class TaskService:
         """The FULL view of a task: what was submitted plus what the server knows."""
         doc: dict[str, Any] = {"id": row.id, "state": row.state, **row.task,
                                "creation_time": row.created_at}
-        if (log := task_log(row)) is not None:
-            doc["logs"] = [log.to_json()]
+        doc["logs"] = [task_log(row).to_json()]
         return doc
 
 
-def task_log(row: TaskRow) -> TaskLog | None:
-    """The task's one TES log (a task runs once here), from the moment the daemon knows anything."""
-    if not (row.job_id or row.system_logs or row.executor_logs or row.outputs):
-        return None
+def task_log(row: TaskRow) -> TaskLog:
+    """The task's one TES log (a task runs once here). It exists from the task's creation, empty
+    until the daemon knows more: clients (the GA4GH compliance suite among them) read
+    `logs[0].logs` right after POST."""
     metadata = None
     if row.job_id:
         metadata = {"slurm_job_id": row.job_id}

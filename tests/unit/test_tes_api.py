@@ -73,6 +73,8 @@ def test_create_then_get_in_every_view(client: FlaskClient) -> None:
     assert full["inputs"][0]["content"] == "secret"
     assert full["creation_time"] and full["tags"] == {"project": "x"}
     assert full["resources"] == {"cpu_cores": 1, "ram_gb": 0.5}
+    # The task's log exists from creation, empty, so clients may read logs[0].logs right after POST.
+    assert basic["logs"] == full["logs"] == [{"logs": [], "outputs": []}]
 
 
 def test_server_fields_sent_by_clients_are_ignored(client: FlaskClient) -> None:
