@@ -6,10 +6,11 @@ setting. Responses carry only spec fields (py-tes rejects unknown keys) and leav
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from hpc_bridge.config import SiteConfig, TaskCaps
 from hpc_bridge.lifecycle import TERMINAL
@@ -104,8 +105,18 @@ class Output(ApiModel):
 Gigabytes = Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
 
 
+def _whole_cores(value: Any) -> Any:
+    """TES 1.2 (draft) lets `cpu_cores` be fractional and servers round up; Slurm counts whole CPUs."""
+    if isinstance(value, float) and math.isfinite(value):
+        return math.ceil(value)
+    return value
+
+
+CpuCores = Annotated[int, BeforeValidator(_whole_cores), Field(ge=1)]
+
+
 class Resources(ApiModel):
-    cpu_cores: Annotated[int, Field(ge=1)] | None = None
+    cpu_cores: CpuCores | None = None
     preemptible: bool | None = None
     ram_gb: Gigabytes | None = None
     disk_gb: Gigabytes | None = None

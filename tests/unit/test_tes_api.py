@@ -77,6 +77,14 @@ def test_create_then_get_in_every_view(client: FlaskClient) -> None:
     assert basic["logs"] == full["logs"] == [{"logs": [], "outputs": []}]
 
 
+@pytest.mark.parametrize(("asked", "granted"), [(0.5, 1), (1.0, 1), (1.01, 2), (3, 3)])
+def test_fractional_cpu_cores_are_rounded_up(client: FlaskClient, asked: float, granted: int) -> None:
+    """TES 1.2 (draft) allows fractional cores and lets servers round up; TES 1.1 responses stay integers."""
+    task_id = create(client, simple(resources={"cpu_cores": asked}))
+    full = client.checked("get", f"{BASE}/tasks/{task_id}?view=FULL").get_json()
+    assert full["resources"]["cpu_cores"] == granted and isinstance(full["resources"]["cpu_cores"], int)
+
+
 def test_server_fields_sent_by_clients_are_ignored(client: FlaskClient) -> None:
     task_id = create(client, simple(id="mine", state="COMPLETE"))
     full = client.checked("get", f"{BASE}/tasks/{task_id}?view=FULL").get_json()
@@ -92,6 +100,8 @@ def test_server_fields_sent_by_clients_are_ignored(client: FlaskClient) -> None:
         (simple(executors=[{"image": "busybox"}]), "executors[0].command"),
         (simple(executors=[{"image": "busybox", "command": ["x"], "workdir": "relative"}]), "executors[0].workdir"),
         (simple(resources={"cpu_cores": 0}), "resources.cpu_cores"),
+        (simple(resources={"cpu_cores": -0.5}), "resources.cpu_cores"),
+        (simple(resources={"cpu_cores": "two"}), "resources.cpu_cores"),
         (simple(resources={"ram_gb": "lots"}), "resources.ram_gb"),
         (simple(resources={"zones": ["nope"]}), "resources.zones[0]"),
         (simple(resources={"backend_parameters": {"x": "1"}, "backend_parameters_strict": True}),
