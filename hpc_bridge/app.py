@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from hpc_bridge import jsonlimit
 from hpc_bridge.auth import AuthError, TokenVerifier
+from hpc_bridge.auth.basic import BasicAuthenticator
 from hpc_bridge.auth.context import authenticate, current_identity, is_public
 from hpc_bridge.config import DEFAULT_MAX_REQUEST_BYTES, SiteConfig
 from hpc_bridge.errors import BadRequest, ServiceError, TooManyRequests
@@ -97,6 +98,7 @@ def create_app(config: SiteConfig, *, store: Store | None = None,
     store = store or Store(config.database)
     app.extensions["hpc_bridge.store"] = store
     app.extensions["hpc_bridge.verifier"] = verifier or TokenVerifier(config.auth)
+    app.extensions["hpc_bridge.basic"] = BasicAuthenticator(config.auth.basic_users)
     app.extensions["hpc_bridge.ratelimit"] = RateLimiter()
     app.extensions["hpc_bridge.tasks"] = TaskService(store, config, on_change)
     app.extensions["hpc_bridge.runs"] = RunService(store, config, on_change=on_run_change)

@@ -300,6 +300,26 @@ def config_check(config_path: Path) -> None:
     click.echo(cfg.model_dump_json(indent=2))
 
 
+@main.group()
+def auth() -> None:
+    """Credentials for the site configuration."""
+
+
+@auth.command("hash-password")
+def auth_hash_password() -> None:
+    """Print the scrypt hash of a password for auth.basic_users (asked twice on a terminal, else
+    read from the first line of standard input). The password itself is never stored."""
+    from hpc_bridge.auth.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        _fail("the password must have at least 12 characters", EXIT_USAGE)
+    click.echo(hash_password(password))
+
+
 @main.command()
 @click.argument("args", nargs=-1, metavar="[TASK_FILE | -- COMMAND...]")
 @click.option("--image", metavar="IMAGE", help="Build a one-executor task running COMMAND in IMAGE.")

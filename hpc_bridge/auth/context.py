@@ -14,7 +14,8 @@ from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
 from hpc_bridge.store.runs import RunStore
 
 from . import runtoken
-from .verifier import AuthError, Identity, TokenVerifier
+from .basic import BasicAuthenticator
+from .verifier import BASIC_CHALLENGE, AuthError, Identity, TokenVerifier
 
 View = TypeVar("View", bound=Callable[..., object])
 
@@ -41,7 +42,16 @@ def authenticate() -> None:
         g.identity = _run_identity(token)
         return
     verifier: TokenVerifier = current_app.extensions["hpc_bridge.verifier"]
-    g.identity = verifier.verify(request.headers.get("Authorization"))
+    basic: BasicAuthenticator = current_app.extensions["hpc_bridge.basic"]
+    if scheme.lower() == "basic" and verifier.settings.mode != "none":
+        g.identity = basic.verify(value)
+        return
+    try:
+        g.identity = verifier.verify(request.headers.get("Authorization"))
+    except AuthError as exc:
+        if basic.enabled and exc.status == 401:
+            exc.other_challenge = BASIC_CHALLENGE
+        raise
 
 
 def _run_identity(token: runtoken.RunToken) -> Identity:

@@ -7,11 +7,14 @@ algorithm stops the service from starting instead of weakening it at run time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hpc_bridge.auth.passwords import check_hash
 
 # Asymmetric algorithms only: with a shared-secret (HS*) algorithm the public JWKS key would become
 # the HMAC secret (the classic key-confusion forgery), and `none` needs no key at all.
@@ -105,6 +108,23 @@ def check_jwks_uri(issuer: str, jwks_uri: str) -> str:
     return jwks_uri
 
 
+class BasicUser(_Frozen):
+    """A service account that authenticates with HTTP Basic (for clients that cannot send tokens:
+    Galaxy's Pulsar TES runner, the proTES gateway). Its tasks are owned by `basic#<name>`, with the
+    tenancy, limits and rate limits of any owner."""
+
+    password_hash: str
+    admin: bool = False
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hashed(cls, value: str) -> str:
+        return check_hash(value)
+
+
+BASIC_NAME_CHARS = r"[A-Za-z0-9._-]{1,64}"
+
+
 class AuthSettings(_Frozen):
     """How API callers are authenticated.
 
@@ -126,6 +146,16 @@ class AuthSettings(_Frozen):
     admin_claim: str | None = None
     admin_values: list[str] = Field(default_factory=list)
     auth_instructions_url: str | None = None
+    # HTTP Basic service accounts, name -> hash; none (the default): Basic is refused.
+    basic_users: dict[str, BasicUser] = Field(default_factory=dict)
+
+    @field_validator("basic_users")
+    @classmethod
+    def _basic_names(cls, value: dict[str, BasicUser]) -> dict[str, BasicUser]:
+        bad = [name for name in value if not re.fullmatch(BASIC_NAME_CHARS, name)]
+        if bad:
+            raise ValueError(f"basic user names must match {BASIC_NAME_CHARS}: {bad}")
+        return value
 
     @field_validator("algorithms")
     @classmethod
@@ -142,8 +172,8 @@ class AuthSettings(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> AuthSettings:
-        if self.mode == "jwt" and not self.issuers:
-            raise ValueError("mode 'jwt' needs at least one entry in issuers")
+        if self.mode == "jwt" and not self.issuers and not self.basic_users:
+            raise ValueError("mode 'jwt' needs at least one entry in issuers (or in basic_users)")
         names = [i.issuer for i in self.issuers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -96,6 +96,9 @@ class Identity:
 NO_AUTH_IDENTITY = Identity(issuer=NO_AUTH_ISSUER, subject=NO_AUTH_SUBJECT)
 
 
+BASIC_CHALLENGE = 'Basic realm="hpc-bridge", charset="UTF-8"'
+
+
 class AuthError(Exception):
     """A refused request: `status` 401 (no or bad credentials) or 403 (not allowed).
 
@@ -109,22 +112,29 @@ class AuthError(Exception):
         status: int = 401,
         error: str | None = "invalid_token",
         instructions_url: str | None = None,
+        scheme: str = "Bearer",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.error = error
         self.instructions_url = instructions_url
+        self.scheme = scheme
+        self.other_challenge: str | None = None  # e.g. Basic next to Bearer, where both are accepted
 
     @property
     def www_authenticate(self) -> str | None:
         """The WWW-Authenticate value (RFC 6750 §3): always for 401, for 403 when an error is set."""
         if self.status != 401 and self.error is None:
             return None
-        if self.error is None:
-            return "Bearer"
-        description = re.sub(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]', "?", self.message)
-        return f'Bearer error="{self.error}", error_description="{description}"'
+        if self.scheme == "Basic":
+            challenge = BASIC_CHALLENGE
+        elif self.error is None:
+            challenge = "Bearer"
+        else:
+            description = re.sub(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]', "?", self.message)
+            challenge = f'Bearer error="{self.error}", error_description="{description}"'
+        return f"{challenge}, {self.other_challenge}" if self.other_challenge else challenge
 
 
 class AuthConfigError(ValueError):

@@ -403,3 +403,15 @@ def test_client_commands_send_the_token_from_the_environment(tmp_path: Path,
         thread.join(5)
         idp.close()
         store.close()
+
+
+def test_auth_hash_password_prints_a_hash_that_verifies_and_refuses_short_passwords() -> None:
+    from hpc_bridge.auth.passwords import check_hash, verify_password
+
+    result = CliRunner().invoke(main, ["auth", "hash-password"], input="a-long-enough-secret\n")
+    assert result.exit_code == 0, result.output
+    stored = result.output.strip()
+    assert check_hash(stored) == stored and verify_password("a-long-enough-secret", stored)
+    assert "a-long-enough-secret" not in result.output
+    short = CliRunner().invoke(main, ["auth", "hash-password"], input="short\n")
+    assert short.exit_code == 2 and "at least 12 characters" in short.output

@@ -1,0 +1,124 @@
+"""HTTP Basic for service accounts (Pulsar, proTES): stored as scrypt hashes only, refused like a bad
+token, and an owner like any other (tenancy, limits) next to bearer tokens."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask.testing import FlaskClient
+from pydantic import ValidationError
+
+from hpc_bridge.app import create_app
+from hpc_bridge.auth import AuthSettings
+from hpc_bridge.auth.passwords import check_hash, hash_password, verify_password
+from hpc_bridge.config import LimitSettings, SiteConfig
+from hpc_bridge.store import Store
+
+from ..oidc import Issuer, claims, jwk, token
+
+BASE = "/ga4gh/tes/v1"
+TASK = {"executors": [{"image": "busybox", "command": ["true"]}]}
+FAST = {"n": 2**14}  # the weakest hash the settings accept: keeps these tests quick
+PASSWORDS = {"pulsar": "pulsar-long-secret", "protes": "protes-long-secret"}
+
+
+@pytest.fixture(scope="module")
+def key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def idp(key: rsa.RSAPrivateKey) -> Iterator[Issuer]:
+    server = Issuer()
+    server.jwks = {"keys": [jwk(key, "rsa-1")]}
+    yield server
+    server.close()
+
+
+def site(dev_config: SiteConfig, idp: Issuer, **limits: Any) -> SiteConfig:
+    auth = AuthSettings.model_validate({
+        "issuers": [{"issuer": idp.issuer}],
+        "basic_users": {name: {"password_hash": hash_password(pw, **FAST)} for name, pw in PASSWORDS.items()}})
+    return dev_config.model_copy(update={"auth": auth, "limits": LimitSettings.model_validate(limits)})
+
+
+@pytest.fixture
+def client(dev_config: SiteConfig, idp: Issuer, tmp_path: Path) -> FlaskClient:
+    return create_app(site(dev_config, idp), store=Store(tmp_path / "db.sqlite")).test_client()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_hashes_are_scrypt_and_a_plain_password_is_refused_in_the_config() -> None:
+    stored = hash_password("correct horse battery", **FAST)
+    assert check_hash(stored) == stored and stored.startswith("scrypt$16384$8$1$")
+    assert verify_password("correct horse battery", stored) and not verify_password("wrong", stored)
+    assert hash_password("same", **FAST) != hash_password("same", **FAST)  # salted
+    for bad in ("hunter2", "scrypt$1024$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 44):
+        with pytest.raises(ValidationError, match="scrypt"):
+            AuthSettings.model_validate({"basic_users": {"pulsar": {"password_hash": bad}}})
+    with pytest.raises(ValidationError, match="basic user names"):
+        AuthSettings.model_validate({"basic_users": {"a:b": {"password_hash": hash_password("x", **FAST)}}})
+
+
+@pytest.mark.parametrize(("user", "password"), [("pulsar", "wrong-password-xx"), ("nobody", "pulsar-long-secret"),
+                                                ("pulsar", "")])
+def test_a_wrong_password_or_unknown_user_is_401_with_a_basic_challenge(client: FlaskClient, user: str,
+                                                                          password: str) -> None:
+    resp = client.get(f"{BASE}/tasks", headers=basic(user, password))
+    assert resp.status_code == 401
+    assert resp.json["msg"] == "wrong user name or password" and resp.json["status_code"] == 401
+    assert resp.headers["WWW-Authenticate"].startswith('Basic realm="hpc-bridge"')
+
+
+def test_malformed_basic_credentials_are_401(client: FlaskClient) -> None:
+    for value in ("Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode(), "Basic"):
+        resp = client.get(f"{BASE}/tasks", headers={"Authorization": value})
+        assert resp.status_code == 401, value
+
+
+def test_without_credentials_both_schemes_are_offered(client: FlaskClient) -> None:
+    resp = client.get(f"{BASE}/tasks")
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer, Basic realm="hpc-bridge", charset="UTF-8"'
+
+
+def test_tenancy_through_basic_is_that_of_tokens(client: FlaskClient, idp: Issuer,
+                                                 key: rsa.RSAPrivateKey) -> None:
+    pulsar, protes = basic("pulsar", PASSWORDS["pulsar"]), basic("protes", PASSWORDS["protes"])
+    alice = {"Authorization": "Bearer " + token(key, claims(idp, sub="alice"))}
+    created = client.post(f"{BASE}/tasks", json=TASK, headers=pulsar)
+    assert created.status_code == 200, created.json
+    task_id = created.json["id"]
+    assert client.get(f"{BASE}/tasks/{task_id}", headers=pulsar).status_code == 200
+    for other in (protes, alice):
+        assert client.get(f"{BASE}/tasks/{task_id}", headers=other).status_code == 404
+        assert client.post(f"{BASE}/tasks/{task_id}:cancel", headers=other).status_code == 404
+        assert client.get(f"{BASE}/tasks", headers=other).json.get("tasks", []) == []
+    assert [t["id"] for t in client.get(f"{BASE}/tasks", headers=pulsar).json["tasks"]] == [task_id]
+
+
+def test_limits_apply_to_basic_owners(dev_config: SiteConfig, idp: Issuer, tmp_path: Path) -> None:
+    config = site(dev_config, idp, users={"basic#pulsar": {"max_active_tasks": 1}})
+    client = create_app(config, store=Store(tmp_path / "db.sqlite")).test_client()
+    pulsar = basic("pulsar", PASSWORDS["pulsar"])
+    assert client.post(f"{BASE}/tasks", json=TASK, headers=pulsar).status_code == 200
+    assert client.post(f"{BASE}/tasks", json=TASK, headers=pulsar).status_code == 429
+    assert client.post(f"{BASE}/tasks", json=TASK, headers=basic("protes", PASSWORDS["protes"])).status_code == 200
+
+
+def test_basic_is_refused_where_no_basic_user_is_configured(dev_config: SiteConfig, idp: Issuer,
+                                                            tmp_path: Path) -> None:
+    auth = AuthSettings.model_validate({"issuers": [{"issuer": idp.issuer}]})
+    client = create_app(dev_config.model_copy(update={"auth": auth}),
+                        store=Store(tmp_path / "db.sqlite")).test_client()
+    resp = client.get(f"{BASE}/tasks", headers=basic("pulsar", PASSWORDS["pulsar"]))
+    assert resp.status_code == 401 and "not enabled" in resp.json["msg"]
+    assert client.get(f"{BASE}/tasks").headers["WWW-Authenticate"] == "Bearer"
