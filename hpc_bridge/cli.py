@@ -314,7 +314,7 @@ def auth_hash_password() -> None:
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
     else:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     if len(password) < 12:
         _fail("the password must have at least 12 characters", EXIT_USAGE)
     click.echo(hash_password(password))

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from flask import current_app, g, request
 
-from hpc_bridge.errors import Forbidden
+from hpc_bridge.errors import Forbidden, TooManyRequests
 from hpc_bridge.lifecycle import RUN_FINAL
 from hpc_bridge.runas.mapping import NoUnixUser, unix_user_for
 from hpc_bridge.store.runs import RunStore
@@ -44,7 +44,11 @@ def authenticate() -> None:
     verifier: TokenVerifier = current_app.extensions["hpc_bridge.verifier"]
     basic: BasicAuthenticator = current_app.extensions["hpc_bridge.basic"]
     if scheme.lower() == "basic" and verifier.settings.mode != "none":
-        g.identity = basic.verify(value)
+        try:
+            g.identity = basic.verify(value, request.remote_addr or "")
+        except AuthError as exc:
+            exc.instructions_url = verifier.settings.auth_instructions_url
+            raise
         return
     try:
         g.identity = verifier.verify(request.headers.get("Authorization"))
@@ -88,7 +92,7 @@ def optional_owner() -> str | None:
     """On a public view: the caller's owner if the request authenticates, else None (anonymous)."""
     try:
         authenticate()
-    except AuthError:
+    except (AuthError, TooManyRequests):
         return None
     return current_identity().owner
 

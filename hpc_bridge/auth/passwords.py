@@ -8,23 +8,37 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 
-# OWASP's scrypt floor (N=2^17, r=8, p=1): about 0.1-0.3 s and 128 MiB per check, which is what
-# makes a stolen config expensive to crack and bounds online guessing.
+# OWASP's scrypt floor (N=2^17, r=8, p=1): about 0.3 s and 128 MiB per check here, which makes a stolen
+# config expensive to crack. The settings accept N from 2^17 to 2^20 with r=8 and p=1 only, so a check
+# never costs more than 1 GiB and an unknown user name costs what a known one does (`dummy_hash`).
 N, R, P = 2**17, 8, 1
+MAX_N = 2**20
 _KEY_BYTES = 32
 _FORMAT = re.compile(r"scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)\Z")
 
 
+def _normal(password: str) -> bytes:
+    """RFC 7617 asks for Unicode normalization (NFC) of what is sent as UTF-8."""
+    return unicodedata.normalize("NFC", password).encode()
+
+
 def _derive(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=2 * 128 * n * r + 2**20,
+    return hashlib.scrypt(_normal(password), salt=salt, n=n, r=r, p=p, maxmem=2 * 128 * n * r + 2**20,
                           dklen=_KEY_BYTES)
 
 
-def hash_password(password: str, *, n: int = N, r: int = R, p: int = P) -> str:
+def hash_password(password: str, *, n: int = N) -> str:
     salt = secrets.token_bytes(16)
-    key = _derive(password, salt, n, r, p)
-    return f"scrypt${n}${r}${p}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+    key = _derive(password, salt, n, R, P)
+    return f"scrypt${n}${R}${P}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+
+
+def cost(stored: str) -> int:
+    """N of a stored hash (checked by `check_hash`)."""
+    match = _FORMAT.fullmatch(stored)
+    return int(match[1]) if match else N
 
 
 def check_hash(stored: str) -> str:
@@ -33,8 +47,8 @@ def check_hash(stored: str) -> str:
     if match is None:
         raise ValueError("must be an scrypt hash made by `hpc-bridge auth hash-password`, never a password")
     n, r, p = (int(match[i]) for i in (1, 2, 3))
-    if n < 2**14 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 16:
-        raise ValueError("scrypt parameters too weak or invalid (N a power of two >= 16384, r 1..32, p 1..16)")
+    if not N <= n <= MAX_N or n & (n - 1) or (r, p) != (R, P):
+        raise ValueError(f"scrypt parameters must be N a power of two from {N} to {MAX_N}, r={R}, p={P}")
     if len(base64.b64decode(match[4])) < 16 or len(base64.b64decode(match[5])) != _KEY_BYTES:
         raise ValueError("scrypt hash has a short salt or a key of the wrong length")
     return stored
@@ -49,5 +63,7 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(key, base64.b64decode(match[5]))
 
 
-# Checked against when the user name is unknown, so that a wrong name costs as much as a wrong password.
-DUMMY_HASH = "scrypt$131072$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + base64.b64encode(bytes(_KEY_BYTES)).decode()
+def dummy_hash(n: int) -> str:
+    """A hash no password matches, checked when the user name is unknown, at the cost `n` of the
+    configured ones: a wrong name then takes as long as a wrong password."""
+    return f"scrypt${n}${R}${P}${'A' * 24}${base64.b64encode(bytes(_KEY_BYTES)).decode()}"

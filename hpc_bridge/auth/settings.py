@@ -172,6 +172,9 @@ class AuthSettings(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> AuthSettings:
+        if self.mode == "none" and self.basic_users:
+            raise ValueError("basic_users need mode 'jwt': with mode 'none' every caller is let in, "
+                             "whatever credentials it sends")
         if self.mode == "jwt" and not self.issuers and not self.basic_users:
             raise ValueError("mode 'jwt' needs at least one entry in issuers (or in basic_users)")
         names = [i.issuer for i in self.issuers]

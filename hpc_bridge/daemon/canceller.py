@@ -25,11 +25,13 @@ class Canceller:
             self._own.append(row)
 
     def send(self) -> None:
-        ctx, own = self._ctx, self._own
-        service = ctx.launchers.service
-        service.cancel_ids([*self._steps, *(row.job_id or "" for row in own if not row.run_as)])
-        ctx.launchers.helper.cancel([row for row in own if row.run_as])
+        """One scancel for the service's jobs and steps, one helper call per per-user task. What was
+        noted is dropped first: a cancel that fails is noted again by the next cycle."""
+        steps, own = self._steps, self._own
         self._steps, self._own = [], []
+        launchers = self._ctx.launchers
+        launchers.service.cancel_ids([*steps, *(row.job_id or "" for row in own if not row.run_as)])
+        launchers.helper.cancel([row for row in own if row.run_as])
 
     def _packed(self, row: TaskRow) -> list[str]:
         """A packed task is cancelled alone: its step if it runs, else a marker so that the launcher

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class Assessment:
     state: str
     message: str | None  # the state's reason, also a system log line
-    logs: list[str]  # system log lines the row does not hold yet
+    logs: list[str]  # system log lines to add (the store keeps each line once)
+    warnings: list[str]  # the record's output warnings, logged after any refused log file
     changes: dict[str, Any]  # start_time, end_time, outputs
     unconfirmed: bool  # a SYSTEM_ERROR the record may still contradict (wait for the grace period)
 
@@ -57,15 +58,16 @@ def assess(row: TaskRow, status: JobStatus | None, record: JobRecord | None, ref
     unconfirmed = (mapped.state == "SYSTEM_ERROR" and not (record and record.finished)
                    and (slurm_state is None or not still_active(slurm_state)))
     lines = [line for line in (refused, mapped.log) if line]
+    warnings: list[str] = []
     changes: dict[str, Any] = {}
     if record and record.start_time and not row.start_time:
         changes["start_time"] = record.start_time
     if mapped.state in TERMINAL:
         changes["end_time"] = min(record.end_time, now) if record and record.end_time else now
         if record:
-            lines += record.output_warnings
+            warnings = list(record.output_warnings)
             changes["outputs"] = record.outputs
-    return Assessment(mapped.state, mapped.log, lines, changes, unconfirmed)
+    return Assessment(mapped.state, mapped.log, lines, warnings, changes, unconfirmed)
 
 
 class Monitor:
@@ -92,6 +94,7 @@ class Monitor:
                 row, record, launchers.for_row(row).record_dir(row), launchers.job_uid(row),
                 ctx.config.storage.log_tail_bytes, tails=verdict.terminal)
             lines += refused_tails
+        lines += verdict.warnings
         if verdict.terminal:
             ctx.cancel_sent.difference_update({row.job_id or "", row.id})
             if record and record.step_id:

@@ -154,6 +154,8 @@ class RunStore:
             seq, old_state, cancel_requested = current
             if state is not None:
                 state = next_state(old_state, state, cancel_requested=bool(cancel_requested))
+                if state == old_state and old_state in RUN_FINAL:
+                    values.pop("end_time", None)  # already ended: its end stays what it was
                 values["state"] = state
             db.table("runs").update(seq, values)
             if (state is not None and state != old_state) or message:

@@ -213,7 +213,8 @@ class TaskStore:
         if state is not None:
             state = next_state(old_state, state, cancel_requested=bool(cancel_requested))
             if state == old_state and old_state in TERMINAL:
-                values.pop("end_time", None)  # already ended: its end stays what it was
+                for outcome in ("end_time", "executor_logs", "outputs"):  # already ended: they stay
+                    values.pop(outcome, None)
             values["state"] = state
         logs = json.loads(logs_json)
         added = [line for line in dict.fromkeys(add_logs) if line not in logs]

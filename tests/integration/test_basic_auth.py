@@ -22,7 +22,7 @@ PASSWORD = "pulsar-long-secret"
 
 @pytest.fixture
 def server(server_factory: Callable[..., ServerProcess], areas: Path) -> ServerProcess:  # noqa: F811
-    users = {name: {"password_hash": hash_password(PASSWORD + name, n=2**14)} for name in ("pulsar", "protes")}
+    users = {name: {"password_hash": hash_password(PASSWORD + name)} for name in ("pulsar", "protes")}
     return server_factory(auth={"mode": "jwt", "issuers": [], "basic_users": users},
                           storage={"owner_areas": str(areas / "users" / "{owner}")})
 

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from hpc_bridge.app import create_app
 from hpc_bridge.auth import AuthSettings
+from hpc_bridge.auth import basic as basic_module
+from hpc_bridge.auth import passwords
 from hpc_bridge.auth.passwords import check_hash, hash_password, verify_password
 from hpc_bridge.config import LimitSettings, SiteConfig
 from hpc_bridge.store import Store
@@ -23,8 +25,13 @@ from ..oidc import Issuer, claims, jwk, token
 
 BASE = "/ga4gh/tes/v1"
 TASK = {"executors": [{"image": "busybox", "command": ["true"]}]}
-FAST = {"n": 2**14}  # the weakest hash the settings accept: keeps these tests quick
+CHEAP = 2**10  # a cost these tests allow themselves (fixture `cheap`); the site's floor is 2^17
 PASSWORDS = {"pulsar": "pulsar-long-secret", "protes": "protes-long-secret"}
+
+
+@pytest.fixture(autouse=True)
+def cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(passwords, "N", CHEAP)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def idp(key: rsa.RSAPrivateKey) -> Iterator[Issuer]:
 def site(dev_config: SiteConfig, idp: Issuer, **limits: Any) -> SiteConfig:
     auth = AuthSettings.model_validate({
         "issuers": [{"issuer": idp.issuer}],
-        "basic_users": {name: {"password_hash": hash_password(pw, **FAST)} for name, pw in PASSWORDS.items()}})
+        "basic_users": {name: {"password_hash": hash_password(pw, n=CHEAP)} for name, pw in PASSWORDS.items()}})
     return dev_config.model_copy(update={"auth": auth, "limits": LimitSettings.model_validate(limits)})
 
 
@@ -56,16 +63,22 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def test_hashes_are_scrypt_and_a_plain_password_is_refused_in_the_config() -> None:
-    stored = hash_password("correct horse battery", **FAST)
-    assert check_hash(stored) == stored and stored.startswith("scrypt$16384$8$1$")
+def test_hashes_are_scrypt_and_a_plain_password_or_weak_parameters_are_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(passwords, "N", 2**17)  # the site's floor, as shipped
+    stored = hash_password("correct horse battery")
+    assert check_hash(stored) == stored and stored.startswith("scrypt$131072$8$1$")
     assert verify_password("correct horse battery", stored) and not verify_password("wrong", stored)
-    assert hash_password("same", **FAST) != hash_password("same", **FAST)  # salted
-    for bad in ("hunter2", "scrypt$1024$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 44):
+    assert verify_password("caf\u00e9-password", hash_password("cafe\u0301-password"))  # NFC, as RFC 7617 asks
+    assert hash_password("same") != hash_password("same")  # salted
+    key = "$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
+    for bad in ("hunter2", "scrypt$65536$8$1" + key, "scrypt$2097152$8$1" + key, "scrypt$131072$32$16" + key):
         with pytest.raises(ValidationError, match="scrypt"):
             AuthSettings.model_validate({"basic_users": {"pulsar": {"password_hash": bad}}})
     with pytest.raises(ValidationError, match="basic user names"):
-        AuthSettings.model_validate({"basic_users": {"a:b": {"password_hash": hash_password("x", **FAST)}}})
+        AuthSettings.model_validate({"basic_users": {"a:b": {"password_hash": stored}}})
+    with pytest.raises(ValidationError, match="mode 'jwt'"):
+        AuthSettings.model_validate({"mode": "none", "basic_users": {"pulsar": {"password_hash": stored}}})
 
 
 @pytest.mark.parametrize(("user", "password"), [("pulsar", "wrong-password-xx"), ("nobody", "pulsar-long-secret"),
@@ -121,4 +134,23 @@ def test_basic_is_refused_where_no_basic_user_is_configured(dev_config: SiteConf
                         store=Store(tmp_path / "db.sqlite")).test_client()
     resp = client.get(f"{BASE}/tasks", headers=basic("pulsar", PASSWORDS["pulsar"]))
     assert resp.status_code == 401 and "not enabled" in resp.json["msg"]
+    assert resp.headers["WWW-Authenticate"] == "Bearer"  # no Basic challenge for a scheme not offered
     assert client.get(f"{BASE}/tasks").headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_failures_are_throttled_before_the_kdf_but_a_known_good_client_goes_on(
+        client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    pulsar = basic("pulsar", PASSWORDS["pulsar"])
+    assert client.get(f"{BASE}/tasks", headers=pulsar).status_code == 200  # remembered from now on
+    checks: list[str] = []
+    real = basic_module.verify_password
+    monkeypatch.setattr(basic_module, "verify_password", lambda pw, h: checks.append(pw) or real(pw, h))
+    for i in range(basic_module.MAX_FAILURES):
+        assert client.get(f"{BASE}/tasks", headers=basic("pulsar", f"guess-{i}")).status_code == 401
+    throttled = client.get(f"{BASE}/tasks", headers=basic("pulsar", "one-more-guess"))
+    assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) >= 1
+    assert len(checks) == basic_module.MAX_FAILURES  # the throttled guess cost no KDF
+    assert client.get(f"{BASE}/tasks", headers=pulsar).status_code == 200 and len(checks) == 10
+    # a name no account can have is refused without a KDF
+    assert client.get(f"{BASE}/tasks", headers=basic("no such user!", "x")).status_code == 401
+    assert len(checks) == basic_module.MAX_FAILURES

@@ -58,13 +58,18 @@ def test_log_lines_of_two_writers_are_both_kept(dev_config: SiteConfig, tmp_path
     assert store.tasks.get(task_id).system_logs == ["first writer", "second writer", "third"]
 
 
-def test_an_ended_task_keeps_its_state_and_end_time(dev_config: SiteConfig, tmp_path: Path) -> None:
+def test_an_ended_task_keeps_its_state_end_time_and_outcome(dev_config: SiteConfig, tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     task_id = new_task(store, dev_config)
-    assert store.tasks.update(task_id, state="COMPLETE", end_time="2026-01-01T00:00:00.000000Z") == "COMPLETE"
+    outcome = {"executor_logs": [{"exit_code": 0}], "outputs": [{"url": "file:///d/a", "path": "/o/a",
+                                                                  "size_bytes": "1"}]}
+    assert store.tasks.update(task_id, state="COMPLETE", end_time="2026-01-01T00:00:00.000000Z",
+                              **outcome) == "COMPLETE"
     assert store.tasks.fail(task_id, "a late failure") == "COMPLETE"
+    assert store.tasks.update(task_id, state="SYSTEM_ERROR", executor_logs=[], outputs=[]) == "COMPLETE"
     row = store.tasks.get(task_id)
     assert (row.state, row.end_time) == ("COMPLETE", "2026-01-01T00:00:00.000000Z")
+    assert (row.executor_logs, row.outputs) == (outcome["executor_logs"], outcome["outputs"])
     assert row.system_logs == ["a late failure"]  # said, not acted on
     assert [e["state"] for e in store.tasks.events(task_id)] == ["QUEUED", "COMPLETE", "COMPLETE"]
 

@@ -49,7 +49,7 @@ def test_a_finished_job_completes_with_its_outputs_warnings_and_times() -> None:
     assert verdict.state == "COMPLETE" and verdict.terminal and not verdict.unconfirmed
     assert verdict.changes == {"start_time": "2026-01-01T00:00:00.000Z", "end_time": "2026-01-01T00:00:00.000Z",
                                "outputs": [{"url": "file:///d/a", "path": "/o/a", "size_bytes": "1"}]}
-    assert verdict.logs == ["output 1: skipped symlink /o/l"]
+    assert verdict.logs == [] and verdict.warnings == ["output 1: skipped symlink /o/l"]
 
 
 def test_the_end_time_is_never_later_than_the_daemons_clock() -> None:
