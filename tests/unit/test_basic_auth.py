@@ -14,9 +14,8 @@ from flask.testing import FlaskClient
 from pydantic import ValidationError
 
 from hpc_bridge.app import create_app
-from hpc_bridge.auth import AuthSettings
+from hpc_bridge.auth import AuthSettings, passwords
 from hpc_bridge.auth import basic as basic_module
-from hpc_bridge.auth import passwords
 from hpc_bridge.auth.passwords import check_hash, hash_password, verify_password
 from hpc_bridge.config import LimitSettings, SiteConfig
 from hpc_bridge.store import Store
