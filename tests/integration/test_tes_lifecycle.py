@@ -86,7 +86,7 @@ def test_cancel_queued_and_running_tasks_removes_their_jobs(tes_client: tes.HTTP
     queued = tes_client.create_task(tes.Task(executors=[sh("true")],
                                              resources=tes.Resources(cpu_cores=os.cpu_count())))
     deadline = time.monotonic() + 30
-    while not (t := tes_client.get_task(queued, view="FULL")).logs:
+    while not (t := tes_client.get_task(queued, view="FULL")).logs[0].metadata:  # a Slurm job id
         assert time.monotonic() < deadline, "queued task was never submitted"
         time.sleep(0.3)
     assert tes_client.get_task(queued).state == "QUEUED"
