@@ -24,6 +24,7 @@ def test_the_sets_match_the_tes_states_and_the_helpers_copy() -> None:
     assert lifecycle.LIVE < lifecycle.ACTIVE and not lifecycle.ACTIVE & lifecycle.TERMINAL
     assert lifecycle.RUN_FINAL == lifecycle.TERMINAL - {"PREEMPTED"}
     assert helper.TERMINAL_STATES == lifecycle.TERMINAL  # the root helper imports nothing of ours
+    assert helper.ENGINE_STATES == lifecycle.LIVE - {"QUEUED"}  # runs whose engine it may (re)start
 
 
 @pytest.mark.parametrize(("current", "proposed", "cancel", "stored"), [
