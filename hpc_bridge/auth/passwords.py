@@ -35,32 +35,39 @@ def hash_password(password: str, *, n: int = N) -> str:
     return f"scrypt${n}${R}${P}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
 
 
+def _parse(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """(N, r, p, salt, key) of a stored hash, or None when it is not one."""
+    match = _FORMAT.fullmatch(stored)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2]), int(match[3]), base64.b64decode(match[4]), base64.b64decode(match[5])
+
+
 def cost(stored: str) -> int:
     """N of a stored hash (checked by `check_hash`)."""
-    match = _FORMAT.fullmatch(stored)
-    return int(match[1]) if match else N
+    parsed = _parse(stored)
+    return parsed[0] if parsed else N
 
 
 def check_hash(stored: str) -> str:
     """The stored form, or ValueError: a plain password (or anything else) is never accepted."""
-    match = _FORMAT.fullmatch(stored)
-    if match is None:
+    parsed = _parse(stored)
+    if parsed is None:
         raise ValueError("must be an scrypt hash made by `hpc-bridge auth hash-password`, never a password")
-    n, r, p = (int(match[i]) for i in (1, 2, 3))
+    n, r, p, salt, key = parsed
     if not N <= n <= MAX_N or n & (n - 1) or (r, p) != (R, P):
         raise ValueError(f"scrypt parameters must be N a power of two from {N} to {MAX_N}, r={R}, p={P}")
-    if len(base64.b64decode(match[4])) < 16 or len(base64.b64decode(match[5])) != _KEY_BYTES:
+    if len(salt) < 16 or len(key) != _KEY_BYTES:
         raise ValueError("scrypt hash has a short salt or a key of the wrong length")
     return stored
 
 
 def verify_password(password: str, stored: str) -> bool:
-    match = _FORMAT.fullmatch(stored)
-    if match is None:
+    parsed = _parse(stored)
+    if parsed is None:
         return False
-    n, r, p = (int(match[i]) for i in (1, 2, 3))
-    key = _derive(password, base64.b64decode(match[4]), n, r, p)
-    return hmac.compare_digest(key, base64.b64decode(match[5]))
+    n, r, p, salt, key = parsed
+    return hmac.compare_digest(_derive(password, salt, n, r, p), key)
 
 
 def dummy_hash(n: int) -> str:

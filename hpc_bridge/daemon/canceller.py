@@ -30,7 +30,7 @@ class Canceller:
         steps, own = self._steps, self._own
         self._steps, self._own = [], []
         launchers = self._ctx.launchers
-        launchers.service.cancel_ids([*steps, *(row.job_id or "" for row in own if not row.run_as)])
+        launchers.service.cancel([row for row in own if not row.run_as], steps=steps)
         launchers.helper.cancel([row for row in own if row.run_as])
 
     def _packed(self, row: TaskRow) -> list[str]:

@@ -102,11 +102,9 @@ class ServiceLauncher:
     def submit(self, ready: Prepared) -> str:
         return self._slurm.submit(ready.script, workdir=ready.script.parent)
 
-    def cancel(self, rows: Sequence[TaskRow]) -> None:
-        self.cancel_ids([row.job_id for row in rows if row.job_id])
-
-    def cancel_ids(self, ids: Sequence[str]) -> None:
-        """One scancel for jobs and job steps (`JOB.STEP`) alike."""
+    def cancel(self, rows: Sequence[TaskRow], *, steps: Sequence[str] = ()) -> None:
+        """One scancel for the rows' jobs and the `steps` (`JOB.STEP`: packed tasks, cancelled alone)."""
+        ids = [*steps, *(row.job_id for row in rows if row.job_id)]
         if not ids:
             return
         try:

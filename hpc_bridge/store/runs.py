@@ -97,7 +97,7 @@ class RunStore:
                 "workflow": workflow, "run_as": run_as,
             })
             db.table("run_events").insert({"run_id": id, "time": stamp, "state": "QUEUED",
-                                     "message": "created"})
+                                           "message": "created"})
         row = self.get(id)
         assert row is not None
         return row
@@ -154,13 +154,13 @@ class RunStore:
             seq, old_state, cancel_requested = current
             if state is not None:
                 state = next_state(old_state, state, cancel_requested=bool(cancel_requested))
-                if state == old_state and old_state in RUN_FINAL:
+                if old_state in RUN_FINAL:  # next_state kept it
                     values.pop("end_time", None)  # already ended: its end stays what it was
                 values["state"] = state
             db.table("runs").update(seq, values)
             if (state is not None and state != old_state) or message:
                 db.table("run_events").insert({"run_id": run_id, "time": stamp, "state": state or old_state,
-                                         "message": message})
+                                               "message": message})
             return state or old_state
 
     def add_system_log(self, run_id: str, line: str) -> None:
@@ -169,7 +169,7 @@ class RunStore:
             if row is None:
                 raise KeyError(run_id)
             db.table("runs").update(row[0], {"system_logs": json.dumps([*json.loads(row[1]), line]),
-                                       "updated_at": now_iso()})
+                                             "updated_at": now_iso()})
 
     def request_cancel(self, run_id: str) -> str:
         """Atomically mark a run for cancellation unless it already ended; returns its state."""
@@ -183,7 +183,7 @@ class RunStore:
             stamp = now_iso()
             db.table("runs").update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})
             db.table("run_events").insert({"run_id": run_id, "time": stamp, "state": "CANCELING",
-                                     "message": "cancel requested"})
+                                           "message": "cancel requested"})
             return "CANCELING"
 
     def events(self, run_id: str) -> builtins.list[dict[str, Any]]:

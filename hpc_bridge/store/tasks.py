@@ -212,7 +212,7 @@ class TaskStore:
             state = failure_state(cancel_requested=bool(cancel_requested))
         if state is not None:
             state = next_state(old_state, state, cancel_requested=bool(cancel_requested))
-            if state == old_state and old_state in TERMINAL:
+            if old_state in TERMINAL:  # next_state kept it
                 for outcome in ("end_time", "executor_logs", "outputs"):  # already ended: they stay
                     values.pop(outcome, None)
             values["state"] = state
@@ -223,7 +223,7 @@ class TaskStore:
         db.table("tasks").update(seq, values)
         if (state is not None and state != old_state) or message:
             db.table("events").insert({"task_id": task_id, "time": stamp,
-                                 "state": state or old_state, "message": message})
+                                       "state": state or old_state, "message": message})
         return state or old_state
 
     def request_cancel(self, task_id: str) -> str:
@@ -238,7 +238,7 @@ class TaskStore:
             stamp = now_iso()
             db.table("tasks").update(seq, {"cancel_requested": 1, "state": "CANCELING", "updated_at": stamp})
             db.table("events").insert({"task_id": task_id, "time": stamp, "state": "CANCELING",
-                                 "message": "cancel requested"})
+                                       "message": "cancel requested"})
             return "CANCELING"
 
     def events(self, task_id: str) -> builtins.list[dict[str, Any]]:

@@ -4,7 +4,6 @@ token, and an owner like any other (tenancy, limits) next to bearer tokens."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from hpc_bridge.auth.passwords import check_hash, hash_password, verify_password
 from hpc_bridge.config import LimitSettings, SiteConfig
 from hpc_bridge.store import Store
 
-from ..oidc import Issuer, claims, jwk, token
+from ..oidc import Issuer, claims, token
+from .test_tenancy_api import idp, key  # noqa: F401 - fixtures
 
 BASE = "/ga4gh/tes/v1"
 TASK = {"executors": [{"image": "busybox", "command": ["true"]}]}
@@ -31,19 +31,6 @@ PASSWORDS = {"pulsar": "pulsar-long-secret", "protes": "protes-long-secret"}
 @pytest.fixture(autouse=True)
 def cheap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(passwords, "N", CHEAP)
-
-
-@pytest.fixture(scope="module")
-def key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture
-def idp(key: rsa.RSAPrivateKey) -> Iterator[Issuer]:
-    server = Issuer()
-    server.jwks = {"keys": [jwk(key, "rsa-1")]}
-    yield server
-    server.close()
 
 
 def site(dev_config: SiteConfig, idp: Issuer, **limits: Any) -> SiteConfig:
