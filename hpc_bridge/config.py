@@ -238,6 +238,49 @@ class HttpInputSettings(_Strict):
     allowed_networks: list[str] = Field(default_factory=list)
 
 
+class S3Bucket(_Strict):
+    """One bucket of an S3-compatible store (AWS, Ceph RGW, MinIO), or every bucket of an endpoint
+    (`name: "*"`). A task reads only keys under `read` and writes only under `write`: key prefixes
+    where `{owner}` is the owner's directory name (as in `storage.owner_areas`), so one site
+    credential still keeps owners apart; "" is the whole bucket. Credentials: `profile` (or, for
+    one owner, `owner_profiles[owner]`) of `storage.s3.credentials_file`; neither: boto3's own
+    chain (environment, instance role) of the daemon; `anonymous`: unsigned (public data)."""
+
+    name: Annotated[str, Field(pattern=r"^(\*|[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])$")]
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://[^/?#@]+/?$")] | None = None
+    region: str | None = None
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    profile: str | None = None
+    owner_profiles: dict[str, str] = Field(default_factory=dict)
+    anonymous: bool = False
+    read: list[str] = Field(default_factory=lambda: ["{owner}/"])
+    write: list[str] = Field(default_factory=lambda: ["{owner}/"])
+
+    @field_validator("read", "write")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if prefix.replace("{owner}", "").count("{") or prefix.count("{owner}") > 1 or prefix.startswith("/"):
+                raise ValueError(f"{prefix!r}: a key prefix, with at most one {{owner}} and no leading /")
+        return value
+
+
+class S3Settings(_Strict):
+    """`s3://bucket/key` inputs and outputs, moved by the daemon on the login node (compute nodes
+    are often offline): inputs are downloaded before the job is submitted, outputs uploaded after
+    it ends, the task staying RUNNING meanwhile. Caps as for http: `max_bytes` per object,
+    `timeout` per input or output."""
+
+    enabled: bool = False
+    credentials_file: Path | None = None  # AWS shared-credentials format; readable by the daemon only
+    buckets: list[S3Bucket] = Field(default_factory=list)
+    max_bytes: Annotated[int, Field(ge=1)] = 100 * 1024**3
+    timeout: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    part_size: Annotated[int, Field(ge=5 * 1024**2)] = 64 * 1024**2
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+
+
 class SharedArea(_Strict):
     """A part of the data roots every owner's tasks may read (reference data), and write if
     `writable`: there an output never replaces an existing file, whoever wrote it."""
@@ -275,6 +318,7 @@ class StorageSettings(_Strict):
     work_retention_hours: Annotated[float, Field(ge=0)] | None = 168.0
     max_content_bytes: Annotated[int, Field(ge=0)] = 16 * 1024**2
     http: HttpInputSettings = HttpInputSettings()
+    s3: S3Settings = S3Settings()
     # The Python 3.8+ that runs the output collector on the compute node (a bare name is looked up
     # on the job's PATH). The collector is one stdlib-only file, copied into each work area, so the
     # compute nodes need nothing of hpc-bridge's own install.

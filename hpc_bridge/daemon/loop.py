@@ -24,6 +24,7 @@ from hpc_bridge.daemon.launcher import Launchers, Prepared
 from hpc_bridge.daemon.monitor import Monitor
 from hpc_bridge.daemon.stager import Stager
 from hpc_bridge.daemon.submitter import Submitter
+from hpc_bridge.daemon.uploader import Uploader
 from hpc_bridge.lifecycle import ACTIVE
 from hpc_bridge.slurm import pack
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
@@ -58,9 +59,10 @@ class Daemon:
         cancel_sent: set[str] = set()
         self._ctx = ctx = Context(config, store, slurm, pool, Launchers(config, slurm, pool, cancel_sent),
                                   threading.Event(), threading.Event(), cancel_sent)
-        self.stager = Stager(ctx)
-        self.submitter = Submitter(ctx, self.stager, Schemes(config, RunStore(store).owner_of))
-        self.monitor = Monitor(ctx)
+        schemes = Schemes(config, RunStore(store).owner_of)
+        self.stager = Stager(ctx, schemes)
+        self.submitter = Submitter(ctx, self.stager, schemes)
+        self.monitor = Monitor(ctx, Uploader(ctx, schemes))
         self.canceller = Canceller(ctx)
         self.janitor = Janitor(ctx)
         self._last_cleanup = 0.0

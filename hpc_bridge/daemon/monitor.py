@@ -10,6 +10,7 @@ from typing import Any
 
 from hpc_bridge.daemon.context import Context
 from hpc_bridge.daemon.jobfiles import executor_logs
+from hpc_bridge.daemon.uploader import Uploader
 from hpc_bridge.lifecycle import TERMINAL
 from hpc_bridge.slurm.client import JobStatus
 from hpc_bridge.slurm.record import JobRecord
@@ -71,8 +72,9 @@ def assess(row: TaskRow, status: JobStatus | None, record: JobRecord | None, ref
 
 
 class Monitor:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, uploader: Uploader) -> None:
         self._ctx = ctx
+        self._uploader = uploader
         self._unconfirmed: dict[str, float] = {}  # task id -> when its job ended without a full record
 
     def update(self, row: TaskRow, status: JobStatus | None) -> None:
@@ -86,6 +88,13 @@ class Monitor:
             if time.monotonic() - first < ctx.config.monitor.record_grace:
                 return  # the record may still be on its way through the shared filesystem
         self._unconfirmed.pop(row.id, None)
+        if verdict.state == "COMPLETE" and (upload := self._uploader.outcome(row)) is not None:
+            if not upload.done:
+                return  # RUNNING until the outputs have reached object storage
+            if upload.error:
+                verdict = dataclasses.replace(verdict, state="SYSTEM_ERROR", message=upload.error,
+                                              logs=[*verdict.logs, upload.error],
+                                              changes={**verdict.changes, "outputs": []})
         changes = dict(verdict.changes)
         lines = list(verdict.logs)
         launchers = ctx.launchers

@@ -9,15 +9,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from hpc_bridge.containers.cache import ImageCache, PullError
 from hpc_bridge.containers.images import RegistryImage
 from hpc_bridge.daemon.context import Context
-from hpc_bridge.staging import http
+from hpc_bridge.staging.schemes import Schemes, TransferError
 from hpc_bridge.staging.workarea import WorkArea
 from hpc_bridge.store import TaskRow
 from hpc_bridge.tes.jobspec import Download, JobPlan
 
 
 class Stager:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, schemes: Schemes) -> None:
         self._ctx = ctx
+        self._schemes = schemes
         self.images = ImageCache(ctx.config.apptainer)
         # Image pulls and downloads can take minutes: their own pool, so submissions go on meanwhile.
         self._pool = ThreadPoolExecutor(ctx.config.apptainer.pull_parallelism + 2, "hpc-bridge-stage")
@@ -33,7 +34,7 @@ class Stager:
         """True once the task's images are in the cache and its downloads are in its work area.
         A failed staging fails the task."""
         pulls = [img for img in plan.pulls if not self.images.is_cached(img)]
-        downloads = [d for d in plan.downloads if not area.is_file(area.relative(d.dest))]
+        downloads = [d for d in plan.downloads if not area.exists(area.relative(d.dest))]
         future = self._staging.get(row.id)
         if future is None:
             if not pulls and not downloads:
@@ -42,7 +43,7 @@ class Stager:
                        for img in pulls), *(f"downloading input {d.url}" for d in downloads)]
             # The work area is known from now on, so it is cleaned up even if staging fails.
             self._ctx.store.tasks.update(row.id, workdir=str(area.path), add_logs=lines, message=lines[0])
-            future = self._pool.submit(self._stage, row.id, area, pulls, downloads)
+            future = self._pool.submit(self._stage, row, area, pulls, downloads)
             future.add_done_callback(lambda _: self._ctx.wake.set())
             self._staging[row.id] = future
             return False
@@ -52,26 +53,26 @@ class Stager:
         exc = future.exception()
         if exc is None:
             return True
-        if isinstance(exc, (PullError, http.DownloadError)):
+        if isinstance(exc, (PullError, TransferError)):
             self._ctx.fail(row, str(exc))
         else:
             self._ctx.fail(row, f"internal error while preparing inputs: {type(exc).__name__}: {exc}")
         return False
 
-    def _stage(self, task_id: str, area: WorkArea, pulls: list[RegistryImage],
+    def _stage(self, row: TaskRow, area: WorkArea, pulls: list[RegistryImage],
                downloads: list[Download]) -> None:
         for image in pulls:
             self.images.ensure(image)
         if not downloads:
             return
         # Downloaded into a directory only the daemon can reach, then renamed into the work area.
-        private = self._ctx.config.storage.work_root / ".staging" / task_id
+        private = self._ctx.config.storage.work_root / ".staging" / row.id
         private.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             area.create()
             for i, item in enumerate(downloads):
                 temp = private / str(i)
-                http.download(item.url, temp, self._ctx.config.storage.http)
+                self._schemes.for_url(item.url).download(item.url, temp, item.type, row.owner)
                 area.move_in(temp, area.relative(item.dest))
         finally:
             shutil.rmtree(private, ignore_errors=True)

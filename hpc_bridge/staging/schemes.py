@@ -1,10 +1,11 @@
 """URL schemes for task inputs and outputs: what each one supports, and how its data reaches a job.
 
 A scheme turns an input URL into an `InputSource` (a host path to bind, link or copy, or a URL the
-daemon downloads before submission) and an output URL into a host destination. The built-in ones
-are `file` (inside the site's data roots) and `http`/`https` (inputs only); more (`s3`, `drs`, ...)
-plug in through the `hpc_bridge.schemes` entry-point group, each entry a callable
-`(SiteConfig) -> Scheme`, without touching the core. Every call names the task's owner, whose
+daemon downloads before submission) and an output URL into a host destination (or into an upload
+the daemon makes after the job). The built-in ones are `file` (inside the site's data roots) and
+`http`/`https` (inputs only); more plug in through the `hpc_bridge.schemes` entry-point group, each
+entry a callable `(SiteConfig) -> Scheme | None` (None: not enabled at this site), without touching
+the core: this package's own `s3` (`staging/s3.py`) is one. Every call names the task's owner, whose
 areas (`staging.areas`) bound what a `file` URL may reach. The same list feeds service-info `storage`
 and the 400 for an unsupported URL, so the two can never disagree.
 """
@@ -12,6 +13,7 @@ and the 400 for an unsupported URL, so the two can never disagree.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -29,6 +31,11 @@ FILE, DIRECTORY = "FILE", "DIRECTORY"
 
 class SchemeError(ValueError):
     """A URL this site cannot use; the message says why (it becomes a 400)."""
+
+
+class TransferError(Exception):
+    """A download or upload by the daemon that failed; the message names the URL (never any
+    credentials) and the reason, for the task's system logs."""
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,32 @@ class Scheme(Protocol):
 
     def input(self, url: str, declared_type: str | None, owner: str) -> InputSource: ...
 
-    def output(self, url: str, owner: str) -> str:
-        """The host path an output is copied to (inside the job)."""
+    def output(self, url: str, owner: str, *, directory: bool = False) -> str | None:
+        """The host path an output is copied to (inside the job), or None: the job leaves it in
+        the work area and the daemon `upload`s it once the job has ended."""
+        ...
+
+    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
+        """An input of `how="download"`, into the new file or directory `dest`."""
+        ...
+
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+        """An output `output` answered None for: (relative path, open descriptor) pairs, all or
+        nothing; the bytes sent."""
         ...
 
 
-class FileScheme:
+class _NoTransfers:
+    """For schemes whose data the job itself reads and writes: the daemon never moves any."""
+
+    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
+        raise TransferError(f"{url!r}: not downloaded by the service")
+
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+        raise TransferError(f"{url!r}: not uploaded by the service")
+
+
+class FileScheme(_NoTransfers):
     """`file:///path` and bare absolute paths, inside the owner's areas of the data roots only."""
 
     names: tuple[str, ...] = ("file",)
@@ -99,7 +126,7 @@ class FileScheme:
             raise SchemeError(f"{url!r} is a {actual.lower()}, but the input says type {declared_type}")
         return InputSource(self._how, real, actual)
 
-    def output(self, url: str, owner: str) -> str:
+    def output(self, url: str, owner: str, *, directory: bool = False) -> str:
         real = resolve_destination(self.host_path(url), self._roots)
         if real is None or self._areas.area_of(real, owner, write=True) is None:
             raise SchemeError(f"{url!r} is outside {self._areas.describe(owner, write=True)}")
@@ -126,8 +153,17 @@ class HttpScheme:
             raise SchemeError(str(exc)) from None
         return InputSource("download", url, FILE)
 
-    def output(self, url: str, owner: str) -> str:
+    def output(self, url: str, owner: str, *, directory: bool = False) -> str:
         raise SchemeError(f"{url!r}: http(s) is read-only here; outputs go to file:// URLs")
+
+    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
+        try:
+            http.download(url, dest, self._settings)
+        except http.DownloadError as exc:
+            raise TransferError(str(exc)) from None
+
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+        raise TransferError(f"{url!r}: http(s) is read-only here")
 
 
 def load_schemes(config: SiteConfig, areas: AreaPolicy) -> dict[str, Scheme]:
@@ -136,7 +172,8 @@ def load_schemes(config: SiteConfig, areas: AreaPolicy) -> dict[str, Scheme]:
     if config.storage.http.enabled:
         handlers.append(HttpScheme(config))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        handlers.append(ep.load()(config))
+        if (handler := ep.load()(config)) is not None:  # None: not enabled at this site
+            handlers.append(handler)
     return {name: h for h in handlers for name in h.names}
 
 

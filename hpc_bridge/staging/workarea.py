@@ -9,6 +9,7 @@ work area is filled while it still belongs to the daemon and handed to the job u
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -107,21 +108,55 @@ class WorkArea:
         with self._dir(parent) as dfd:
             return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
 
-    def is_file(self, rel: str) -> bool:
+    def exists(self, rel: str) -> bool:
+        """A regular file or a real directory at `rel` (a symlink is neither)."""
         parent, name = os.path.split(rel)
         try:
             with self._dir(parent) as dfd:
-                return stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+                mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
         except OSError:
             return False
+        return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
     def move_in(self, source: Path, rel: str) -> None:
-        """Rename a file the daemon prepared elsewhere (same filesystem) to `rel`, then hand it over."""
+        """Rename a file or tree the daemon prepared elsewhere (same filesystem, private to the
+        daemon, so nothing in it can be swapped meanwhile) to `rel`, handed over first."""
+        if self._owner:
+            for top, dirs, files in os.walk(source):
+                for name in [*dirs, *files]:
+                    os.chown(os.path.join(top, name), *self._owner, follow_symlinks=False)
+            os.chown(source, *self._owner, follow_symlinks=False)
         parent, name = os.path.split(rel)
         with self._dir(parent, create=True) as dfd:
             os.rename(source, name, dst_dir_fd=dfd)
-            if self._owner:
-                os.chown(name, *self._owner, dir_fd=dfd, follow_symlinks=False)
+
+    def files(self, rel: str) -> Iterator[tuple[str, int]]:
+        """The regular files at `rel` (itself a file: one pair with path "") as (path relative to
+        `rel`, open descriptor; the caller closes it), walked without following any symlink.
+        Symlinks and special files are skipped, and so are files that are not the job user's own
+        or have other links: a job could otherwise have the daemon read what the job user cannot."""
+        parent, name = os.path.split(rel)
+        with self._dir(parent) as dfd:
+            yield from self._walk(dfd, name, "")
+
+    def _walk(self, dfd: int, name: str, path: str) -> Iterator[tuple[str, int]]:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink
+                return
+            raise
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                for entry in sorted(os.listdir(fd)):
+                    yield from self._walk(fd, entry, f"{path}/{entry}" if path else entry)
+            finally:
+                os.close(fd)
+        elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and (not self._owner or st.st_uid == self._owner[0]):
+            yield path, fd
+        else:
+            os.close(fd)
 
     def relative(self, path: str) -> str:
         """A path the planner gave (absolute, inside the area) -> relative to the area."""

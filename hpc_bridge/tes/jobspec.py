@@ -18,10 +18,13 @@ from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_imag
 from hpc_bridge.jobside.collect import Manifest, OutputSpec, manifest_json
 from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
 from hpc_bridge.slurm.timelimit import gpu_count, minutes, node_count
+from hpc_bridge.staging.areas import Area
 from hpc_bridge.staging.schemes import SchemeError, Schemes
-from hpc_bridge.tes.models import NAME_MAX, FileType, Resources, Task
+from hpc_bridge.tes.models import NAME_MAX, FileType, Output, Resources, Task
 
 FLAG_PARAMETERS = {"exclusive"}
+# Where the job leaves outputs the daemon uploads after it (object storage), one entry per output index.
+UPLOADS = "uploads"
 TRUE_VALUES = {"", "true", "yes", "1"}
 # Backend parameters choosing whose allocation (and which nodes) a job uses -> the limit listing
 # the names a task may choose.
@@ -42,6 +45,7 @@ class Download:
 
     url: str
     dest: str
+    type: str  # FILE or DIRECTORY
 
 
 @dataclass
@@ -240,6 +244,11 @@ def _covering(container_path: str, binds: list[Bind]) -> Bind | None:
     return best
 
 
+def is_tree_output(out: Output) -> bool:
+    """A DIRECTORY or a wildcard: its URL is the base of many files."""
+    return out.type == FileType.DIRECTORY or _wildcard(out.path)
+
+
 def _wildcard(path: str) -> bool:
     return any(c in path for c in "*?[")
 
@@ -314,7 +323,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             raise InvalidTask(f"{where}.url", str(exc)) from None
         input_types.append(source.type)
         if source.how == "download":
-            downloads.append(Download(item.url, host))
+            downloads.append(Download(item.url, host, source.type))
         else:
             checks.append(InputCheck(i, source.source, source.how,
                                      None if source.how == "bind" else host))
@@ -324,12 +333,15 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         directories.append(f"{workdir}/inputs")
 
     outputs: list[OutputSpec] = []
+    uploads = f"{workdir}/{UPLOADS}"
     for i, out in enumerate(task.outputs or []):
         where = f"outputs[{i}]"
         try:
-            dest = schemes.for_url(out.url).output(out.url, owner)
+            dest = schemes.for_url(out.url).output(out.url, owner, directory=is_tree_output(out))
         except SchemeError as exc:
             raise InvalidTask(f"{where}.url", str(exc)) from None
+        if dest is None:  # the job leaves it in the work area, the daemon uploads it afterwards
+            dest = f"{uploads}/{i}"
         if len(dest.encode()) >= 4096 or any(len(p.encode()) > NAME_MAX for p in dest.split("/")):
             raise InvalidTask(f"{where}.url", f"path too long for a file system ({len(dest)} characters, "
                                               f"or a component longer than {NAME_MAX} bytes)")
@@ -413,8 +425,13 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         # owner may write (where `keep` areas never have an existing file replaced).
         areas = {a.path: a for out in outputs
                  if (a := schemes.areas.area_of(out.dest, owner, write=True)) is not None}
+        dest_roots = [str(r) for r in config.storage.data_roots]
+        if any(out.dest.startswith(uploads + "/") for out in outputs):
+            directories.append(uploads)
+            dest_roots.append(uploads)
+            areas[uploads] = Area(uploads)
         files[manifest] = manifest_json(Manifest(
-            workdir=workdir, outputs=tuple(outputs), roots=tuple(str(r) for r in config.storage.data_roots),
+            workdir=workdir, outputs=tuple(outputs), roots=tuple(dest_roots),
             areas=tuple(sorted(areas)), keep=tuple(sorted(path for path, a in areas.items() if a.keep))))
         collector = f"{workdir}/collect_outputs.py"
         files[collector] = collector_source()

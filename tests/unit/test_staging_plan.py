@@ -103,7 +103,7 @@ def test_copy_and_hardlink_happen_in_the_job(config: SiteConfig, data: Path) -> 
 
 def test_http_inputs_are_downloaded_before_submission(config: SiteConfig) -> None:
     p = plan(config, inputs=[{"url": "https://example.org/reads.fq", "path": "/in/reads.fq"}])
-    assert p.downloads == [Download("https://example.org/reads.fq", f"{WORK}/inputs/0")]
+    assert p.downloads == [Download("https://example.org/reads.fq", f"{WORK}/inputs/0", "FILE")]
     assert binds(p) == [f"{WORK}/inputs/0:/in/reads.fq:ro"]
     refused(config, "inputs[0].url", inputs=[{"url": "http://127.0.0.1:8080/x", "path": "/in/x"}])
     refused(config, "inputs[0].url", inputs=[{"url": "https://example.org/d", "path": "/d", "type": "DIRECTORY"}])

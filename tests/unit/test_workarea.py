@@ -18,7 +18,7 @@ def test_files_and_directories_are_created_and_handed_over_last(tmp_path: Path) 
     area.hand_over()
     assert (area.path / "inputs" / "0").read_text() == "content"
     assert area.path.stat().st_mode & 0o777 == 0o700
-    assert area.is_file("inputs/0") and not area.is_file("volumes/0")
+    assert area.exists("inputs/0") and area.exists("volumes/0") and not area.exists("volumes/1")
 
 
 @pytest.mark.parametrize("planted", ["inputs", "inputs/0"])
@@ -37,7 +37,7 @@ def test_a_planted_symlink_is_refused_not_followed(tmp_path: Path, planted: str)
         area.write("inputs/0", "pwned")
     assert (target / "passwd").read_text() == "root:x:0:0\n"
     assert sorted(p.name for p in target.iterdir()) == ["passwd"]
-    assert not area.is_file("inputs/0")
+    assert not area.exists("inputs/0")
 
 
 def test_a_work_area_that_is_a_symlink_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,288 @@
+"""`s3://bucket/key` inputs and outputs (AWS, Ceph RGW, MinIO), moved by the daemon with boto3.
+
+A user's URL picks a bucket the site configured (`storage.s3.buckets`) and a key under that
+bucket's read or write prefixes for the task's owner; never an endpoint: every address the daemon
+connects to here is the site's own choice, so the http address policy has nothing to decide.
+Credentials stay in the daemon, never in a batch script, a task or a log. The transfers run on
+the login node (compute nodes are often offline): inputs before the job is submitted, outputs after
+it ends, both streaming with boto3's multipart transfers and the caps of `storage.s3`.
+
+Nothing partial is left behind: a download lands in the daemon's private staging directory and is
+renamed into the work area only when complete; a failed upload's multipart upload is aborted
+(boto3) and the objects a directory output already sent are deleted again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.session
+from boto3.s3.transfer import TransferConfig
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from hpc_bridge.config import S3Bucket, S3Settings, SiteConfig
+from hpc_bridge.staging.areas import owner_key
+from hpc_bridge.staging.schemes import DIRECTORY, FILE, InputSource, SchemeError, TransferError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MAX_KEY_BYTES = 1024  # S3's own limit
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken",
+           "ExpiredToken", "AllAccessDisabled"}
+
+
+@dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def below(self) -> str:
+        """The key prefix of the objects of a directory (or of a wildcard output) at this URL."""
+        return self.key.rstrip("/") + "/" if self.key.strip("/") else ""
+
+
+def parse(url: str) -> S3Url:
+    """Keys are taken literally (as the aws CLI does); only the forms that different stores would
+    read differently are refused: empty, `.` and `..` segments, control characters."""
+    if not url[:5].lower() == "s3://":
+        raise SchemeError(f"{url!r}: not an s3:// URL")
+    bucket, _, key = url[5:].partition("/")
+    if not bucket or any(c in bucket for c in "@:?#[]") or bucket != bucket.lower():
+        raise SchemeError(f"{url!r}: an s3 URL is s3://bucket/key, with a plain bucket name (no port, "
+                          "credentials or capitals)")
+    if "?" in key or "#" in key:
+        raise SchemeError(f"{url!r}: s3 URLs cannot have a query or fragment")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise SchemeError(f"{url!r}: control characters are not allowed in keys")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise SchemeError(f"{url!r}: the key is longer than S3's {MAX_KEY_BYTES} bytes")
+    segments = key.rstrip("/").split("/") if key.strip("/") else []
+    if any(s in ("", ".", "..") for s in segments) or key.startswith("/"):
+        raise SchemeError(f"{url!r}: empty, '.' and '..' segments are not allowed in keys")
+    return S3Url(bucket, key)
+
+
+class S3Policy:
+    """Which configured bucket a URL names and whether the owner may read or write its key: pure,
+    so a refused URL is a 400 when the task is created."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self._exact = {b.name: b for b in settings.buckets if b.name != "*"}
+        self._any = next((b for b in settings.buckets if b.name == "*"), None)
+
+    def bucket(self, name: str) -> S3Bucket | None:
+        return self._exact.get(name, self._any)
+
+    def names(self) -> list[str]:
+        return [*self._exact, *(["*"] if self._any else [])]
+
+    @staticmethod
+    def prefixes(bucket: S3Bucket, owner: str, *, write: bool) -> list[str]:
+        return [p.replace("{owner}", owner_key(owner)) for p in (bucket.write if write else bucket.read)]
+
+    def check(self, url: str, owner: str, *, write: bool, directory: bool) -> tuple[S3Url, S3Bucket]:
+        parsed = parse(url)
+        bucket = self.bucket(parsed.bucket)
+        if bucket is None:
+            raise SchemeError(f"{url!r}: bucket {parsed.bucket!r} is not one this service can use "
+                              f"(configured: {', '.join(self.names()) or 'none'})")
+        key = parsed.below() if directory else parsed.key
+        if not directory and (not key or key.endswith("/")):
+            raise SchemeError(f"{url!r}: a FILE needs an object key (a key ending in / is a DIRECTORY)")
+        allowed = self.prefixes(bucket, owner, write=write)
+        if not any(key.startswith(p) for p in allowed):
+            shown = ", ".join(f"s3://{parsed.bucket}/{p}" for p in allowed) or "nothing"
+            raise SchemeError(f"{url!r}: this task's owner may {'write' if write else 'read'} only under {shown}")
+        return parsed, bucket
+
+
+class _Progress:
+    """boto3's progress callback, which also enforces the caps: raising here stops the transfer."""
+
+    def __init__(self, url: S3Url, max_bytes: int, deadline: float) -> None:
+        self._url, self._max, self._deadline = url, max_bytes, deadline
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self.total += amount
+            if self.total > self._max:
+                raise TransferError(f"{self._url}: larger than the maximum of {self._max} bytes")
+            if time.monotonic() > self._deadline:
+                raise TransferError(f"{self._url}: not done within the time limit")
+
+
+class S3Scheme:
+    names: tuple[str, ...] = ("s3",)
+
+    def __init__(self, settings: S3Settings, *, uploads: bool = True) -> None:
+        """`uploads`: False under per-user execution, where the daemon (the service account) cannot
+        read the private work areas that outputs are left in."""
+        self._settings = settings
+        self._uploads = uploads
+        self.policy = S3Policy(settings)
+        self._clients: dict[tuple[str, str | None], S3Client] = {}
+        self._lock = threading.Lock()
+        self._transfer = TransferConfig(multipart_threshold=settings.part_size,
+                                        multipart_chunksize=settings.part_size,
+                                        max_concurrency=settings.concurrency)
+
+    def locations(self) -> list[str]:
+        return [f"s3://{name}/" for name in self.policy.names()]
+
+    # -- checks when a task is created (no network)
+
+    def input(self, url: str, declared_type: str | None, owner: str) -> InputSource:
+        directory = declared_type == DIRECTORY
+        self.policy.check(url, owner, write=False, directory=directory)
+        return InputSource("download", url, DIRECTORY if directory else FILE)
+
+    def output(self, url: str, owner: str, *, directory: bool = False) -> str | None:
+        if not self._uploads:
+            raise SchemeError(f"{url!r}: s3 outputs are not available with per-user execution (run_as) "
+                              "on this service yet; write to a file:// URL")
+        self.policy.check(url, owner, write=True, directory=directory)
+        return None  # uploaded by the daemon from the work area once the job has ended
+
+    # -- transfers (daemon, login node)
+
+    def client(self, bucket: S3Bucket, owner: str) -> S3Client:
+        profile = bucket.owner_profiles.get(owner, bucket.profile)
+        with self._lock:
+            key = (bucket.name, profile)
+            if key not in self._clients:
+                self._clients[key] = self._new_client(bucket, profile)
+            return self._clients[key]
+
+    def _new_client(self, bucket: S3Bucket, profile: str | None) -> S3Client:
+        core = botocore.session.Session()
+        if self._settings.credentials_file:
+            core.set_config_variable("credentials_file", str(self._settings.credentials_file))
+        if profile:
+            core.set_config_variable("profile", profile)
+        config = Config(connect_timeout=self._settings.connect_timeout, read_timeout=60,
+                        retries={"max_attempts": 4, "mode": "standard"},
+                        s3={"addressing_style": bucket.addressing_style},
+                        max_pool_connections=max(10, self._settings.concurrency * 2),
+                        signature_version=UNSIGNED if bucket.anonymous else None)
+        client: S3Client = boto3.Session(botocore_session=core).client(
+            "s3", endpoint_url=bucket.endpoint_url, region_name=bucket.region or "us-east-1", config=config)
+        return client
+
+    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
+        """Into `dest` (a new file, or a new directory tree for a DIRECTORY), which the caller
+        renames into place only if this returns."""
+        directory = type == DIRECTORY
+        parsed, bucket = self.policy.check(url, owner, write=False, directory=directory)
+        client = self.client(bucket, owner)
+        progress = _Progress(parsed, self._settings.max_bytes, time.monotonic() + self._settings.timeout)
+        try:
+            if directory:
+                self._download_tree(client, parsed, dest, progress)
+            else:
+                size = client.head_object(Bucket=parsed.bucket, Key=parsed.key)["ContentLength"]
+                if size > self._settings.max_bytes:
+                    raise TransferError(f"{parsed}: {size} bytes, more than the maximum of "
+                                        f"{self._settings.max_bytes}")
+                with open(dest, "xb") as fh:
+                    client.download_fileobj(parsed.bucket, parsed.key, fh, Config=self._transfer,
+                                            Callback=progress)
+        except (ClientError, BotoCoreError) as exc:
+            raise TransferError(f"cannot download {parsed}: {self._reason(exc, client, parsed)}") from None
+
+    def _download_tree(self, client: S3Client, url: S3Url, dest: Path, progress: _Progress) -> None:
+        prefix = url.below()
+        dest.mkdir(mode=0o700)
+        found = 0
+        for obj in self._objects(client, url.bucket, prefix):
+            rel = obj["Key"][len(prefix):]
+            if rel.endswith("/"):  # a "folder" marker some tools write
+                continue
+            parts = rel.split("/")
+            if any(p in ("", ".", "..") for p in parts):
+                raise TransferError(f"{url}: object {obj['Key']!r} cannot be a path in a directory")
+            target = dest.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(target, "xb") as fh:
+                client.download_fileobj(url.bucket, obj["Key"], fh, Config=self._transfer, Callback=progress)
+            found += 1
+        if not found:
+            raise TransferError(f"cannot download {url}: no objects under s3://{url.bucket}/{prefix}")
+
+    @staticmethod
+    def _objects(client: S3Client, bucket: str, prefix: str) -> Iterator[Any]:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            yield from page.get("Contents", [])
+
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+        """Send `files` ((path relative to the output, "" for a FILE itself; an open descriptor,
+        closed here)) to `url`; all or nothing. Returns the bytes sent."""
+        parsed, bucket = self.policy.check(url, owner, write=True, directory=directory)
+        client = self.client(bucket, owner)
+        progress = _Progress(parsed, self._settings.max_bytes, time.monotonic() + self._settings.timeout)
+        sent: list[str] = []
+        try:
+            for rel, fd in files:
+                key = parsed.below() + rel if directory else parsed.key
+                with open(fd, "rb") as fh:
+                    client.upload_fileobj(fh, parsed.bucket, key, Config=self._transfer, Callback=progress)
+                sent.append(key)
+        except (ClientError, BotoCoreError, TransferError, OSError) as exc:
+            self._delete(client, parsed.bucket, sent)
+            if isinstance(exc, TransferError):
+                raise
+            raise TransferError(f"cannot upload to {parsed}: {self._reason(exc, client, parsed)}") from None
+        return progress.total
+
+    @staticmethod
+    def _delete(client: S3Client, bucket: str, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            try:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                             "Quiet": True})
+            except (ClientError, BotoCoreError):
+                pass  # best effort: the upload's own error is the one to report
+
+    def _reason(self, exc: Exception, client: S3Client, url: S3Url) -> str:
+        """The store's answer in words; a bare 404 (HEAD has no body) is told apart by asking for
+        the bucket."""
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code, text = str(error.get("Code", "")), str(error.get("Message", "") or "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return "no such bucket" if code == "404" and not self._bucket_exists(client, url) else "no such object"
+            if code == "NoSuchBucket":
+                return "no such bucket"
+            if code in _DENIED:
+                return f"access denied by the object store ({code}{': ' + text if text else ''})"
+            return f"{code}: {text}" if text else code
+        return str(exc)
+
+    @staticmethod
+    def _bucket_exists(client: S3Client, url: S3Url) -> bool:
+        try:
+            client.head_bucket(Bucket=url.bucket)
+            return True
+        except (ClientError, BotoCoreError):
+            return False
+
+
+def from_config(config: SiteConfig) -> S3Scheme | None:
+    """The `hpc_bridge.schemes` entry point: nothing unless the site enabled object storage."""
+    if not config.storage.s3.enabled:
+        return None
+    return S3Scheme(config.storage.s3, uploads=not config.run_as.enabled)
+
