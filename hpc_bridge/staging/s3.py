@@ -14,6 +14,7 @@ renamed into the work area only when complete; a failed upload's multipart uploa
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -238,6 +239,9 @@ class S3Scheme:
             for rel, fd in files:
                 key = parsed.below() + rel if directory else parsed.key
                 with open(fd, "rb") as fh:
+                    # The cap before sending: a single PUT reports its progress only once it is stored.
+                    if progress.total + os.fstat(fd).st_size > self._settings.max_bytes:
+                        raise TransferError(f"{parsed}: larger than the maximum of {self._settings.max_bytes} bytes")
                     client.upload_fileobj(fh, parsed.bucket, key, Config=self._transfer, Callback=progress)
                 sent.append(key)
         except (ClientError, BotoCoreError, TransferError, OSError) as exc:

@@ -1,0 +1,151 @@
+"""s3:// inputs and outputs through the real server, Slurm and Apptainer, against a real
+S3-compatible server on loopback (moto's server mode, credentials enforced)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.staging.areas import owner_key
+from tests.s3server import S3Server
+
+from .conftest import ServerProcess
+from .test_staging import post, run, sh
+
+BUCKET, DENIED = "hpcb-data", "hpcb-denied"
+ME = owner_key("local")  # auth none: every caller is "local"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    for bucket in (BUCKET, DENIED):
+        server.client().create_bucket(Bucket=bucket)
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_server(s3: S3Server, tmp_path: Path, server_factory: Callable[..., ServerProcess],
+              dev_config: SiteConfig) -> Callable[..., ServerProcess]:
+    """A server whose `s3` settings use the loopback store: the data bucket with the real key,
+    `hpcb-denied` with a key the store does not know, and any other bucket name."""
+    creds = s3.credentials_file(tmp_path / "s3-credentials", wrong=("AKIAWRONGWRONGWRONG1", "not-the-secret"))
+
+    def make(**s3_settings: Any) -> ServerProcess:
+        bucket = {"endpoint_url": s3.url, "region": "us-east-1"}
+        storage = dev_config.storage.model_dump(mode="json")
+        storage["s3"] = {"enabled": True, "credentials_file": str(creds), "buckets": [
+            {**bucket, "name": BUCKET},
+            {**bucket, "name": DENIED, "profile": "wrong"},
+            {**bucket, "name": "*"},
+        ], **s3_settings}
+        return server_factory(storage=storage)
+
+    return make
+
+
+def keys(s3: S3Server, prefix: str, bucket: str = BUCKET) -> dict[str, bytes]:
+    client = s3.client()
+    found = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in found}
+
+
+def system_logs(task: dict) -> str:
+    return "\n".join(line for log in task["logs"] for line in log.get("system_logs") or [])
+
+
+def test_files_directories_and_wildcards_in_and_out(s3: S3Server, s3_server: Callable[..., ServerProcess],
+                                                    dev_config: SiteConfig) -> None:
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key=f"{ME}/in/reads.fq", Body=b"@r1\nACGT\n+\nIIII\n")
+    client.put_object(Bucket=BUCKET, Key=f"{ME}/refs/a.txt", Body=b"A")
+    client.put_object(Bucket=BUCKET, Key=f"{ME}/refs/sub/b.txt", Body=b"BB")
+    server = s3_server()
+    info = requests.get(f"{server.url}/ga4gh/tes/v1/service-info", timeout=10).json()
+    assert f"s3://{BUCKET}/" in info["storage"]
+    base = f"s3://{BUCKET}/{ME}/out"
+    task = run(server, {
+        "inputs": [{"url": f"s3://{BUCKET}/{ME}/in/reads.fq", "path": "/in/reads.fq"},
+                   {"url": f"s3://{BUCKET}/{ME}/refs", "path": "/refs", "type": "DIRECTORY"}],
+        "outputs": [{"path": "/out/*.txt", "path_prefix": "/out/", "url": f"{base}/txt"},
+                    {"path": "/res", "url": f"{base}/res", "type": "DIRECTORY"},
+                    {"path": "/out/reads.copy", "url": f"{base}/reads.copy"}],
+        "executors": [sh("cat /refs/a.txt > /out/one.txt && cat /refs/sub/b.txt > /out/two.txt"
+                         " && cp /in/reads.fq /out/reads.copy && mkdir -p /res/deep && cp -r /refs/* /res/deep/")],
+    })
+    assert task["state"] == "COMPLETE", task["logs"]
+    assert [i["type"] for i in task["inputs"]] == ["FILE", "DIRECTORY"]
+    assert keys(s3, f"{ME}/out/") == {
+        f"{ME}/out/txt/one.txt": b"A",
+        f"{ME}/out/txt/two.txt": b"BB",
+        f"{ME}/out/res/deep/a.txt": b"A",
+        f"{ME}/out/res/deep/sub/b.txt": b"BB",
+        f"{ME}/out/reads.copy": b"@r1\nACGT\n+\nIIII\n",
+    }
+    logged = {o["url"]: o["size_bytes"] for o in task["logs"][0]["outputs"]}
+    assert logged[f"{base}/reads.copy"] == "16" and logged[f"{base}/res/deep/sub/b.txt"] == "2"
+    assert "uploading output " + f"{base}/res" in system_logs(task)
+    # The credentials never reach the job: not in its script, not in the task.
+    script = (dev_config.storage.work_root / task["id"] / "job.sh").read_text()
+    assert s3.secret_key not in script and s3.access_key not in script
+    assert s3.secret_key not in str(task)
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    (f"s3://{DENIED}/{ME}/in.txt", "access denied by the object store"),
+    (f"s3://hpcb-no-such-bucket/{ME}/in.txt", "no such bucket"),
+    (f"s3://{BUCKET}/{ME}/no-such-key.txt", "no such object"),
+])
+def test_unreadable_inputs_are_system_errors_naming_the_url(
+        s3: S3Server, s3_server: Callable[..., ServerProcess], dev_config: SiteConfig, url: str, reason: str) -> None:
+    s3.client().put_object(Bucket=DENIED, Key=f"{ME}/in.txt", Body=b"x")
+    task = run(s3_server(), {"inputs": [{"url": url, "path": "/in/x"}], "executors": [sh("cat /in/x")]})
+    assert task["state"] == "SYSTEM_ERROR"
+    assert f"cannot download {url}: {reason}" in system_logs(task)
+    assert not (dev_config.storage.work_root / task["id"] / "inputs" / "0").exists()  # nothing partial
+    assert not list((dev_config.storage.work_root / ".staging").glob(f"{task['id']}*"))
+
+
+def test_refused_uploads_leave_nothing_at_the_destination(s3: S3Server,
+                                                          s3_server: Callable[..., ServerProcess]) -> None:
+    server = s3_server(max_bytes=1500)
+    denied = run(server, {"outputs": [{"path": "/out/r.txt", "url": f"s3://{DENIED}/{ME}/r.txt"}],
+                          "executors": [sh("echo hi > /out/r.txt")]})
+    assert denied["state"] == "SYSTEM_ERROR"
+    assert f"cannot upload to s3://{DENIED}/{ME}/r.txt: access denied" in system_logs(denied)
+    assert keys(s3, f"{ME}/r.txt", bucket=DENIED) == {}
+    # A directory whose second file is over the cap: the first one, already sent, is deleted again.
+    capped = run(server, {"outputs": [{"path": "/res", "url": f"s3://{BUCKET}/{ME}/capped", "type": "DIRECTORY"}],
+                          "executors": [sh("mkdir -p /res && head -c 1000 /dev/zero > /res/a && "
+                                           "head -c 1000 /dev/zero > /res/b")]})
+    assert capped["state"] == "SYSTEM_ERROR"
+    assert "larger than the maximum of 1500 bytes" in system_logs(capped)
+    assert keys(s3, f"{ME}/capped") == {}
+
+
+def test_other_owners_prefixes_and_unknown_forms_are_400_at_creation(
+        s3_server: Callable[..., ServerProcess]) -> None:
+    server = s3_server()
+    cases = {
+        f"s3://{BUCKET}/someone-else/x.txt": "may read only under",
+        f"s3://{BUCKET}/{ME}/../someone-else/x.txt": "'..' segments are not allowed",
+        f"s3://user:pw@{BUCKET}/{ME}/x": "plain bucket name",
+    }
+    for url, message in cases.items():
+        resp = post(server, {"inputs": [{"url": url, "path": "/in/x"}], "executors": [sh("true")]})
+        assert resp.status_code == 400 and message in resp.json()["msg"], (url, resp.text)
+    resp = post(server, {"outputs": [{"url": f"s3://{BUCKET}/someone-else/r", "path": "/out/r"}],
+                         "executors": [sh("true")]})
+    assert resp.status_code == 400 and "may write only under" in resp.json()["msg"]
+    assert resp.json()["msg"].count(f"s3://{BUCKET}/{ME}/") == 1
+
+
+def test_s3_is_refused_where_the_site_has_not_enabled_it(server: ServerProcess) -> None:
+    resp = post(server, {"inputs": [{"url": f"s3://{BUCKET}/{ME}/x", "path": "/in/x"}], "executors": [sh("true")]})
+    assert resp.status_code == 400 and "unsupported URL" in resp.json()["msg"]
