@@ -84,3 +84,10 @@ def test_scatter_tiny(slurm: CliSlurmClient) -> None:
     ratios = re.search(r"^ratio bridge/toil wall time: packed (\S+), unpacked (\S+) \(", out, re.MULTILINE)
     assert ratios, out
     assert all(float(r) > 0 for r in ratios.groups())
+
+
+def test_s3_transfer_tiny(slurm: CliSlurmClient) -> None:
+    out = run_bench("s3_transfer.py", "--size-mib", "4", "--runs", "1")
+    download, upload = figures(out, "in  (download)"), figures(out, "out (upload)")
+    assert all(v > 0 for v in download + upload)
+    assert figures(out, "task in + cp + out through Slurm:")[0] > 0
