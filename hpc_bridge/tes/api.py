@@ -17,6 +17,7 @@ from hpc_bridge.auth.context import (
 )
 from hpc_bridge.errors import BadRequest
 from hpc_bridge.query import int_arg
+from hpc_bridge.tes import openapi
 from hpc_bridge.tes.models import CreateTaskResponse, ServiceInfo
 from hpc_bridge.tes.service import TaskService, parse_view
 
@@ -34,6 +35,12 @@ def get_service_info() -> ResponseReturnValue:
     info = ServiceInfo.for_site(current_app.config["SITE"], __version__, current_app.config["STARTED_AT"],
                                 storage=_service().schemes.locations(optional_owner()))
     return jsonify(info.to_json())
+
+
+@bp.get("/openapi.json")
+@public
+def get_openapi() -> ResponseReturnValue:
+    return jsonify(openapi.document(current_app.config["SITE"].auth, request.url_root.rstrip("/") + bp.url_prefix))
 
 
 @bp.post("/tasks")

@@ -140,3 +140,31 @@ def test_failures_are_throttled_before_the_kdf_but_a_known_good_client_goes_on(
     # a name no account can have is refused without a KDF
     assert client.get(f"{BASE}/tasks", headers=basic("no such user!", "x")).status_code == 401
     assert len(checks) == basic_module.MAX_FAILURES
+
+
+def test_the_openapi_document_declares_the_enabled_schemes(client: FlaskClient, dev_config: SiteConfig,
+                                                           tmp_path: Path) -> None:
+    """TES 1.1 service-info has no field for auth: the served OpenAPI document says, as the TES 1.2
+    draft declares it (BearerAuth, BasicAuth), and it is a valid OpenAPI document."""
+    from openapi_spec_validator import validate
+
+    doc = client.get(f"{BASE}/openapi.json").get_json()  # public, like service-info
+    validate(doc)
+    assert doc["components"]["securitySchemes"] == {
+        "BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        "BasicAuth": {"type": "http", "scheme": "basic"}}
+    operations = {op["operationId"]: op for path in doc["paths"].values() for op in path.values()}
+    assert set(operations) == {"GetServiceInfo", "ListTasks", "CreateTask", "GetTask", "CancelTask"}
+    assert "security" not in operations["GetServiceInfo"]
+    assert all(op["security"] == [{"BearerAuth": []}, {"BasicAuth": []}]
+               for name, op in operations.items() if name != "GetServiceInfo")
+    # Basic off (the default): only bearer tokens are declared; auth off: nothing is.
+    tokens_only = dev_config.model_copy(update={"auth": AuthSettings.model_validate({"issuers": [
+        {"issuer": "https://aai.example.org"}]})})
+    doc = create_app(tokens_only, store=Store(tmp_path / "b.sqlite")).test_client().get(
+        f"{BASE}/openapi.json").get_json()
+    assert list(doc["components"]["securitySchemes"]) == ["BearerAuth"]
+    doc = create_app(dev_config, store=Store(tmp_path / "c.sqlite")).test_client().get(
+        f"{BASE}/openapi.json").get_json()
+    assert "securitySchemes" not in doc["components"]
+    assert "security" not in doc["paths"]["/tasks"]["post"]
