@@ -40,7 +40,8 @@ def get_service_info() -> ResponseReturnValue:
 @bp.get("/openapi.json")
 @public
 def get_openapi() -> ResponseReturnValue:
-    return jsonify(openapi.document(current_app.config["SITE"].auth, request.url_root.rstrip("/") + bp.url_prefix))
+    base = request.url_root.rstrip("/") + (bp.url_prefix or "")
+    return jsonify(openapi.document(current_app.config["SITE"].auth, base))
 
 
 @bp.post("/tasks")

@@ -50,10 +50,10 @@ def document(auth: AuthSettings, server_url: str) -> dict[str, Any]:
     if schemes:
         components["securitySchemes"] = schemes
     error = _json("#/components/schemas/ErrorResponse", "a GA4GH ErrorResponse")
-    errors = {str(code): error for code in (400, 401, 403, 404, 429, 500)}
+    errors: dict[str, Any] = {str(code): error for code in (400, 401, 403, 404, 429, 500)}
     view = {"name": "view", "in": "query", "schema": {"type": "string", "enum": ["MINIMAL", "BASIC", "FULL"]}}
     task_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-    secured = {"security": [{name: []} for name in schemes]} if schemes else {}
+    secured: dict[str, Any] = {"security": [{name: []} for name in schemes]} if schemes else {}
     paths = {
         "/service-info": {"get": {"operationId": "GetServiceInfo", "responses": {
             "200": _json(info, "the service")}}},
