@@ -62,8 +62,10 @@ def check_env_name(name: str) -> str:
 
 def exec_argv(binary: str, image: str, command: Sequence[str], *, binds: Sequence[Bind] = (),
               env: Mapping[str, str] | None = None, workdir: str | None = None,
-              gpu: bool = False) -> list[str]:
-    """argv for `apptainer exec`; every element stays one argument whatever it contains."""
+              gpu: bool = False, scratch: str | None = None) -> list[str]:
+    """argv for `apptainer exec`; every element stays one argument whatever it contains. `scratch`:
+    a host directory holding the container's /tmp and /var/tmp (else --containall gives a small
+    in-memory /tmp, 64 MiB by default, that tools such as Snakemake's job runner outgrow)."""
     if not command:
         raise UnsafeValue("executor command is empty")
     if any("\0" in arg for arg in command):
@@ -73,6 +75,8 @@ def exec_argv(binary: str, image: str, command: Sequence[str], *, binds: Sequenc
     argv += [binary, "--quiet", "exec", "--containall", "--cleanenv"]
     if gpu:
         argv.append("--nv")
+    if scratch:
+        argv += ["--workdir", check_bind_path(scratch, "scratch")]
     for bind in binds:
         argv += ["--bind", bind.spec()]
     if workdir:

@@ -25,6 +25,7 @@ from hpc_bridge.tes.models import NAME_MAX, FileType, Output, Resources, Task
 FLAG_PARAMETERS = {"exclusive"}
 # Where the job leaves outputs the daemon uploads after it (object storage), one entry per output index.
 UPLOADS = "uploads"
+SCRATCH = "scratch"  # the executors' /tmp and /var/tmp (apptainer --workdir)
 TRUE_VALUES = {"", "true", "yes", "1"}
 # Backend parameters choosing whose allocation (and which nodes) a job uses -> the limit listing
 # the names a task may choose.
@@ -408,13 +409,16 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             roots[stream] = bind.host
         prepared.append((where, str(image.sif), redirects, roots))
 
+    # The executors' /tmp and /var/tmp: on disk in the work area, shared by the task's executors.
+    scratch = f"{workdir}/{SCRATCH}"
+    directories.append(scratch)
     # Parents before children: Apptainer mounts in order, and a later parent would hide a child.
     binds.sort(key=lambda b: b.container.count("/"))
     final = []
     for ex, (where, sif, redirects, roots) in zip(task.executors, prepared, strict=True):
         try:
             argv = exec_argv(str(config.apptainer.binary), sif, ex.command, binds=binds,
-                             env=ex.env, workdir=ex.workdir, gpu=gpu)
+                             env=ex.env, workdir=ex.workdir, gpu=gpu, scratch=scratch)
         except UnsafeValue as exc:
             raise InvalidTask(where, str(exc)) from None
         final.append(ExecutorScript(argv=argv, ignore_error=bool(ex.ignore_error), roots=roots, **redirects))

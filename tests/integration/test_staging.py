@@ -297,3 +297,17 @@ def run_existing(server: ServerProcess, task_id: str, timeout: float = 180) -> d
             return body
         time.sleep(0.3)
     pytest.fail(f"task {task_id} not finished after {timeout}s")
+
+
+def test_tmp_is_on_disk_and_shared_by_the_executors(server: ServerProcess, dev_config: SiteConfig) -> None:
+    """--containall alone gives a 64 MiB in-memory /tmp: Snakemake's TES jobs (a script put at
+    /tmp/run_snakemake.sh, ~100 MB of plugins installed under /tmp) outgrow it."""
+    task = run(server, {
+        "inputs": [{"content": "echo from-content\n", "path": "/tmp/run.sh"}],
+        "executors": [sh("sh /tmp/run.sh && head -c 200000000 /dev/zero > /tmp/big && mkdir /var/tmp/d"),
+                      sh("wc -c < /tmp/big && test -d /var/tmp/d && echo shared")]})
+    assert task["state"] == "COMPLETE", task["logs"]
+    first, second = task["logs"][0]["logs"]
+    assert first["stdout"].strip() == "from-content"
+    assert second["stdout"].split() == ["200000000", "shared"]
+    assert (dev_config.storage.work_root / task["id"] / "scratch" / "tmp" / "big").stat().st_size == 200_000_000

@@ -112,7 +112,7 @@ def test_volumes_inputs_and_redirections_share_binds(dev_config: SiteConfig) -> 
     assert first.stdout == f"{WORK}/volumes/0/out.txt" and first.stdin == f"{WORK}/inputs/0"
     assert second.stderr == f"{WORK}/paths/0/b.err"
     assert plan.files == {f"{WORK}/inputs/0": "x"}
-    assert plan.directories == [f"{WORK}/volumes/0", f"{WORK}/paths/0"]
+    assert plan.directories == [f"{WORK}/volumes/0", f"{WORK}/paths/0", f"{WORK}/scratch"]
     for argv in (first.argv, second.argv):  # every executor sees every bind
         assert f"{WORK}/volumes/0:/shared:rw" in argv and f"{WORK}/inputs/0:/in/data.txt:ro" in argv
         assert f"{WORK}/paths/0:/logs:rw" in argv
