@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.session
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -238,13 +239,19 @@ class S3Scheme:
         try:
             for rel, fd in files:
                 key = parsed.below() + rel if directory else parsed.key
-                with open(fd, "rb") as fh:
+                try:
                     # The cap before sending: a single PUT reports its progress only once it is stored.
                     if progress.total + os.fstat(fd).st_size > self._settings.max_bytes:
                         raise TransferError(f"{parsed}: larger than the maximum of {self._settings.max_bytes} bytes")
-                    client.upload_fileobj(fh, parsed.bucket, key, Config=self._transfer, Callback=progress)
+                    # By the descriptor's own name: boto3 reads the parts of a named file in parallel
+                    # (of a file object, one after another), and /proc/self/fd/N is the file already
+                    # opened, whatever its path now leads to.
+                    client.upload_file(f"/proc/self/fd/{fd}", parsed.bucket, key, Config=self._transfer,
+                                       Callback=progress)
+                finally:
+                    os.close(fd)
                 sent.append(key)
-        except (ClientError, BotoCoreError, TransferError, OSError) as exc:
+        except (ClientError, BotoCoreError, S3UploadFailedError, TransferError, OSError) as exc:
             self._delete(client, parsed.bucket, sent)
             if isinstance(exc, TransferError):
                 raise
@@ -263,6 +270,8 @@ class S3Scheme:
     def _reason(self, exc: Exception, client: S3Client, url: S3Url) -> str:
         """The store's answer in words; a bare 404 (HEAD has no body) is told apart by asking for
         the bucket."""
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):
+            exc = exc.__context__  # upload_file's wrapper (raised inside its `except ClientError`)
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code, text = str(error.get("Code", "")), str(error.get("Message", "") or "")
