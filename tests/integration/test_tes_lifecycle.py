@@ -56,6 +56,19 @@ def test_ignore_error_goes_on(tes_client: tes.HTTPClient) -> None:
     assert [(e.exit_code, e.stdout) for e in task.logs[0].logs] == [(5, ""), (0, "after\n")]
 
 
+@pytest.mark.parametrize(("ignore_error", "logs"), [(False, 1), (True, 2)])
+def test_the_compliance_suites_ignore_error_task_once_it_has_ended(tes_client: tes.HTTPClient, ignore_error: bool,
+                                                                    logs: int) -> None:
+    """`create_task_ignore_error` of the TES compliance suite, read when the task has ended rather than
+    right after the POST (as the suite does): 1 executor log without ignore_error, 2 with it."""
+    task_id = tes_client.create_task(tes.Task(name="CompTest", executors=[
+        tes.Executor(image="alpine", command=["ERROR"], ignore_error=ignore_error),
+        tes.Executor(image="alpine", command=["echo", "hello"])]))
+    task = wait_final(tes_client, task_id)
+    assert task.state == ("COMPLETE" if ignore_error else "EXECUTOR_ERROR"), task.logs[0].system_logs
+    assert len(task.logs[0].logs) == logs and task.logs[0].logs[0].exit_code != 0
+
+
 def test_stdin_stdout_stderr_env_workdir_and_shared_volume(tes_client: tes.HTTPClient) -> None:
     """Executor 1 writes into the shared volume; executor 2 reads it through stdin, in its workdir."""
     task_id = tes_client.create_task(tes.Task(
