@@ -92,7 +92,8 @@ class Monitor:
             if not upload.done:
                 return  # RUNNING until the outputs have reached object storage
             if upload.error:
-                verdict = dataclasses.replace(verdict, state="SYSTEM_ERROR", message=upload.error,
+                verdict = dataclasses.replace(verdict, state="CANCELED" if upload.canceled else "SYSTEM_ERROR",
+                                              message=upload.error,
                                               logs=[*verdict.logs, upload.error],
                                               changes={**verdict.changes, "outputs": []})
         changes = dict(verdict.changes)

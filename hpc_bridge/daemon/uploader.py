@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Upload:
 class Outcome:
     done: bool
     error: str | None = None
+    canceled: bool = False  # stopped by the user's cancel: nothing of it is left in the store
 
 
 WAITING = Outcome(done=False)
@@ -43,6 +45,7 @@ class Uploader:
         self._schemes = schemes
         self._pool = ThreadPoolExecutor(2, "hpc-bridge-upload")
         self._uploads: dict[str, Future[int]] = {}
+        self._stops: dict[str, threading.Event] = {}
 
     def uploads(self, row: TaskRow) -> list[Upload] | str:
         """The task's outputs the daemon sends, or why they cannot be (the site's settings changed)."""
@@ -68,14 +71,20 @@ class Uploader:
         if future is None:
             self._ctx.store.tasks.update(row.id, add_logs=[f"uploading output {u.url}" for u in uploads],
                                          message="uploading outputs")
-            future = self._pool.submit(self._send, row, uploads)
+            stop = self._stops[row.id] = threading.Event()
+            future = self._pool.submit(self._send, row, uploads, stop)
             future.add_done_callback(lambda _: self._ctx.wake.set())
             self._uploads[row.id] = future
-            return WAITING
+        if row.cancel_requested:
+            self._stops[row.id].set()
         if not future.done():
             return WAITING
         del self._uploads[row.id]
+        stopped = self._stops.pop(row.id).is_set()
         exc = future.exception()
+        if stopped:
+            return Outcome(done=True, error="cancelled while uploading outputs: what was sent is deleted again",
+                           canceled=True)
         if exc is None:
             return Outcome(done=True)
         if isinstance(exc, TransferError):
@@ -83,7 +92,7 @@ class Uploader:
         log.error("task %s: uploading outputs failed", row.id, exc_info=exc)
         return Outcome(done=True, error=f"internal error while uploading outputs: {type(exc).__name__}: {exc}")
 
-    def _send(self, row: TaskRow, uploads: list[Upload]) -> int:
+    def _send(self, row: TaskRow, uploads: list[Upload], stop: threading.Event) -> int:
         area = self._ctx.launchers.for_row(row).work_area(Path(row.workdir or ""))
         sent = 0
         for item in uploads:
@@ -91,7 +100,8 @@ class Uploader:
             if not area.exists(rel):  # a wildcard that matched nothing: the collector made nothing
                 continue
             files = area.files(rel) if item.directory else _top_only(area.files(rel))
-            sent += self._schemes.for_url(item.url).upload(item.url, files, row.owner, directory=item.directory)
+            sent += self._schemes.for_url(item.url).upload(item.url, files, row.owner, directory=item.directory,
+                                                           stop=stop)
         return sent
 
 

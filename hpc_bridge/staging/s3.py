@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,14 +112,20 @@ class S3Policy:
 
 
 class _Progress:
-    """boto3's progress callback, which also enforces the caps: raising here stops the transfer."""
+    """boto3's progress callback, which also enforces the caps and a stop: raising here stops the
+    transfer."""
 
-    def __init__(self, url: S3Url, max_bytes: int, deadline: float) -> None:
-        self._url, self._max, self._deadline = url, max_bytes, deadline
+    def __init__(self, url: S3Url, max_bytes: int, deadline: float, stop: threading.Event | None = None) -> None:
+        self._url, self._max, self._deadline, self._stop = url, max_bytes, deadline, stop
         self._lock = threading.Lock()
         self.total = 0
 
+    def check(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise TransferError(f"{self._url}: stopped (the task was cancelled)")
+
     def __call__(self, amount: int) -> None:
+        self.check()
         with self._lock:
             self.total += amount
             if self.total > self._max:
@@ -229,17 +236,21 @@ class S3Scheme:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             yield from page.get("Contents", [])
 
-    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
+               stop: threading.Event | None = None) -> int:
         """Send `files` ((path relative to the output, "" for a FILE itself; an open descriptor,
         closed here)) to `url`; all or nothing. Returns the bytes sent."""
         parsed, bucket = self.policy.check(url, owner, write=True, directory=directory)
         client = self.client(bucket, owner)
-        progress = _Progress(parsed, self._settings.max_bytes, time.monotonic() + self._settings.timeout)
+        progress = _Progress(parsed, self._settings.max_bytes, time.monotonic() + self._settings.timeout, stop)
         sent: list[str] = []
+        current: tuple[str, int, datetime] | None = None  # the object on its way: key, size, when
         try:
             for rel, fd in files:
                 key = parsed.below() + rel if directory else parsed.key
                 try:
+                    progress.check()
+                    current = (key, os.fstat(fd).st_size, datetime.now(UTC))
                     # The cap before sending: a single PUT reports its progress only once it is stored.
                     if progress.total + os.fstat(fd).st_size > self._settings.max_bytes:
                         raise TransferError(f"{parsed}: larger than the maximum of {self._settings.max_bytes} bytes")
@@ -251,12 +262,25 @@ class S3Scheme:
                 finally:
                     os.close(fd)
                 sent.append(key)
+                current = None
         except (ClientError, BotoCoreError, S3UploadFailedError, TransferError, OSError) as exc:
+            if current is not None and self._landed(client, parsed.bucket, *current):
+                sent.append(current[0])  # a single PUT stored before its callback said stop
             self._delete(client, parsed.bucket, sent)
             if isinstance(exc, TransferError):
                 raise
             raise TransferError(f"cannot upload to {parsed}: {self._reason(exc, client, parsed)}") from None
         return progress.total
+
+    @staticmethod
+    def _landed(client: S3Client, bucket: str, key: str, size: int, since: datetime) -> bool:
+        """Whether the object a failed upload was sending is there, of its size and written since
+        it began (give or take the store's clock): then it is this upload's, and goes again."""
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            return False
+        return head["ContentLength"] == size and head["LastModified"] >= since - timedelta(seconds=5)
 
     @staticmethod
     def _delete(client: S3Client, bucket: str, keys: list[str]) -> None:

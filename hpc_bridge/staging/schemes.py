@@ -13,6 +13,7 @@ and the 400 for an unsupported URL, so the two can never disagree.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -67,9 +68,10 @@ class Scheme(Protocol):
         """An input of `how="download"`, into the new file or directory `dest`."""
         ...
 
-    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
+               stop: threading.Event | None = None) -> int:
         """An output `output` answered None for: (relative path, open descriptor) pairs, all or
-        nothing; the bytes sent."""
+        nothing; the bytes sent. `stop` set: give up (a cancel), leaving nothing."""
         ...
 
 
@@ -79,7 +81,8 @@ class _NoTransfers:
     def download(self, url: str, dest: Path, type: str, owner: str) -> None:
         raise TransferError(f"{url!r}: not downloaded by the service")
 
-    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
+               stop: threading.Event | None = None) -> int:
         raise TransferError(f"{url!r}: not uploaded by the service")
 
 
@@ -162,7 +165,8 @@ class HttpScheme:
         except http.DownloadError as exc:
             raise TransferError(str(exc)) from None
 
-    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool) -> int:
+    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
+               stop: threading.Event | None = None) -> int:
         raise TransferError(f"{url!r}: http(s) is read-only here")
 
 

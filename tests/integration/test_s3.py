@@ -3,6 +3,7 @@ S3-compatible server on loopback (moto's server mode, credentials enforced)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from hpc_bridge.staging.areas import owner_key
 from tests.s3server import S3Server
 
 from .conftest import ServerProcess
-from .test_staging import post, run, sh
+from .test_staging import FINAL, post, run, run_existing, sh
 
 BUCKET, DENIED = "hpcb-data", "hpcb-denied"
 ME = owner_key("local")  # auth none: every caller is "local"
@@ -149,3 +150,47 @@ def test_other_owners_prefixes_and_unknown_forms_are_400_at_creation(
 def test_s3_is_refused_where_the_site_has_not_enabled_it(server: ServerProcess) -> None:
     resp = post(server, {"inputs": [{"url": f"s3://{BUCKET}/{ME}/x", "path": "/in/x"}], "executors": [sh("true")]})
     assert resp.status_code == 400 and "unsupported URL" in resp.json()["msg"]
+
+
+def wait_for_upload(server: ServerProcess, task_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        task = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10).json()
+        if "uploading output" in system_logs(task):
+            return
+        assert task["state"] not in FINAL, task
+        time.sleep(0.05)
+    pytest.fail(f"task {task_id} never started uploading")
+
+
+BIG = 400 * 1024**2  # several seconds through moto: time to kill or cancel mid-upload
+BIG_TASK = {"outputs": [{"path": "/out/big.bin", "url": f"s3://{BUCKET}/{ME}/big/big.bin"}],
+            "executors": [sh(f"head -c {BIG} /dev/urandom > /out/big.bin")]}
+
+
+def test_a_daemon_killed_mid_upload_uploads_again_after_its_restart(
+        s3: S3Server, s3_server: Callable[..., ServerProcess]) -> None:
+    server = s3_server(part_size=8 * 1024**2)
+    task_id = post(server, BIG_TASK).json()["id"]
+    wait_for_upload(server, task_id)
+    server.kill()  # SIGKILL mid-upload: no clean-up of any kind
+    assert keys(s3, f"{ME}/big/") == {}  # a multipart upload in flight is no object yet
+    server.start()
+    task = run_existing(server, task_id, timeout=300)
+    assert task["state"] == "COMPLETE", system_logs(task)
+    head = s3.client().head_object(Bucket=BUCKET, Key=f"{ME}/big/big.bin")
+    assert head["ContentLength"] == BIG
+
+
+def test_a_cancel_mid_upload_stops_it_and_leaves_nothing(s3: S3Server,
+                                                         s3_server: Callable[..., ServerProcess]) -> None:
+    server = s3_server(part_size=8 * 1024**2)
+    task_id = post(server, {**BIG_TASK, "outputs": [{**BIG_TASK["outputs"][0],
+                                                      "url": f"s3://{BUCKET}/{ME}/cancelled/big.bin"}]}).json()["id"]
+    wait_for_upload(server, task_id)
+    assert requests.post(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}:cancel", timeout=10).status_code == 200
+    task = run_existing(server, task_id, timeout=120)
+    assert task["state"] == "CANCELED", system_logs(task)
+    assert "cancelled while uploading outputs" in system_logs(task)
+    assert keys(s3, f"{ME}/cancelled/") == {}
+    assert not s3.client().list_multipart_uploads(Bucket=BUCKET, Prefix=f"{ME}/cancelled/").get("Uploads")
