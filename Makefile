@@ -3,6 +3,9 @@
 # make conformance  the same set-up, then the whole CWL v1.2 conformance suite through WES (~20 min)
 # make lint  ruff (hpc_bridge, tests, bench, dev) and mypy --strict (hpc_bridge): 0 findings, or it fails
 # make lock  resolve pyproject.toml again (newest versions on PyPI) into requirements.lock; then run `make test`
+# make lock-clients  resolve dev/clients/*.in (the real clients the tests drive, e.g. Snakemake) into their locks
+# make compliance SUITE=DIR RUNNER=CMD  the GA4GH TES compliance suite against hpc-bridge (dev/tes-compliance):
+#            DIR a checkout of openapi-test-runner with the runner installed as CMD (not on PyPI; bring it)
 SHELL := /bin/bash
 # The system's Python, which every user can run: WES engines and the per-user service run from this
 # venv as other Unix users (a Python under /root, e.g. pyenv's, is unreadable to them).
@@ -20,7 +23,7 @@ PYTEST_ARGS ?=
 FUZZ_EXAMPLES ?= 25
 CONFORMANCE_JOBS ?= 3
 
-.PHONY: run test unit lint conformance venv lock cluster clean
+.PHONY: run test unit lint conformance compliance venv lock lock-clients cluster clean
 
 venv: $(STAMP)
 
@@ -55,6 +58,14 @@ lock: $(LOCK_VENV)/.installed-$(subst ==,-,$(PIP_TOOLS))
 		--generate-hashes --allow-unsafe --strip-extras --extra test --build-deps-for editable \
 		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
 
+# Each dev/clients/NAME.in -> NAME.lock, the same way (pins as they are unless LOCK_ARGS=--upgrade is given).
+lock-clients: $(LOCK_VENV)/.installed-$(subst ==,-,$(PIP_TOOLS))
+	for in in dev/clients/*.in; do \
+		env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+			CUSTOM_COMPILE_COMMAND="make lock-clients" $(LOCK_VENV)/bin/pip-compile --quiet \
+			--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+			--output-file "$${in%.in}.lock" "$$in" || exit 1; done
+
 $(LOCK_VENV)/.installed-$(subst ==,-,$(PIP_TOOLS)):
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
@@ -78,7 +89,12 @@ test: venv cluster
 conformance: venv cluster
 	$(VENV)/bin/python dev/cwl-conformance -j $(CONFORMANCE_JOBS)
 
-LINT_PATHS := hpc_bridge tests bench dev/cwl-conformance dev/cwl-conformance-summary
+RUNNER ?= openapi-test-runner
+compliance: venv cluster
+	@[ -n "$(SUITE)" ] || { echo "[make] SUITE=<openapi-test-runner checkout> is needed (see dev/tes-compliance)" >&2; exit 2; }
+	$(VENV)/bin/python dev/tes-compliance "$(SUITE)" --runner "$(RUNNER)"
+
+LINT_PATHS := hpc_bridge tests bench dev/cwl-conformance dev/cwl-conformance-summary dev/tes-compliance dev/devserver.py
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
