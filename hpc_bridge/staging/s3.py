@@ -121,8 +121,11 @@ class _Progress:
         self.total = 0
 
     def check(self) -> None:
+        """Also between objects: a prefix of many empty objects reports no progress at all."""
         if self._stop is not None and self._stop.is_set():
             raise TransferError(f"{self._url}: stopped (the task was cancelled)")
+        if time.monotonic() > self._deadline:
+            raise TransferError(f"{self._url}: not done within the time limit")
 
     def __call__(self, amount: int) -> None:
         self.check()
@@ -130,8 +133,6 @@ class _Progress:
             self.total += amount
             if self.total > self._max:
                 raise TransferError(f"{self._url}: larger than the maximum of {self._max} bytes")
-            if time.monotonic() > self._deadline:
-                raise TransferError(f"{self._url}: not done within the time limit")
 
 
 class S3Scheme:
@@ -223,6 +224,7 @@ class S3Scheme:
             parts = rel.split("/")
             if any(p in ("", ".", "..") for p in parts):
                 raise TransferError(f"{url}: object {obj['Key']!r} cannot be a path in a directory")
+            progress.check()
             target = dest.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(target, "xb") as fh:

@@ -113,6 +113,18 @@ def test_unreadable_inputs_are_system_errors_naming_the_url(
     assert not list((dev_config.storage.work_root / ".staging").glob(f"{task['id']}*"))
 
 
+def test_an_owners_own_profile_is_used_for_their_tasks(s3: S3Server, s3_server: Callable[..., ServerProcess],
+                                                      dev_config: SiteConfig) -> None:
+    """Per-owner credentials (`owner_profiles`): this owner's tasks use the profile named for them
+    (here a key the store refuses), not the bucket's."""
+    s3.client().put_object(Bucket=BUCKET, Key=f"{ME}/own.txt", Body=b"x")
+    server = s3_server(buckets=[{"name": BUCKET, "endpoint_url": s3.url, "owner_profiles": {"local": "wrong"}}])
+    task = run(server, {"inputs": [{"url": f"s3://{BUCKET}/{ME}/own.txt", "path": "/in/x"}],
+                        "executors": [sh("cat /in/x")]})
+    assert task["state"] == "SYSTEM_ERROR"
+    assert f"cannot download s3://{BUCKET}/{ME}/own.txt: access denied by the object store" in system_logs(task)
+
+
 def test_refused_uploads_leave_nothing_at_the_destination(s3: S3Server,
                                                           s3_server: Callable[..., ServerProcess]) -> None:
     server = s3_server(max_bytes=1500)
