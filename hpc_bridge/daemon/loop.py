@@ -62,7 +62,8 @@ class Daemon:
         schemes = Schemes(config, RunStore(store).owner_of)
         self.stager = Stager(ctx, schemes)
         self.submitter = Submitter(ctx, self.stager, schemes)
-        self.monitor = Monitor(ctx, Uploader(ctx, schemes))
+        self.uploader = Uploader(ctx, schemes)
+        self.monitor = Monitor(ctx, self.uploader)
         self.canceller = Canceller(ctx)
         self.janitor = Janitor(ctx)
         self._last_cleanup = 0.0
@@ -73,6 +74,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._ctx.stop.set()
+        self.uploader.close()
         self._ctx.wake.set()
 
     def prepare(self, row: TaskRow) -> Prepared | None:

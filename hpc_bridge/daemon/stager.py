@@ -3,14 +3,16 @@ task staying QUEUED with a system log line saying what is being prepared."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from hpc_bridge.containers.cache import ImageCache, PullError
 from hpc_bridge.containers.images import RegistryImage
 from hpc_bridge.daemon.context import Context
 from hpc_bridge.staging.schemes import Schemes, TransferError
-from hpc_bridge.staging.workarea import WorkArea
+from hpc_bridge.staging.workarea import WorkArea, WorkAreaError
 from hpc_bridge.store import TaskRow
 from hpc_bridge.tes.jobspec import Download, JobPlan
 
@@ -68,6 +70,9 @@ class Stager:
         # Downloaded into a directory only the daemon can reach, then renamed into the work area.
         private = self._ctx.config.storage.work_root / ".staging" / row.id
         private.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.lstat(private)  # one left by someone else would let them swap what move_in chowns
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise WorkAreaError(f"{private} is not the daemon's own private directory; refusing to stage there")
         try:
             area.create()
             for i, item in enumerate(downloads):

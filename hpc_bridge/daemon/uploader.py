@@ -1,7 +1,8 @@
 """Outputs bound for object storage: the job's collector leaves them in the work area
 (`uploads/<index>`), and once the job has ended the daemon sends them, the task staying RUNNING
 meanwhile. The task is COMPLETE only when every one has arrived; a failed upload makes it a
-SYSTEM_ERROR naming the URL. A daemon restart mid-upload simply uploads again."""
+SYSTEM_ERROR naming the URL, with nothing of any of its outputs left in the store; a cancel that
+stops an upload makes it CANCELED, likewise. A daemon restart mid-upload simply uploads again."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_bridge.daemon.context import Context
-from hpc_bridge.staging.schemes import SchemeError, Schemes, TransferError
+from hpc_bridge.staging.schemes import Scheme, SchemeError, Schemes, TransferError
+from hpc_bridge.staging.workarea import WorkArea
 from hpc_bridge.store import TaskRow
-from hpc_bridge.tes.jobspec import UPLOADS, is_tree_output
+from hpc_bridge.tes.jobspec import UPLOADS, is_tree_output, is_wildcard
 from hpc_bridge.tes.models import Output
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ class Upload:
     index: int
     url: str
     directory: bool
+    wildcard: bool
+    scheme: Scheme
 
 
 @dataclass(frozen=True)
@@ -44,24 +48,29 @@ class Uploader:
         self._ctx = ctx
         self._schemes = schemes
         self._pool = ThreadPoolExecutor(2, "hpc-bridge-upload")
-        self._uploads: dict[str, Future[int]] = {}
+        self._uploads: dict[str, Future[None]] = {}
         self._stops: dict[str, threading.Event] = {}
+        self._closing = False
 
     def uploads(self, row: TaskRow) -> list[Upload] | str:
-        """The task's outputs the daemon sends, or why they cannot be (the site's settings changed)."""
+        """The task's outputs the daemon sends (only schemes that send outputs are asked again), or
+        why they cannot be (the site's settings changed since the task was accepted)."""
         found = []
         for i, raw in enumerate(row.task.get("outputs") or []):
             out = Output.model_validate(raw)
-            directory = is_tree_output(out)
             try:
-                if self._schemes.for_url(out.url).output(out.url, row.owner, directory=directory) is None:
-                    found.append(Upload(i, out.url, directory))
+                scheme = self._schemes.for_url(out.url)
+                if scheme.sends_outputs and scheme.output(out.url, row.owner,
+                                                          directory=is_tree_output(out)) is None:
+                    found.append(Upload(i, out.url, is_tree_output(out), is_wildcard(out.path), scheme))
             except SchemeError as exc:
                 return f"output {out.url} cannot be uploaded: {exc}"
         return found
 
     def outcome(self, row: TaskRow) -> Outcome | None:
         """None: nothing to upload. Otherwise started on the first call, then polled."""
+        if self._closing:
+            return WAITING  # the daemon is stopping: the next one uploads again
         uploads = self.uploads(row)
         if isinstance(uploads, str):
             return Outcome(done=True, error=uploads)
@@ -82,33 +91,53 @@ class Uploader:
         del self._uploads[row.id]
         stopped = self._stops.pop(row.id).is_set()
         exc = future.exception()
+        if exc is None:  # done before the cancel could stop it: the task finished on its own
+            return Outcome(done=True)
         if stopped:
             return Outcome(done=True, error="cancelled while uploading outputs: what was sent is deleted again",
                            canceled=True)
-        if exc is None:
-            return Outcome(done=True)
         if isinstance(exc, TransferError):
             return Outcome(done=True, error=str(exc))
         log.error("task %s: uploading outputs failed", row.id, exc_info=exc)
         return Outcome(done=True, error=f"internal error while uploading outputs: {type(exc).__name__}: {exc}")
 
-    def _send(self, row: TaskRow, uploads: list[Upload], stop: threading.Event) -> int:
+    def close(self) -> None:
+        """Stop every upload (the daemon is stopping): nothing it sent stays, the next daemon sends all."""
+        self._closing = True
+        for stop in self._stops.values():
+            stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _send(self, row: TaskRow, uploads: list[Upload], stop: threading.Event) -> None:
         area = self._ctx.launchers.for_row(row).work_area(Path(row.workdir or ""))
-        sent = 0
-        for item in uploads:
-            rel = f"{UPLOADS}/{item.index}"
-            if not area.exists(rel):  # a wildcard that matched nothing: the collector made nothing
-                continue
-            files = area.files(rel) if item.directory else _top_only(area.files(rel))
-            sent += self._schemes.for_url(item.url).upload(item.url, files, row.owner, directory=item.directory,
-                                                           stop=stop)
-        return sent
+        sent: list[tuple[Scheme, list[str]]] = []
+        try:
+            for item in uploads:
+                rel = f"{UPLOADS}/{item.index}"
+                kind = area.kind(rel)
+                if kind is None:
+                    if item.wildcard:  # matched nothing: the collector made nothing
+                        continue
+                    raise TransferError(f"cannot upload to {item.url}: the job left nothing to send")
+                # An output of no declared type that turned out to be a directory goes as one, as the
+                # collector logged it.
+                directory = item.directory or kind == "dir"
+                files = _files(area, rel, directory)
+                sent.append((item.scheme, item.scheme.upload(item.url, files, row.owner, directory=directory,
+                                                             stop=stop)))
+        except BaseException:
+            for scheme, urls in sent:
+                try:
+                    scheme.discard(urls, row.owner)
+                except Exception:  # the upload's own error is the one to report
+                    log.exception("task %s: could not remove what was uploaded", row.id)
+            raise
 
 
-def _top_only(files: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+def _files(area: WorkArea, rel: str, directory: bool) -> Iterator[tuple[str, int]]:
     """A FILE output is the file itself, never what a directory at its place holds."""
-    for path, fd in files:
-        if path == "":
+    for path, fd in area.files(rel):
+        if directory or path == "":
             yield path, fd
         else:
             os.close(fd)

@@ -78,6 +78,7 @@ class OutputSpec:
     bind_host: str
     url: str
     dest: str
+    quote: bool = True  # names percent-encoded in URLs; not for object keys, which are taken literally
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,9 @@ def parse_manifest(data: object) -> Manifest:
             raise ManifestError(f"{where}: 'index' must be a non-negative integer")
         if out.get("type") not in _TYPES:
             raise ManifestError(f"{where}: 'type' must be FILE, DIRECTORY or null")
-        if not isinstance(out.get("wildcard", False), bool):
-            raise ManifestError(f"{where}: 'wildcard' must be a boolean")
+        for flag, default in (("wildcard", False), ("quote", True)):
+            if not isinstance(out.get(flag, default), bool):
+                raise ManifestError(f"{where}: {flag!r} must be a boolean")
         specs.append(OutputSpec(
             index=index, type=out.get("type"), wildcard=out.get("wildcard", False),
             path=_text(out, "path", where, absolute=True),
@@ -145,7 +147,7 @@ def parse_manifest(data: object) -> Manifest:
             bind_container=_text(out, "bind_container", where, absolute=True),
             bind_host=_text(out, "bind_host", where, absolute=True),
             url=_text(out, "url", where),
-            dest=_text(out, "dest", where, absolute=True)))
+            dest=_text(out, "dest", where, absolute=True), quote=out.get("quote", True)))
     return Manifest(workdir=workdir, roots=tuple(roots), outputs=tuple(specs), areas=tuple(areas),
                     keep=tuple(keep))
 
@@ -180,9 +182,12 @@ def _inside(path: str, base: str) -> bool:
     return os.path.commonpath([path, base]) == base
 
 
-def _join_url(base: str, name: str) -> str:
-    """File names are percent-encoded in URLs: a name with `%`, `#`, `?` or a space stays itself."""
-    return base.rstrip("/") + "/" + quote(name, errors="surrogateescape") if name else base
+def _join_url(base: str, name: str, encode: bool = True) -> str:
+    """File names are percent-encoded in URLs: a name with `%`, `#`, `?` or a space stays itself.
+    Object-store keys (`encode` False) are names as they are."""
+    if not name:
+        return base
+    return base.rstrip("/") + "/" + (quote(name, errors="surrogateescape") if encode else name)
 
 
 def _join_path(base: str, name: str) -> str:
@@ -428,7 +433,7 @@ class _Collector:
         pruned = cpath[len(prefix):].lstrip("/")
         if any(p in (".", "..") for p in pruned.split("/")):
             raise _OutputFailed(f"{cpath}: removing path_prefix leaves {pruned!r}, an unsafe name")
-        dest, url = _join_path(self.spec.dest, pruned), _join_url(self.spec.url, pruned)
+        dest, url = _join_path(self.spec.dest, pruned), _join_url(self.spec.url, pruned, self.spec.quote)
         if stat.S_ISREG(st.st_mode):
             self._copy_file(dir_fd, name, dest, url, cpath)
         elif stat.S_ISDIR(st.st_mode):
@@ -522,7 +527,7 @@ class _Collector:
     def _entry(self, src: int, entry: os.DirEntry[str], dst: int, url: str, cpath: str, depth: int) -> None:
         """Copy one entry of a tree; a symlink as what it leads to, if that stays inside the bind."""
         name = entry.name
-        path, sub_url = cpath.rstrip("/") + "/" + name, _join_url(url, name)
+        path, sub_url = cpath.rstrip("/") + "/" + name, _join_url(url, name, self.spec.quote)
         parent: int | None = None  # the symlink target's directory, when one is followed
         try:
             if not _utf8(name):

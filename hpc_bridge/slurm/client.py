@@ -116,11 +116,13 @@ class CliSlurmClient:
     def _call(self, argv: list[str], *, as_job_user: bool = False) -> str:
         name = Path(argv[0]).name
         self.calls[name] += 1
+        env = None
         if as_job_user:
             argv = [*self._submit_prefix, *argv]
+            env = job_env(self._user)
         try:
             proc = self._run(argv, capture_output=True, text=True, timeout=self._timeout, check=False,
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, env=env)
         except FileNotFoundError as exc:
             raise SlurmError(f"command not found: {exc.filename or argv[0]}", unavailable=True) from exc
         except subprocess.TimeoutExpired as exc:
@@ -182,6 +184,20 @@ class CliSlurmClient:
         except SlurmError:
             return False
         return True
+
+
+def job_env(user: str) -> dict[str, str]:
+    """All that `sbatch` passes on to the job (its default is --export=ALL): never the daemon's own
+    environment, which may hold the site's credentials (AWS_* for object storage, tokens)."""
+    try:
+        home = pwd.getpwnam(user).pw_dir
+    except KeyError:
+        home = "/"
+    env = {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", "HOME": home, "USER": user,
+           "LOGNAME": user, "LANG": "C.UTF-8"}
+    if "SLURM_CONF" in os.environ:  # a site's non-default Slurm configuration
+        env["SLURM_CONF"] = os.environ["SLURM_CONF"]
+    return env
 
 
 def _submit_prefix(submit_as: str | None) -> list[str]:

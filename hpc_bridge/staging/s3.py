@@ -15,6 +15,7 @@ renamed into the work area only when complete; a failed upload's multipart uploa
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 MAX_KEY_BYTES = 1024  # S3's own limit
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's bucket naming rules
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken",
            "ExpiredToken", "AllAccessDisabled"}
 
@@ -62,9 +64,9 @@ def parse(url: str) -> S3Url:
     if not url[:5].lower() == "s3://":
         raise SchemeError(f"{url!r}: not an s3:// URL")
     bucket, _, key = url[5:].partition("/")
-    if not bucket or any(c in bucket for c in "@:?#[]") or bucket != bucket.lower():
-        raise SchemeError(f"{url!r}: an s3 URL is s3://bucket/key, with a plain bucket name (no port, "
-                          "credentials or capitals)")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise SchemeError(f"{url!r}: an s3 URL is s3://bucket/key, with a plain bucket name (3-63 of a-z 0-9 . -; "
+                          "no port, credentials or capitals)")
     if "?" in key or "#" in key:
         raise SchemeError(f"{url!r}: s3 URLs cannot have a query or fragment")
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
@@ -137,6 +139,7 @@ class _Progress:
 
 class S3Scheme:
     names: tuple[str, ...] = ("s3",)
+    sends_outputs = True
 
     def __init__(self, settings: S3Settings, *, uploads: bool = True) -> None:
         """`uploads`: False under per-user execution, where the daemon (the service account) cannot
@@ -210,7 +213,9 @@ class S3Scheme:
                 with open(dest, "xb") as fh:
                     client.download_fileobj(parsed.bucket, parsed.key, fh, Config=self._transfer,
                                             Callback=progress)
-        except (ClientError, BotoCoreError) as exc:
+        except TransferError:
+            raise
+        except Exception as exc:  # boto3's and s3transfer's errors, OSError (a key that is also a prefix)
             raise TransferError(f"cannot download {parsed}: {self._reason(exc, client, parsed)}") from None
 
     def _download_tree(self, client: S3Client, url: S3Url, dest: Path, progress: _Progress) -> None:
@@ -219,7 +224,7 @@ class S3Scheme:
         found = 0
         for obj in self._objects(client, url.bucket, prefix):
             rel = obj["Key"][len(prefix):]
-            if rel.endswith("/"):  # a "folder" marker some tools write
+            if not rel or rel.endswith("/"):  # a "folder" marker some tools write
                 continue
             parts = rel.split("/")
             if any(p in ("", ".", "..") for p in parts):
@@ -239,9 +244,9 @@ class S3Scheme:
             yield from page.get("Contents", [])
 
     def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
-               stop: threading.Event | None = None) -> int:
+               stop: threading.Event | None = None) -> list[str]:
         """Send `files` ((path relative to the output, "" for a FILE itself; an open descriptor,
-        closed here)) to `url`; all or nothing. Returns the bytes sent."""
+        closed here)) to `url`; all or nothing. Returns the URLs of the objects written."""
         parsed, bucket = self.policy.check(url, owner, write=True, directory=directory)
         client = self.client(bucket, owner)
         progress = _Progress(parsed, self._settings.max_bytes, time.monotonic() + self._settings.timeout, stop)
@@ -265,14 +270,25 @@ class S3Scheme:
                     os.close(fd)
                 sent.append(key)
                 current = None
-        except (ClientError, BotoCoreError, S3UploadFailedError, TransferError, OSError) as exc:
+        except Exception as exc:  # whatever it was (a name boto3 cannot encode too): nothing is left
             if current is not None and self._landed(client, parsed.bucket, *current):
                 sent.append(current[0])  # a single PUT stored before its callback said stop
             self._delete(client, parsed.bucket, sent)
             if isinstance(exc, TransferError):
                 raise
             raise TransferError(f"cannot upload to {parsed}: {self._reason(exc, client, parsed)}") from None
-        return progress.total
+        return [f"s3://{parsed.bucket}/{key}" for key in sent]
+
+    def discard(self, urls: list[str], owner: str) -> None:
+        """Delete what `upload` wrote, when a later output of the same task failed."""
+        by_bucket: dict[str, list[str]] = {}
+        for url in urls:
+            parsed = parse(url)
+            by_bucket.setdefault(parsed.bucket, []).append(parsed.key)
+        for name, keys in by_bucket.items():
+            bucket = self.policy.bucket(name)
+            if bucket is not None:
+                self._delete(self.client(bucket, owner), name, keys)
 
     @staticmethod
     def _landed(client: S3Client, bucket: str, key: str, size: int, since: datetime) -> bool:
@@ -308,7 +324,9 @@ class S3Scheme:
             if code in _DENIED:
                 return f"access denied by the object store ({code}{': ' + text if text else ''})"
             return f"{code}: {text}" if text else code
-        return str(exc)
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"{exc.strerror}{f' ({exc.filename})' if exc.filename else ''}"
+        return f"{type(exc).__name__}: {exc}" if not isinstance(exc, BotoCoreError) else str(exc)
 
     @staticmethod
     def _bucket_exists(client: S3Client, url: S3Url) -> bool:

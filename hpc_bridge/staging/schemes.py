@@ -52,6 +52,7 @@ class InputSource:
 
 class Scheme(Protocol):
     names: tuple[str, ...]
+    sends_outputs: bool  # whether the daemon uploads outputs (`output` may answer None)
 
     def locations(self) -> list[str]:
         """What service-info `storage` advertises for this scheme."""
@@ -69,9 +70,13 @@ class Scheme(Protocol):
         ...
 
     def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
-               stop: threading.Event | None = None) -> int:
+               stop: threading.Event | None = None) -> list[str]:
         """An output `output` answered None for: (relative path, open descriptor) pairs, all or
-        nothing; the bytes sent. `stop` set: give up (a cancel), leaving nothing."""
+        nothing; the URLs written. `stop` set: give up (a cancel), leaving nothing."""
+        ...
+
+    def discard(self, urls: list[str], owner: str) -> None:
+        """Remove what `upload` wrote (a later output of the task failed)."""
         ...
 
 
@@ -81,9 +86,14 @@ class _NoTransfers:
     def download(self, url: str, dest: Path, type: str, owner: str) -> None:
         raise TransferError(f"{url!r}: not downloaded by the service")
 
+    sends_outputs = False
+
     def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
-               stop: threading.Event | None = None) -> int:
+               stop: threading.Event | None = None) -> list[str]:
         raise TransferError(f"{url!r}: not uploaded by the service")
+
+    def discard(self, urls: list[str], owner: str) -> None:
+        raise TransferError("nothing is uploaded by the service here")
 
 
 class FileScheme(_NoTransfers):
@@ -136,7 +146,7 @@ class FileScheme(_NoTransfers):
         return real
 
 
-class HttpScheme:
+class HttpScheme(_NoTransfers):
     """Read-only web inputs, downloaded on the login node with the caps of `storage.http`."""
 
     names: tuple[str, ...] = ("http", "https")
@@ -165,9 +175,7 @@ class HttpScheme:
         except http.DownloadError as exc:
             raise TransferError(str(exc)) from None
 
-    def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
-               stop: threading.Event | None = None) -> int:
-        raise TransferError(f"{url!r}: http(s) is read-only here")
+
 
 
 def load_schemes(config: SiteConfig, areas: AreaPolicy) -> dict[str, Scheme]:

@@ -16,9 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hpc_bridge.jobside.collect import MAX_DEPTH
 from hpc_bridge.runas.helper import STATUS_DIR
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directory levels `files` walks: the collector copies at most MAX_DEPTH levels below an output,
+# plus the few of a wildcard's own path.
+_MAX_WALK = MAX_DEPTH + 64
 
 
 def status_root(work_root: Path) -> Path:
@@ -108,15 +112,19 @@ class WorkArea:
         with self._dir(parent) as dfd:
             return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
 
-    def exists(self, rel: str) -> bool:
-        """A regular file or a real directory at `rel` (a symlink is neither)."""
+    def kind(self, rel: str) -> str | None:
+        """"file" or "dir" for a regular file or a real directory at `rel`; None for anything else
+        (nothing, a symlink, a FIFO)."""
         parent, name = os.path.split(rel)
         try:
             with self._dir(parent) as dfd:
                 mode = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode
         except OSError:
-            return False
-        return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+            return None
+        return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else None
+
+    def exists(self, rel: str) -> bool:
+        return self.kind(rel) is not None
 
     def move_in(self, source: Path, rel: str) -> None:
         """Rename a file or tree the daemon prepared elsewhere (same filesystem, private to the
@@ -139,7 +147,9 @@ class WorkArea:
         with self._dir(parent) as dfd:
             yield from self._walk(dfd, name, "")
 
-    def _walk(self, dfd: int, name: str, path: str) -> Iterator[tuple[str, int]]:
+    def _walk(self, dfd: int, name: str, path: str, depth: int = 0) -> Iterator[tuple[str, int]]:
+        if depth > _MAX_WALK:  # one open descriptor per level: a deep tree must not exhaust them
+            raise WorkAreaError(f"{self.path}: more than {_MAX_WALK} directory levels below {path.split('/')[0]}")
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
         except OSError as exc:
@@ -150,7 +160,7 @@ class WorkArea:
         if stat.S_ISDIR(st.st_mode):
             try:
                 for entry in sorted(os.listdir(fd)):
-                    yield from self._walk(fd, entry, f"{path}/{entry}" if path else entry)
+                    yield from self._walk(fd, entry, f"{path}/{entry}" if path else entry, depth + 1)
             finally:
                 os.close(fd)
         elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and (not self._owner or st.st_uid == self._owner[0]):

@@ -247,10 +247,10 @@ def _covering(container_path: str, binds: list[Bind]) -> Bind | None:
 
 def is_tree_output(out: Output) -> bool:
     """A DIRECTORY or a wildcard: its URL is the base of many files."""
-    return out.type == FileType.DIRECTORY or _wildcard(out.path)
+    return out.type == FileType.DIRECTORY or is_wildcard(out.path)
 
 
-def _wildcard(path: str) -> bool:
+def is_wildcard(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
@@ -258,7 +258,7 @@ def _glob_base(path: str) -> str:
     """The directory above the first path component that has a wildcard."""
     parts = path.split("/")
     for i, part in enumerate(parts):
-        if _wildcard(part):
+        if is_wildcard(part):
             return "/".join(parts[:i]) or "/"
     return posixpath.dirname(path)
 
@@ -341,13 +341,14 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             dest = schemes.for_url(out.url).output(out.url, owner, directory=is_tree_output(out))
         except SchemeError as exc:
             raise InvalidTask(f"{where}.url", str(exc)) from None
-        if dest is None:  # the job leaves it in the work area, the daemon uploads it afterwards
+        upload = dest is None  # the job leaves it in the work area, the daemon uploads it afterwards
+        if dest is None:
             dest = f"{uploads}/{i}"
         if len(dest.encode()) >= 4096 or any(len(p.encode()) > NAME_MAX for p in dest.split("/")):
             raise InvalidTask(f"{where}.url", f"path too long for a file system ({len(dest)} characters, "
                                               f"or a component longer than {NAME_MAX} bytes)")
         path = normalize(out.path)
-        wildcard = _wildcard(path)
+        wildcard = is_wildcard(path)
         prefix = None
         if wildcard:
             if not out.path_prefix:
@@ -371,7 +372,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             raise InvalidTask(f"{where}.path", f"{path!r} is inside a read-only input")
         outputs.append(OutputSpec(index=i, type=out.type.value if out.type else None, path=path,
                                   path_prefix=prefix, wildcard=wildcard, bind_container=bind.container,
-                                  bind_host=bind.host, url=out.url, dest=dest))
+                                  bind_host=bind.host, url=out.url, dest=dest, quote=not upload))
 
     # First every image and redirection (which may add binds), then the argv: every executor
     # sees every bind, so volumes and redirected files are shared between executors.

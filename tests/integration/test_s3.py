@@ -206,3 +206,30 @@ def test_a_cancel_mid_upload_stops_it_and_leaves_nothing(s3: S3Server,
     assert "cancelled while uploading outputs" in system_logs(task)
     assert keys(s3, f"{ME}/cancelled/") == {}
     assert not s3.client().list_multipart_uploads(Bucket=BUCKET, Prefix=f"{ME}/cancelled/").get("Uploads")
+
+
+def test_folder_markers_untyped_directories_raw_names_and_all_or_nothing(
+        s3: S3Server, s3_server: Callable[..., ServerProcess], dev_config: SiteConfig,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key=f"{ME}/marked/", Body=b"")  # a console's "folder"
+    client.put_object(Bucket=BUCKET, Key=f"{ME}/marked/a.txt", Body=b"A")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "daemon-environment-secret")  # boto3's chain, if a site uses it
+    server = s3_server()
+    task = run(server, {
+        "inputs": [{"url": f"s3://{BUCKET}/{ME}/marked", "path": "/in", "type": "DIRECTORY"}],
+        "outputs": [{"path": "/out/res", "url": f"s3://{BUCKET}/{ME}/untyped"}],  # no type: a directory, it turns out
+        "executors": [sh("mkdir -p /out/res/sub && cp /in/a.txt '/out/res/sub/a b%.txt' && env")]})
+    assert task["state"] == "COMPLETE", system_logs(task)
+    assert "daemon-environment-secret" not in task["logs"][0]["logs"][0]["stdout"]  # not in the job's env
+    assert keys(s3, f"{ME}/untyped") == {f"{ME}/untyped/sub/a b%.txt": b"A"}
+    # The logged URL names the very object (keys are taken literally, not percent-encoded).
+    assert [o["url"] for o in task["logs"][0]["outputs"]] == [f"s3://{BUCKET}/{ME}/untyped/sub/a b%.txt"]
+    # Two outputs, the second refused by the store: the first one's object is removed again.
+    failed = run(server, {
+        "outputs": [{"path": "/out/ok.txt", "url": f"s3://{BUCKET}/{ME}/pair/ok.txt"},
+                    {"path": "/out/no.txt", "url": f"s3://{DENIED}/{ME}/pair/no.txt"}],
+        "executors": [sh("echo ok > /out/ok.txt && echo no > /out/no.txt")]})
+    assert failed["state"] == "SYSTEM_ERROR"
+    assert f"cannot upload to s3://{DENIED}/{ME}/pair/no.txt: access denied" in system_logs(failed)
+    assert keys(s3, f"{ME}/pair/") == {}

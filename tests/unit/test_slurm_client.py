@@ -14,11 +14,13 @@ class FakeRunner:
     def __init__(self, stdout: str = "", returncode: int = 0, stderr: str = "",
                  exc: Exception | None = None) -> None:
         self.calls: list[list[str]] = []
+        self.envs: list[object] = []
         self.stdout, self.returncode, self.stderr, self.exc = stdout, returncode, stderr, exc
 
     def __call__(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         assert kwargs.get("shell") is None, "never a shell"
         self.calls.append(argv)
+        self.envs.append(kwargs.get("env"))
         if self.exc:
             raise self.exc
         return subprocess.CompletedProcess(argv, self.returncode, self.stdout, self.stderr)
@@ -30,6 +32,17 @@ def test_submit_runs_as_the_job_user_and_parses_parsable_output() -> None:
     assert client.submit(Path("/w/job.sh"), workdir=Path("/w")) == "4242"
     assert run.calls == [["runuser", "-u", "hpcb", "--", "/opt/slurm/bin/sbatch", "--parsable",
                           "--chdir=/w", "/w/job.sh"]]
+
+
+def test_sbatch_gets_a_clean_environment_not_the_daemons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch exports its environment to the job: the daemon's credentials must not ride along."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "site-secret")
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/site.conf")
+    run = FakeRunner(stdout="4242\n")
+    CliSlurmClient(submit_as="root", runner=run).submit(Path("/w/job.sh"), workdir=Path("/w"))
+    [env] = run.envs
+    assert isinstance(env, dict) and "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["USER"] == "root" and env["SLURM_CONF"] == "/etc/slurm/site.conf" and env["PATH"]
 
 
 def test_submit_without_job_id_is_an_error() -> None:
