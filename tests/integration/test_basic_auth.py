@@ -4,6 +4,9 @@ and an unauthenticated caller cannot see it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +54,41 @@ def test_a_pulsar_shaped_task_over_basic(server: ServerProcess) -> None:
     assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"].startswith("Basic")
     assert requests.get(f"{server.url}/ga4gh/tes/v1/tasks", timeout=10,
                         auth=("nobody", PASSWORD)).status_code == 401
+
+
+@pytest.fixture(scope="module")
+def pulsar_python() -> Path:
+    """Pulsar's client library in its own venv, made from dev/clients/pulsar.lock (again when it changes)."""
+    root = Path(__file__).resolve().parents[2]
+    lock, venv = root / "dev" / "clients" / "pulsar.lock", root / ".venv-pulsar"
+    stamp = venv / f".lock-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
+    if not stamp.exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--require-hashes", "--no-deps",
+                        "-r", str(lock)], check=True)
+        stamp.touch()
+    return venv / "bin" / "python"
+
+
+def drive_pulsar(python: Path, server: ServerProcess, mode: str, password: str = PASSWORD + "pulsar") -> dict:
+    driver = Path(__file__).resolve().parents[1] / "clients" / "pulsar_drive.py"
+    out = subprocess.run([str(python), str(driver), f"{server.url}/ga4gh/tes/", "pulsar", password, mode],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_pulsars_own_client_library_runs_and_kills_a_job_over_basic(pulsar_python: Path,
+                                                                     server: ServerProcess) -> None:
+    """Pulsar's TES runner code (pulsar-galaxy-lib, pydantic-tes), unmodified: its task is accepted over
+    Basic, its strict models parse every answer, and the statuses it derives are Galaxy's."""
+    done = drive_pulsar(pulsar_python, server, "run")
+    assert done["statuses"][-1] == "complete", done
+    assert done["stdout"] == ["", "", "STAGED-IN\n"]
+    assert done["name"].startswith("pulsar-")
+    killed = drive_pulsar(pulsar_python, server, "kill")
+    assert killed["statuses"][-1] == "cancelled", killed
+    assert "running" in killed["statuses"]
+    stored = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{killed['id']}", timeout=10,
+                          auth=("pulsar", PASSWORD + "pulsar")).json()
+    assert stored["state"] == "CANCELED"
