@@ -217,7 +217,10 @@ class Run:
         workdir.mkdir(parents=True, mode=0o700)
         script = workdir / "job.sh"
         script.write_text(render(plan.script, config.template_search_path))
-        for path in (workdir, script):
+        made = [Path(d) for d in plan.directories]  # e.g. the executors' scratch /tmp
+        for directory in made:
+            directory.mkdir(parents=True, mode=0o700)
+        for path in (workdir, script, *made):
             self.chown(path)
         return script
 
