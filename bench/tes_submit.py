@@ -64,6 +64,7 @@ from hpc_bridge.store import Store  # noqa: E402
 from hpc_bridge.tes.jobspec import plan_job, task_id_from_comment  # noqa: E402
 from hpc_bridge.tes.models import Task  # noqa: E402
 from hpc_bridge.tes.service import TaskService  # noqa: E402
+from tests.procs import terminate  # noqa: E402
 
 TASK = {"name": "bench", "executors": [{"image": "busybox", "command": ["true"]}]}
 TES = "/ga4gh/tes/v1"
@@ -161,13 +162,7 @@ class Server:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
 
 
 class Run:

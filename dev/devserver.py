@@ -50,10 +50,6 @@ def serve(config: Path, directory: Path, **overrides: Any) -> tuple[subprocess.P
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    from tests.procs import terminate
+
+    terminate(proc, 30)

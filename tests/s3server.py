@@ -17,6 +17,8 @@ from typing import Any, Self
 
 import boto3
 
+from tests.procs import terminate
+
 # moto lets this many requests through unauthenticated, then demands known keys: enough to create
 # the IAM user, its key and its policy (4 requests), nothing more.
 _SETUP_REQUESTS = 4
@@ -74,9 +76,4 @@ class S3Server:
         return path
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)

@@ -24,6 +24,7 @@ import yaml
 
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.slurm.client import CliSlurmClient, JobStatus
+from tests.procs import terminate
 
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
             "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -107,12 +108,7 @@ class ServerProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc)
 
 
 def free_port() -> int:
