@@ -44,8 +44,9 @@ FAKE_ENGINE = textwrap.dedent("""\
             sys.exit(5)
 
     signal.signal(signal.SIGTERM, term)
-    with open("engine.json", "w") as f:
+    with open("engine.json.tmp", "w") as f:  # renamed when complete: the tests read it meanwhile
         json.dump({"argv": sys.argv[1:], "pid": os.getpid(), "cwd": os.getcwd(), "launch": launch}, f)
+    os.replace("engine.json.tmp", "engine.json")
     print("engine: started", file=sys.stderr, flush=True)
     if behaviour == "complete":
         with open("outputs.json", "w") as f:
