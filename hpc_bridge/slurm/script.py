@@ -88,6 +88,9 @@ class JobScript:
     # `log_tail` bytes, when the executor ends. None: everything in the work area, as before.
     status_dir: str | None = None
     log_tail: int = 0
+    # The executors' /tmp and /var/tmp (apptainer --workdir): made at the start, removed at the end
+    # whatever the outcome, as --containall's in-memory /tmp was (a requeued job starts afresh).
+    scratch: str | None = None
 
     @property
     def record_dir(self) -> str:

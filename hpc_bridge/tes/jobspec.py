@@ -442,6 +442,6 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         files[collector] = collector_source()
         collect = [str(config.storage.job_python), "-I", collector, manifest]
     script = JobScript(name=job_name(task_id), workdir=workdir, executors=final, options=options,
-                       comment=job_comment(task_id), inputs=checks, collect=collect)
+                       comment=job_comment(task_id), inputs=checks, collect=collect, scratch=scratch)
     return JobPlan(script=script, directories=directories, files=files, warnings=warnings,
                    downloads=downloads, pulls=list(pulls.values()), input_types=input_types)

@@ -301,7 +301,8 @@ def run_existing(server: ServerProcess, task_id: str, timeout: float = 180) -> d
 
 def test_tmp_is_on_disk_and_shared_by_the_executors(server: ServerProcess, dev_config: SiteConfig) -> None:
     """--containall alone gives a 64 MiB in-memory /tmp: Snakemake's TES jobs (a script put at
-    /tmp/run_snakemake.sh, ~100 MB of plugins installed under /tmp) outgrow it."""
+    /tmp/run_snakemake.sh, ~100 MB of plugins installed under /tmp) outgrow it. Like that /tmp, it is
+    gone when the job ends."""
     task = run(server, {
         "inputs": [{"content": "echo from-content\n", "path": "/tmp/run.sh"}],
         "executors": [sh("sh /tmp/run.sh && head -c 200000000 /dev/zero > /tmp/big && mkdir /var/tmp/d"),
@@ -310,4 +311,7 @@ def test_tmp_is_on_disk_and_shared_by_the_executors(server: ServerProcess, dev_c
     first, second = task["logs"][0]["logs"]
     assert first["stdout"].strip() == "from-content"
     assert second["stdout"].split() == ["200000000", "shared"]
-    assert (dev_config.storage.work_root / task["id"] / "scratch" / "tmp" / "big").stat().st_size == 200_000_000
+    assert not (dev_config.storage.work_root / task["id"] / "scratch").exists()
+    failed = run(server, {"executors": [sh("echo x > /tmp/left && exit 3")]})
+    assert failed["state"] == "EXECUTOR_ERROR"
+    assert not (dev_config.storage.work_root / failed["id"] / "scratch").exists()

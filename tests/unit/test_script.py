@@ -87,6 +87,19 @@ def test_failing_executor_stops_the_job_unless_ignored(tmp_path: Path) -> None:
     assert _records(tmp_path)[-1] == {**_records(tmp_path)[-1], "event": "job_end", "exit_code": 5}
 
 
+@pytest.mark.parametrize("last", ["exit 0", "exit 6"])
+def test_scratch_is_made_for_the_executors_and_removed_at_the_end(tmp_path: Path, last: str) -> None:
+    scratch = tmp_path / "scratch dir"
+    job = JobScript(name="t3", workdir=str(tmp_path), scratch=str(scratch), executors=[
+        ExecutorScript(argv=["sh", "-c", f"test -d '{scratch}' && echo x > '{scratch}/f' && {last}"])])
+    script = tmp_path / "job.sh"
+    script.write_text(render(job, TEMPLATES))
+    proc = subprocess.run(["bash", str(script)], cwd=tmp_path)
+    assert proc.returncode == int(last.split()[1])
+    assert [r["exit_code"] for r in _records(tmp_path) if r["event"] == "executor_end"] == [proc.returncode]
+    assert not scratch.exists()
+
+
 def test_site_template_dir_overrides_the_shipped_one(tmp_path: Path) -> None:
     (tmp_path / "task.sh.j2").write_text("#!/bin/sh\n# site {{ job.name | sbatch }}\n")
     job = JobScript(name="t3", workdir="/w", executors=[])
