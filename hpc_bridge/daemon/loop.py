@@ -74,6 +74,7 @@ class Daemon:
 
     def stop(self) -> None:
         self._ctx.stop.set()
+        self.stager.close()
         self.uploader.close()
         self._ctx.wake.set()
 

@@ -29,12 +29,20 @@ class Stager:
     def busy(self, task_id: str) -> bool:
         return (future := self._staging.get(task_id)) is not None and not future.done()
 
+    def close(self) -> None:
+        """The daemon is stopping: object-store downloads give up (their next cycle starts them
+        again) and nothing queued starts."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def forget(self, task_id: str) -> None:
         self._staging.pop(task_id, None)
 
     def ready(self, row: TaskRow, area: WorkArea, plan: JobPlan) -> bool:
         """True once the task's images are in the cache and its downloads are in its work area.
-        A failed staging fails the task."""
+        A failed staging fails the task; one the daemon's stop cut short does not (the next daemon
+        stages again)."""
+        if self._ctx.stop.is_set():
+            return False
         pulls = [img for img in plan.pulls if not self.images.is_cached(img)]
         downloads = [d for d in plan.downloads if not area.exists(area.relative(d.dest))]
         future = self._staging.get(row.id)
@@ -77,7 +85,7 @@ class Stager:
             area.create()
             for i, item in enumerate(downloads):
                 temp = private / str(i)
-                self._schemes.for_url(item.url).download(item.url, temp, item.type, row.owner)
+                self._schemes.for_url(item.url).download(item.url, temp, item.type, row.owner, stop=self._ctx.stop)
                 area.move_in(temp, area.relative(item.dest))
         finally:
             shutil.rmtree(private, ignore_errors=True)

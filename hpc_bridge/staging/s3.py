@@ -125,7 +125,7 @@ class _Progress:
     def check(self) -> None:
         """Also between objects: a prefix of many empty objects reports no progress at all."""
         if self._stop is not None and self._stop.is_set():
-            raise TransferError(f"{self._url}: stopped (the task was cancelled)")
+            raise TransferError(f"{self._url}: stopped (the task was cancelled, or the service is stopping)")
         if time.monotonic() > self._deadline:
             raise TransferError(f"{self._url}: not done within the time limit")
 
@@ -195,13 +195,13 @@ class S3Scheme:
             "s3", endpoint_url=bucket.endpoint_url, region_name=bucket.region or "us-east-1", config=config)
         return client
 
-    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
+    def download(self, url: str, dest: Path, type: str, owner: str, stop: threading.Event | None = None) -> None:
         """Into `dest` (a new file, or a new directory tree for a DIRECTORY), which the caller
         renames into place only if this returns."""
         directory = type == DIRECTORY
         parsed, bucket = self.policy.check(url, owner, write=False, directory=directory)
         client = self.client(bucket, owner)
-        progress = _Progress(parsed, self._settings.max_bytes, time.monotonic() + self._settings.timeout)
+        progress = _Progress(parsed, self._settings.max_bytes, time.monotonic() + self._settings.timeout, stop)
         try:
             if directory:
                 self._download_tree(client, parsed, dest, progress)

@@ -65,8 +65,9 @@ class Scheme(Protocol):
         the work area and the daemon `upload`s it once the job has ended."""
         ...
 
-    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
-        """An input of `how="download"`, into the new file or directory `dest`."""
+    def download(self, url: str, dest: Path, type: str, owner: str, stop: threading.Event | None = None) -> None:
+        """An input of `how="download"`, into the new file or directory `dest`; `stop` set: give up
+        (the daemon is stopping)."""
         ...
 
     def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
@@ -83,7 +84,7 @@ class Scheme(Protocol):
 class _NoTransfers:
     """For schemes whose data the job itself reads and writes: the daemon never moves any."""
 
-    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
+    def download(self, url: str, dest: Path, type: str, owner: str, stop: threading.Event | None = None) -> None:
         raise TransferError(f"{url!r}: not downloaded by the service")
 
     sends_outputs = False
@@ -169,8 +170,8 @@ class HttpScheme(_NoTransfers):
     def output(self, url: str, owner: str, *, directory: bool = False) -> str:
         raise SchemeError(f"{url!r}: http(s) is read-only here; outputs go to file:// URLs")
 
-    def download(self, url: str, dest: Path, type: str, owner: str) -> None:
-        try:
+    def download(self, url: str, dest: Path, type: str, owner: str, stop: threading.Event | None = None) -> None:
+        try:  # bounded by storage.http.timeout instead of `stop`
             http.download(url, dest, self._settings)
         except http.DownloadError as exc:
             raise TransferError(str(exc)) from None

@@ -3,6 +3,9 @@ S3-compatible server on loopback (moto's server mode, credentials enforced)."""
 
 from __future__ import annotations
 
+import io
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from hpc_bridge.staging.areas import owner_key
 from tests.s3server import S3Server
 
 from .conftest import ServerProcess
-from .test_staging import FINAL, post, run, run_existing, sh
+from .test_staging import FINAL, iso, post, run, run_existing, sh
 
 BUCKET, DENIED = "hpcb-data", "hpcb-denied"
 ME = owner_key("local")  # auth none: every caller is "local"
@@ -233,3 +236,30 @@ def test_folder_markers_untyped_directories_raw_names_and_all_or_nothing(
     assert failed["state"] == "SYSTEM_ERROR"
     assert f"cannot upload to s3://{DENIED}/{ME}/pair/no.txt: access denied" in system_logs(failed)
     assert keys(s3, f"{ME}/pair/") == {}
+
+
+def test_a_service_stopped_mid_download_stops_at_once_and_stages_again_after(
+        s3: S3Server, s3_server: Callable[..., ServerProcess]) -> None:
+    """A download may take hours: stopping the service gracefully (Ctrl-C: the API, then the daemon,
+    then the interpreter's wait for its worker threads) does not wait for it, and does not fail the
+    task either; the next service process downloads it again."""
+    s3.client().upload_fileobj(io.BytesIO(os.urandom(BIG)), BUCKET, f"{ME}/big-in.bin")
+    server = s3_server(part_size=5 * 1024**2, concurrency=1)  # slow: the download outlasts the stop by far
+    task_id = post(server, {"inputs": [{"url": f"s3://{BUCKET}/{ME}/big-in.bin", "path": "/in/big"}],
+                            "executors": [sh("wc -c < /in/big")]}).json()["id"]
+    deadline = time.monotonic() + 60
+    while "downloading input" not in system_logs(
+            requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10).json()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGINT)
+    server.proc.wait(60)
+    stopped = time.monotonic() - started
+    server.start()
+    task = run_existing(server, task_id, timeout=300)
+    assert task["state"] == "COMPLETE", system_logs(task)
+    assert task["logs"][0]["logs"][0]["stdout"].strip() == str(BIG)
+    downloading = iso(task["logs"][0]["logs"][0]["start_time"]) - iso(task["creation_time"])
+    assert stopped < 3 < downloading, (stopped, downloading)
