@@ -30,11 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
-import yaml
 from boto3.s3.transfer import TransferConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "dev")]
+
+from devserver import serve, stop  # noqa: E402
 
 from hpc_bridge.config import S3Settings, load_config  # noqa: E402
 from hpc_bridge.staging.areas import owner_key  # noqa: E402
@@ -66,31 +67,13 @@ def timed(action: Callable[[], None]) -> float:
 
 def end_to_end(s3: S3Server, key: str, size: int, work: Path) -> float:
     """POST -> COMPLETE of one task that copies the object from its input to its output."""
-    import subprocess
-
-    from tests.integration.conftest import free_port
-
-    dev = load_config(ROOT / "site_config" / "dev.yaml")
-    data = dev.model_dump(mode="json")
-    data["database"] = str(work / "bench.sqlite")
-    data["storage"]["s3"] = {"enabled": True, "credentials_file": str(s3.credentials_file(work / "creds")),
-                             "buckets": [{"name": BUCKET, "endpoint_url": s3.url}]}
-    (work / "site.yaml").write_text(yaml.safe_dump(data))
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "hpc-bridge"), "serve", "--config",
-                               str(work / "site.yaml"), "--port", str(port)],
-                              stdout=open(work / "server.log", "ab"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/ga4gh/tes/v1"
+    config = ROOT / "site_config" / "dev.yaml"
+    storage = load_config(config).storage.model_dump(mode="json")
+    storage["s3"] = {"enabled": True, "credentials_file": str(s3.credentials_file(work / "creds")),
+                     "buckets": [{"name": BUCKET, "endpoint_url": s3.url}]}
+    server, url = serve(config, work, storage=storage)
+    base = f"{url}/ga4gh/tes/v1"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/service-info", timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"server did not start:\n{(work / 'server.log').read_text()}") from None
-                time.sleep(0.2)
         start = time.perf_counter()
         task_id = requests.post(f"{base}/tasks", timeout=30, json={
             "inputs": [{"url": f"s3://{BUCKET}/{key}", "path": "/in/big.bin"}],
@@ -106,8 +89,7 @@ def end_to_end(s3: S3Server, key: str, size: int, work: Path) -> float:
         assert head["ContentLength"] == size, head
         return elapsed
     finally:
-        server.terminate()
-        server.wait(20)
+        stop(server)
 
 
 def main() -> int:

@@ -58,11 +58,11 @@ class Uploader:
         found = []
         for i, raw in enumerate(row.task.get("outputs") or []):
             out = Output.model_validate(raw)
+            directory = is_tree_output(out)
             try:
                 scheme = self._schemes.for_url(out.url)
-                if scheme.sends_outputs and scheme.output(out.url, row.owner,
-                                                          directory=is_tree_output(out)) is None:
-                    found.append(Upload(i, out.url, is_tree_output(out), is_wildcard(out.path), scheme))
+                if scheme.sends_outputs and scheme.output(out.url, row.owner, directory=directory) is None:
+                    found.append(Upload(i, out.url, directory, is_wildcard(out.path), scheme))
             except SchemeError as exc:
                 return f"output {out.url} cannot be uploaded: {exc}"
         return found

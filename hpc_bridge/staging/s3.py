@@ -73,10 +73,14 @@ def parse(url: str) -> S3Url:
         raise SchemeError(f"{url!r}: control characters are not allowed in keys")
     if len(key.encode()) > MAX_KEY_BYTES:
         raise SchemeError(f"{url!r}: the key is longer than S3's {MAX_KEY_BYTES} bytes")
-    segments = key.rstrip("/").split("/") if key.strip("/") else []
-    if any(s in ("", ".", "..") for s in segments) or key.startswith("/"):
+    if _unsafe(key.rstrip("/").split("/") if key.strip("/") else []) or key.startswith("/"):
         raise SchemeError(f"{url!r}: empty, '.' and '..' segments are not allowed in keys")
     return S3Url(bucket, key)
+
+
+def _unsafe(segments: list[str]) -> bool:
+    """Segments that stores (and file systems) read differently: empty, `.` and `..`."""
+    return any(s in ("", ".", "..") for s in segments)
 
 
 class S3Policy:
@@ -227,7 +231,7 @@ class S3Scheme:
             if not rel or rel.endswith("/"):  # a "folder" marker some tools write
                 continue
             parts = rel.split("/")
-            if any(p in ("", ".", "..") for p in parts):
+            if _unsafe(parts):
                 raise TransferError(f"{url}: object {obj['Key']!r} cannot be a path in a directory")
             progress.check()
             target = dest.joinpath(*parts)
@@ -257,9 +261,10 @@ class S3Scheme:
                 key = parsed.below() + rel if directory else parsed.key
                 try:
                     progress.check()
-                    current = (key, os.fstat(fd).st_size, datetime.now(UTC))
+                    size = os.fstat(fd).st_size
+                    current = (key, size, datetime.now(UTC))
                     # The cap before sending: a single PUT reports its progress only once it is stored.
-                    if progress.total + os.fstat(fd).st_size > self._settings.max_bytes:
+                    if progress.total + size > self._settings.max_bytes:
                         raise TransferError(f"{parsed}: larger than the maximum of {self._settings.max_bytes} bytes")
                     # By the descriptor's own name: boto3 reads the parts of a named file in parallel
                     # (of a file object, one after another), and /proc/self/fd/N is the file already

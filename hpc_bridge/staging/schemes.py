@@ -84,10 +84,10 @@ class Scheme(Protocol):
 class _NoTransfers:
     """For schemes whose data the job itself reads and writes: the daemon never moves any."""
 
+    sends_outputs = False
+
     def download(self, url: str, dest: Path, type: str, owner: str, stop: threading.Event | None = None) -> None:
         raise TransferError(f"{url!r}: not downloaded by the service")
-
-    sends_outputs = False
 
     def upload(self, url: str, files: Iterator[tuple[str, int]], owner: str, *, directory: bool,
                stop: threading.Event | None = None) -> list[str]:
@@ -175,8 +175,6 @@ class HttpScheme(_NoTransfers):
             http.download(url, dest, self._settings)
         except http.DownloadError as exc:
             raise TransferError(str(exc)) from None
-
-
 
 
 def load_schemes(config: SiteConfig, areas: AreaPolicy) -> dict[str, Scheme]:

@@ -335,6 +335,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
 
     outputs: list[OutputSpec] = []
     uploads = f"{workdir}/{UPLOADS}"
+    any_upload = False
     for i, out in enumerate(task.outputs or []):
         where = f"outputs[{i}]"
         try:
@@ -344,6 +345,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         upload = dest is None  # the job leaves it in the work area, the daemon uploads it afterwards
         if dest is None:
             dest = f"{uploads}/{i}"
+            any_upload = True
         if len(dest.encode()) >= 4096 or any(len(p.encode()) > NAME_MAX for p in dest.split("/")):
             raise InvalidTask(f"{where}.url", f"path too long for a file system ({len(dest)} characters, "
                                               f"or a component longer than {NAME_MAX} bytes)")
@@ -431,7 +433,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         areas = {a.path: a for out in outputs
                  if (a := schemes.areas.area_of(out.dest, owner, write=True)) is not None}
         dest_roots = [str(r) for r in config.storage.data_roots]
-        if any(out.dest.startswith(uploads + "/") for out in outputs):
+        if any_upload:
             directories.append(uploads)
             dest_roots.append(uploads)
             areas[uploads] = Area(uploads)
