@@ -57,6 +57,7 @@ from hpc_bridge.auth import NO_AUTH_IDENTITY  # noqa: E402
 from hpc_bridge.config import PACKAGE_DIR, SiteConfig, load_config  # noqa: E402
 from hpc_bridge.daemon import Daemon  # noqa: E402
 from hpc_bridge.slurm.client import CliSlurmClient  # noqa: E402
+from hpc_bridge.slurm.pack import pack_id_from_comment  # noqa: E402
 from hpc_bridge.slurm.record import parse_record  # noqa: E402
 from hpc_bridge.slurm.script import render  # noqa: E402
 from hpc_bridge.staging.schemes import Schemes  # noqa: E402
@@ -233,11 +234,13 @@ class Run:
     # this run's jobs in Slurm
 
     def my_task_ids(self) -> set[str]:
+        """This run's task ids and the ids of the packs (shared jobs) that carry any of them."""
         ids: set[str] = set()
         for db in self.databases:
             if db.exists():
                 with sqlite3.connect(db, timeout=30) as conn:
-                    ids.update(r[0] for r in conn.execute("SELECT id FROM tasks"))
+                    for task_id, pack_id in conn.execute("SELECT id, pack_id FROM tasks"):
+                        ids.update(filter(None, (task_id, pack_id)))
         return ids
 
     def active_jobs(self) -> tuple[list[str], int]:
@@ -248,7 +251,8 @@ class Run:
         mine, foreign = [], 0
         for line in out.splitlines():
             job_id, _, comment = line.partition("|")
-            if job_id in self.raw_jobs or task_id_from_comment(comment.strip()) in tasks:
+            comment = comment.strip()
+            if job_id in self.raw_jobs or (task_id_from_comment(comment) or pack_id_from_comment(comment)) in tasks:
                 mine.append(job_id)
             else:
                 foreign += 1
@@ -328,18 +332,14 @@ def count_with_job_id(session: requests.Session, url: str) -> tuple[int, int, in
     return len(tasks), with_id, failed
 
 
-def phase_api(run_: Run, n: int, clients: int) -> dict:
-    run_.wait_quiet("api", 300)
-    server, config = run_.server("api")
-    say(f"[api] server {server.url} (pid {server.proc.pid}), database {config.database}")
+def post_tasks(url: str, n: int, clients: int, what: str) -> tuple[list[str], float]:
+    """POST n trivial tasks from `clients` keep-alive threads: (their ids, the time the first started)."""
     ids: list[str] = []
     errors: list[str] = []
     lock = threading.Lock()
     counter = iter(range(n))
-    posted = 0
 
     def client() -> None:
-        nonlocal posted
         session = requests.Session()
         while True:
             with lock:
@@ -347,11 +347,10 @@ def phase_api(run_: Run, n: int, clients: int) -> dict:
             if i is None:
                 return
             try:
-                resp = session.post(f"{server.url}{TES}/tasks", json=TASK, timeout=60)
+                resp = session.post(f"{url}{TES}/tasks", json=TASK, timeout=60)
                 resp.raise_for_status()
                 with lock:
                     ids.append(resp.json()["id"])
-                    posted += 1
             except Exception as exc:  # noqa: BLE001 - reported below
                 with lock:
                     errors.append(str(exc))
@@ -363,10 +362,18 @@ def phase_api(run_: Run, n: int, clients: int) -> dict:
     for t in threads:
         while t.is_alive():
             t.join(0.1)
-            progress(f"[api] POST {posted}/{n}  {time.time() - t0:.1f}s")
-    t_posted = time.time()
+            progress(f"[{what}] POST {len(ids)}/{n}  {time.time() - t0:.1f}s")
     if errors:
         raise RuntimeError(f"{len(errors)} POSTs failed, first: {errors[0]}")
+    return ids, t0
+
+
+def phase_api(run_: Run, n: int, clients: int) -> dict:
+    run_.wait_quiet("api", 300)
+    server, config = run_.server("api")
+    say(f"[api] server {server.url} (pid {server.proc.pid}), database {config.database}")
+    _, t0 = post_tasks(server.url, n, clients, "api")
+    t_posted = time.time()
     # Submission is in creation order: poll the newest task cheaply, then confirm all in bulk.
     session = requests.Session()
     deadline = time.monotonic() + max(120.0, n * 0.5)
@@ -423,6 +430,53 @@ def phase_raw(run_: Run, n: int) -> dict:
         f"-> {result['rate']:.1f} jobs/s")
     result["cleanup_s"] = run_.drain("raw")
     return result
+
+
+# -- phase 1b: a burst run to the end ----------------------------------------------------------
+
+def phase_burst(run_: Run, n: int, clients: int) -> dict:
+    """N trivial tasks, POST -> every task COMPLETE, against N raw `sbatch` of the same scripts ->
+    every job done: what packing (no length declared) buys a burst, end to end."""
+    run_.wait_quiet("burst", 300)
+    server, config = run_.server("burst")
+    ids, t0 = post_tasks(server.url, n, clients, "burst")
+    session = requests.Session()
+    while True:
+        states = Counter(t["state"] for t in session.get(f"{server.url}{TES}/tasks", params={
+            "view": "MINIMAL", "page_size": 2047}, timeout=60).json()["tasks"])
+        ended = sum(states[s] for s in FINAL_TES)
+        progress(f"[burst] API: {ended}/{n} tasks ended  {time.time() - t0:.1f}s")
+        if ended >= n:
+            break
+        time.sleep(0.2)
+    api_s = time.time() - t0
+    progress.done()
+    server.stop()
+    if states["COMPLETE"] != n:
+        raise RuntimeError(f"[burst] not every task completed: {dict(states)}")
+    with sqlite3.connect(config.database) as conn:
+        jobs = conn.execute("SELECT count(DISTINCT job_id) FROM tasks").fetchone()[0]
+    say(f"[burst] API: {n} tasks COMPLETE {api_s:.1f}s after the first POST, in {jobs} Slurm jobs")
+    run_.drain("burst")
+
+    _, raw_config = run_.config("burst-raw")
+    run_.wait_quiet("burst-raw", 300)
+    scripts = [run_.raw_script(raw_config) for _ in range(n)]
+    t0 = time.time()
+    job_ids = [run_.sbatch(script) for script in scripts]
+    while True:
+        out = run(["squeue", "-h", "--states=all", "-j", ",".join(job_ids), "-o", "%T"], check=False)
+        done = sum(1 for line in out.split() if line in FINAL_SLURM)
+        progress(f"[burst] raw: {done}/{n} jobs ended  {time.time() - t0:.1f}s")
+        if done >= n:
+            break
+        time.sleep(0.2)
+    raw_s = time.time() - t0
+    progress.done()
+    say(f"[burst] raw: {n} jobs done {raw_s:.1f}s after the first sbatch")
+    run_.drain("burst-raw")
+    return {"n": n, "api_s": api_s, "raw_s": raw_s, "jobs": jobs,
+            "max_tasks": config.slurm.packing.max_tasks if config.slurm.packing.enabled else 1}
 
 
 # -- phase 2: Slurm commands per monitoring cycle -----------------------------------------------
@@ -588,7 +642,8 @@ def fmt_calls(calls: dict, names: Iterable[str] = ("squeue", "sbatch", "scancel"
     return "  ".join(f"{name} {calls.get(name, 0)}" for name in names)
 
 
-def report(env: dict, api: dict | None, raw: dict | None, cyc: dict | None, lat: dict | None) -> None:
+def report(env: dict, api: dict | None, raw: dict | None, cyc: dict | None, lat: dict | None,
+           burst: dict | None) -> None:
     line = "=" * 96
     print(line)
     print(f"hpc-bridge TES submission benchmark  ({env['when']}, {env['slurm']}, {env['cpus']} CPUs, "
@@ -616,6 +671,14 @@ def report(env: dict, api: dict | None, raw: dict | None, cyc: dict | None, lat:
                   f"{raw['total_s']:>10.2f}{raw['rate']:>10.1f}")
         if api and raw:
             print(f"   ratio API / raw: {api['rate'] / raw['rate']:.2f}")
+        print()
+    if burst:
+        print(f"1b. A burst of {burst['n']} trivial tasks (no time limit declared) run to the end")
+        print(f"   {'path':<44}{'seconds':>10}{'Slurm jobs':>12}")
+        print(f"   {'API: first POST -> every task COMPLETE':<44}{burst['api_s']:>10.1f}{burst['jobs']:>12}")
+        print(f"   {'raw: first sbatch -> every job done':<44}{burst['raw_s']:>10.1f}{burst['n']:>12}")
+        print(f"   ratio raw / API: {burst['raw_s'] / burst['api_s']:.2f}x faster through hpc-bridge "
+              f"(slurm.packing.max_tasks={burst['max_tasks']})")
         print()
     if cyc:
         print("2. Slurm commands per daemon cycle (in-process Daemon, CliSlurmClient.calls diff)")
@@ -663,15 +726,16 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=500, help="tasks per throughput/cycle phase (default 500)")
     parser.add_argument("--latency-runs", type=int, default=5, help="latency runs per path (default 5)")
+    parser.add_argument("--burst", type=int, default=100, help="tasks in the burst phase (default 100)")
     parser.add_argument("--clients", type=int, default=4, help="HTTP client threads for the POSTs (default 4)")
     parser.add_argument("--config", type=Path, default=ROOT / "site_config" / "dev.yaml",
                         help="base site config (default site_config/dev.yaml)")
-    parser.add_argument("--phases", default="api,raw,cycle,latency",
-                        help="comma-separated subset of api,raw,cycle,latency (default: all)")
+    parser.add_argument("--phases", default="api,raw,burst,cycle,latency",
+                        help="comma-separated subset of api,raw,burst,cycle,latency (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep temp configs, databases, logs, work dirs")
     args = parser.parse_args()
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
-    if unknown := phases - {"api", "raw", "cycle", "latency"}:
+    if unknown := phases - {"api", "raw", "burst", "cycle", "latency"}:
         parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     if args.n < 1 or args.n > 2047:
         parser.error("--n must be between 1 and 2047 (one list page checks all tasks)")
@@ -690,7 +754,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     t_start = time.time()
-    api = raw = cyc = lat = None
+    api = raw = cyc = lat = burst = None
     try:
         say(f"benchmark run {run_.id}: N={args.n}, temp {run_.tmp}, work {run_.work}")
         mine, foreign = run_.active_jobs()
@@ -700,6 +764,8 @@ def main() -> int:
             api = phase_api(run_, args.n, args.clients)
         if "raw" in phases:
             raw = phase_raw(run_, args.n)
+        if "burst" in phases:
+            burst = phase_burst(run_, args.burst, args.clients)
         if "cycle" in phases:
             cyc = phase_cycles(run_, args.n)
         if "latency" in phases:
@@ -714,7 +780,7 @@ def main() -> int:
     env = {"when": datetime.now().strftime("%Y-%m-%d %H:%M"), "n": args.n, "cpus": os.cpu_count(),
            "slurm": run(["sinfo", "--version"], check=False).strip(), "elapsed": time.time() - t_start,
            "foreign": len(run_.foreign_seen)}
-    report(env, api, raw, cyc, lat)
+    report(env, api, raw, cyc, lat, burst)
     return 0
 
 

@@ -72,18 +72,19 @@ class PreemptibleSettings(_Strict):
 
 
 class PackingSettings(_Strict):
-    """Short tasks of one owner that ask for exactly the same resources share a Slurm job, one job
-    step each, in turn: Slurm then schedules one job instead of several (a job costs about a
-    scheduling cycle, a step a tenth of a second). Only tasks known to be short are packed: a time
-    limit (TES `time` backend parameter, CWL `ToolTimeLimit`, or the site's default) of at most
-    `max_task_minutes`. A pack holds at most `max_tasks`, and as many as fit in `max_minutes` one
-    after the other, so every task keeps its whole limit and a task waits at most that long for
-    its turn."""
+    """Tasks of one owner that ask for exactly the same resources share a Slurm job, one job step
+    each, in turn: Slurm then schedules one job instead of several (a job costs about a scheduling
+    cycle, a step a tenth of a second). Nobody has to declare a task short: once a step has run
+    `hand_back_seconds`, the launcher hands the tasks still waiting back to the daemon, which
+    submits each as a job of its own, so a long task holds the others back by that long at most.
+    A pack holds at most `max_tasks`; its time limit is the members' own plus the hand-back
+    allowance, so every task keeps its whole limit, and `max_minutes` (e.g. the partitions'
+    MaxTime) bounds it: tasks whose pack would need more run alone."""
 
     enabled: bool = True
-    max_tasks: Annotated[int, Field(ge=2, le=1000)] = 8
-    max_task_minutes: Annotated[float, Field(gt=0)] = 10
-    max_minutes: Annotated[int, Field(ge=2)] = 60
+    max_tasks: Annotated[int, Field(ge=2, le=1000)] = 16
+    hand_back_seconds: Annotated[int, Field(ge=1, le=3600)] = 5
+    max_minutes: Annotated[int, Field(ge=2)] | None = None
 
 
 class UserLimits(_Strict):

@@ -29,6 +29,9 @@ class Context:
     wake: threading.Event
     stop: threading.Event
     cancel_sent: set[str]  # job ids, JOB.STEP ids and task ids (skip markers) already cancelled
+    # Tasks a pack handed back (a step before theirs ran long): each goes alone next time. Kept in
+    # memory only: after a restart such a task may share a job once more, and at worst is handed back again.
+    handed_back: set[str] = dataclasses.field(default_factory=set)
 
     def fail(self, row: TaskRow, message: str) -> None:
         """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""

@@ -82,6 +82,9 @@ class Monitor:
         if quiet(row, status):
             return
         record, refused = ctx.record(row) if needs_record(status) else (None, None)
+        if row.pack_id and record is not None and record.returned_by and record.returned_by == row.job_id:
+            self._handed_back(row)
+            return
         verdict = assess(row, status, record, refused, now_iso())
         if verdict.unconfirmed:
             first = self._unconfirmed.setdefault(row.id, time.monotonic())
@@ -115,3 +118,15 @@ class Monitor:
         if verdict.state != row.state or changes or added:
             ctx.store.tasks.update(row.id, state=verdict.state, message=verdict.message, add_logs=added,
                                    **changes)
+
+    def _handed_back(self, row: TaskRow) -> None:
+        """A step before this task's ran long: the shared job will not start it. It is submitted
+        again at once, as a job of its own, keeping its state (QUEUED) and its logs."""
+        ctx = self._ctx
+        ctx.handed_back.add(row.id)
+        seconds = ctx.config.slurm.packing.hand_back_seconds
+        line = (f"handed back by Slurm job {row.job_id}, where a task before it ran longer than {seconds} s: "
+                "submitting it as a job of its own")
+        ctx.store.tasks.update(row.id, job_id=None, pack_id=None, next_attempt_at=0.0, message=line,
+                               add_logs=[line])
+        ctx.wake.set()

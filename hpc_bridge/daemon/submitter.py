@@ -1,5 +1,6 @@
 """Queued tasks to Slurm jobs: plan, work area, batch script, then sbatch through the task's launcher;
-short tasks of one owner and shape share one job (packing) where their launcher allows it."""
+tasks of one owner and shape share one job (packing) where their launcher allows it, except those a
+pack handed back."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ class Submitter:
         batch = due[: ctx.config.monitor.submit_batch]
         ready = [p for p in ctx.pool.map(self._prepare_one, batch) if p is not None]
         packing = ctx.config.slurm.packing
-        packable = [p for p in ready if ctx.launchers.for_row(p.row).packs]
-        groups = [[p] for p in ready if not ctx.launchers.for_row(p.row).packs]
+        alone = [p for p in ready if not ctx.launchers.for_row(p.row).packs or p.row.id in ctx.handed_back]
+        packable = [p for p in ready if p not in alone]
+        groups = [[p] for p in alone]
         if packing.enabled:
             groups += pack.group(packable, key=lambda p: (p.row.owner, tuple(p.job.options)),
                                  options=lambda p: p.job.options, settings=packing)
@@ -126,6 +128,7 @@ class Submitter:
             return
         self._ctx.store.tasks.update(row.id, job_id=job_id, pack_id=None,
                                      message=f"submitted as Slurm job {job_id}")
+        self._ctx.handed_back.discard(row.id)
 
     def _submit_pack(self, group: list[Prepared]) -> None:
         """One Slurm job for the group, each task a step of it. The pack id is stored with the tasks
@@ -137,9 +140,10 @@ class Submitter:
         members = [pack.Member(task_id=p.row.id, name=job_name(p.row.id), workdir=p.job.workdir,
                                record=p.job.record_path, output=f"{p.job.record_dir}/slurm.out")
                    for p in group]
+        seconds = ctx.config.slurm.packing.hand_back_seconds
         script = pack.PackScript(pack_id=pack_id, directory=str(directory), members=members,
-                                 options=pack.pack_options(first.job.options, len(group)),
-                                 step_time=pack.time_option(first.job.options))
+                                 options=pack.pack_options(first.job.options, len(group), seconds),
+                                 step_time=pack.time_option(first.job.options), hand_back_seconds=seconds)
         text = render(script, ctx.config.template_search_path, "pack.sh.j2")
         for p in group:
             ctx.store.tasks.update(p.row.id, pack_id=pack_id)
@@ -155,7 +159,7 @@ class Submitter:
             return
         for p in group:
             ctx.store.tasks.update(p.row.id, job_id=job_id, message=f"submitted as a step of Slurm job "
-                                   f"{job_id}, shared with {len(group) - 1} other short tasks")
+                                   f"{job_id}, shared with {len(group) - 1} other tasks")
 
     def _refused(self, rows: list[TaskRow], exc: SlurmError) -> None:
         ctx = self._ctx

@@ -21,11 +21,12 @@ OUTPUT_WARNING = "output_warning"  # output, message: something skipped (a symli
 OUTPUT_ERROR = "output_error"  # output, message: the output failed
 STEP_END = "step_end"  # exit_code, timed_out: a packed task's job step as srun saw it
 SKIPPED = "skipped"  # a packed task cancelled before its turn
+RETURNED = "returned"  # job_id: a packed task handed back to the daemon before its turn (a step ran long)
 
 WRITERS: dict[str, frozenset[str]] = {
     "task.sh.j2": frozenset({JOB_START, JOB_SIGNAL, JOB_END, INPUT_ERROR, UNSAFE_PATH, EXECUTOR_START,
                              EXECUTOR_END, COLLECT_END}),
-    "pack.sh.j2": frozenset({STEP_END, SKIPPED}),
+    "pack.sh.j2": frozenset({STEP_END, SKIPPED, RETURNED}),
     "collect.py": frozenset({OUTPUT, OUTPUT_WARNING, OUTPUT_ERROR}),
 }
 ALL: frozenset[str] = frozenset().union(*WRITERS.values())

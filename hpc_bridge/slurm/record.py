@@ -40,6 +40,7 @@ class JobRecord:
     step_exit: int | None = None  # the step's exit as srun saw it (None: not ended, or not packed)
     step_timed_out: bool = False
     skipped: bool = False  # cancelled before its turn: the launcher never started it
+    returned_by: str | None = None  # the shared job that handed it back before its turn (a step ran long)
     job_ended: bool = False  # the task's own script reached its end (it was not killed)
 
     @property
@@ -110,6 +111,8 @@ def _apply(rec: JobRecord, event: dict[str, Any]) -> JobRecord:
         rec.end_time = rec.end_time or _time(event["time"])
         rec.step_exit = int(event["exit_code"])
         rec.step_timed_out = event.get("timed_out") is True
+    elif kind == ev.RETURNED:
+        rec.returned_by = str(event.get("job_id") or "") or None
     elif kind == ev.SKIPPED:
         rec.end_time = _time(event["time"])
         rec.skipped = True

@@ -179,12 +179,15 @@ def slurm_runs(db: Path, task_ids: list[str], slurm: CliSlurmClient, work_root: 
         elif (pack_id := pack_id_from_comment(job.comment)) is not None:
             launcher = work_root / PACK_DIR / pack_id / "pack.sh"
             for line in launcher.read_text().splitlines() if launcher.exists() else []:
-                if line.startswith("run_task ") and (task_id := line.split()[1]) in wanted:
-                    jobs[task_id] += 1
+                if line.startswith("ids=("):  # the launcher's members: ids=(ID ID ... )
+                    for task_id in wanted.intersection(line.removeprefix("ids=(").rstrip(")").split()):
+                        jobs[task_id] += 1
     events = {task_id: [json.loads(line).get("event") for line in
                         Path(workdirs[task_id], "record.jsonl").read_text().splitlines()]
               for task_id in task_ids}
-    # A pack job skips a task cancelled before its turn: it carried the task but did not run it.
-    carried = {task_id: e.count("job_start") + e.count("skipped") for task_id, e in events.items()}
+    # A pack job skips a task cancelled before its turn, or hands it back to run elsewhere: it
+    # carried the task but did not run it.
+    carried = {task_id: e.count("job_start") + e.count("skipped") + e.count("returned")
+               for task_id, e in events.items()}
     assert jobs == carried, f"Slurm jobs per task {jobs} != runs (or skips) recorded by the tasks {carried}"
     return {task_id: e.count("job_start") for task_id, e in events.items()}

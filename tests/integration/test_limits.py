@@ -117,7 +117,7 @@ def test_a_request_within_the_limits_runs_with_what_it_asked_for(limited: Server
 def test_exclusive_and_unlimited_tasks_run_where_the_site_allows_them(dev_config: SiteConfig, tmp_path: Path,
                                                                     slurm: CliSlurmClient) -> None:
     """Whole nodes for one user (`limits.users`); with no time cap, `0` and `-1` are no time limit to
-    Slurm, and the packer never takes them for short tasks (two short ones share a job)."""
+    Slurm, also for the job they share with a task of the same shape (packing needs no declared length)."""
     config_path = write_config(dev_config, tmp_path, limits={"users": {"local": {"allow_exclusive": True}}},
                                slurm={"packing": {"enabled": True, "max_tasks": 4}})
     config = load_config(config_path)
@@ -133,9 +133,10 @@ def test_exclusive_and_unlimited_tasks_run_where_the_site_allows_them(dev_config
         assert jobs["exclusive"]["OverSubscribe"] == "NO" and jobs["exclusive"]["TimeLimit"] == "00:02:00"
         for name in ("zero", "zero2", "minus", "minus2"):
             assert jobs[name]["TimeLimit"] == "UNLIMITED", jobs[name]
-            assert "slurm_pack_id" not in tasks[name]["logs"][0]["metadata"]
+            assert "slurm_pack_id" in tasks[name]["logs"][0]["metadata"]
         job_ids = {name: t["logs"][0]["metadata"]["slurm_job_id"] for name, t in tasks.items()}
-        assert job_ids["short"] == job_ids["short2"]  # packing is on: the short ones shared a job
-        assert len(set(job_ids.values())) == len(ids) - 1
+        for a, b in (("short", "short2"), ("zero", "zero2"), ("minus", "minus2")):
+            assert job_ids[a] == job_ids[b]  # packing is on: tasks of one shape shared a job
+        assert len(set(job_ids.values())) == 4
     finally:
         server.stop()

@@ -1,5 +1,6 @@
-"""Short tasks packed into one Slurm job on the real cluster: each task runs as a job step in turn
-with its own state, logs and cancel, and the shared job is never cancelled for one of them."""
+"""Tasks packed into one Slurm job on the real cluster: each task runs as a job step in turn with its
+own state, logs and cancel, the shared job is never cancelled for one of them, and a step that runs
+long hands the tasks still waiting back, to run as jobs of their own."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from .conftest import ServerProcess, free_port, slurm_runs, write_config
 TES = "/ga4gh/tes/v1"
 
 
-def _task(script: str) -> dict:
+def _task(script: str, time: str | None = "5") -> dict:
+    backend = {"time": time} if time else {}
     return {"executors": [{"image": "busybox", "command": ["sh", "-c", script]}],
-            "resources": {"cpu_cores": 1, "ram_gb": 0.5, "backend_parameters": {"time": "5"}}}
+            "resources": {"cpu_cores": 1, "ram_gb": 0.5, "backend_parameters": backend}}
 
 
 def _state(url: str, task_id: str) -> dict:
@@ -37,7 +39,9 @@ def _wait(url: str, task_id: str, states: set[str], timeout: float = 90) -> dict
 
 def test_packed_tasks_keep_their_own_state_logs_and_cancel(dev_config: SiteConfig, tmp_path: Path,
                                                             slurm: CliSlurmClient) -> None:
-    config_path = write_config(dev_config, tmp_path, slurm={"packing": {"enabled": True, "max_tasks": 4}})
+    # A threshold longer than the test: the waiting task stays in the shared job until cancelled.
+    config_path = write_config(dev_config, tmp_path, slurm={"packing": {"enabled": True, "max_tasks": 4,
+                                                                        "hand_back_seconds": 600}})
     config = load_config(config_path)
     # Created before the daemon starts, so its first cycle finds all four due together.
     service = TaskService(Store(config.database), config)
@@ -67,5 +71,38 @@ def test_packed_tasks_keep_their_own_state_logs_and_cancel(dev_config: SiteConfi
         assert job.state == "COMPLETED"  # the task after the cancelled ones ran: the job was not cancelled
         assert slurm_runs(config.database, ids, slurm, config.storage.work_root) == {
             ids[0]: 1, ids[1]: 1, ids[2]: 0, ids[3]: 1}
+    finally:
+        server.stop()
+
+
+def test_a_long_step_hands_the_waiting_tasks_back_to_run_alone(dev_config: SiteConfig, tmp_path: Path,
+                                                               slurm: CliSlurmClient) -> None:
+    """No task declares a length; the second sleeps. The two after it are handed back once it has run
+    the threshold and end while it still runs, each in a job of its own; it keeps its step and cancel."""
+    config_path = write_config(dev_config, tmp_path, slurm={"packing": {"enabled": True, "max_tasks": 4,
+                                                                        "hand_back_seconds": 3}})
+    config = load_config(config_path)
+    service = TaskService(Store(config.database), config)
+    ids = [service.create(_task(script, time=None), owner="local")
+           for script in ("echo zero", "echo one; sleep 300", "echo two", "echo three")]
+    server = ServerProcess(config_path, free_port()).start()
+    try:
+        after = [_wait(server.url, task_id, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"})
+                 for task_id in ids[2:]]
+        assert [t["state"] for t in after] == ["COMPLETE", "COMPLETE"]
+        long_task = _state(server.url, ids[1])
+        assert long_task["state"] == "RUNNING"  # the others did not wait for it to end
+        shared = long_task["logs"][0]["metadata"]["slurm_job_id"]
+        for task, out in zip(after, ("two\n", "three\n"), strict=True):
+            meta = task["logs"][0]["metadata"]
+            assert meta["slurm_job_id"] != shared and "slurm_pack_id" not in meta  # a job of its own
+            assert task["logs"][0]["logs"][0]["stdout"] == out
+            assert any(f"handed back by Slurm job {shared}" in line for line in task["logs"][0]["system_logs"])
+        assert len({t["logs"][0]["metadata"]["slurm_job_id"] for t in after}) == 2
+        assert _state(server.url, ids[0])["state"] == "COMPLETE"
+        assert requests.post(f"{server.url}{TES}/tasks/{ids[1]}:cancel", timeout=10).status_code == 200
+        assert _wait(server.url, ids[1], {"CANCELED", "COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"})["state"] == \
+            "CANCELED"
+        assert slurm_runs(config.database, ids, slurm, config.storage.work_root) == dict.fromkeys(ids, 1)
     finally:
         server.stop()

@@ -34,6 +34,7 @@ SAMPLES = {
     events.OUTPUT_ERROR: {"output": 0, "message": "not found"},
     events.STEP_END: {"exit_code": 0, "timed_out": False},
     events.SKIPPED: {},
+    events.RETURNED: {"job_id": "9"},
 }
 
 

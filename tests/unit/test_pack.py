@@ -1,5 +1,6 @@
-"""Packing short tasks into one Slurm job: grouping, the launcher script (run for real by bash with
-a stand-in `srun`), the packed task's state, and the daemon's submit/cancel through a fake Slurm."""
+"""Packing tasks into one Slurm job: grouping, the launcher script (run for real by bash with a
+stand-in `srun`: steps in turn, the hand-back of waiting tasks once a step runs long), the packed
+task's state, and the daemon's submit/cancel/hand-back through a fake Slurm."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,43 +33,44 @@ def test_tasks_of_one_shape_are_split_evenly_and_others_stay_alone() -> None:
     assert [i for i, _ in packs[0] + packs[1] + packs[2]] == list(range(10))
 
 
-@pytest.mark.parametrize(("time", "sizes"), [
-    (None, [1, 1, 1, 1, 1, 1, 1]),  # no time limit: it might be long, never packed
-    ("11", [1, 1, 1, 1, 1, 1, 1]),  # longer than max_task_minutes
-    ("10", [4, 3]),  # as many as fit in max_minutes (5 × 10 + 1 > 50)
-    ("0:30", [7]),
-    # what Slurm reads as no time limit is never short
-    ("0", [1, 1, 1, 1, 1, 1, 1]),
-    ("00:00:00", [1, 1, 1, 1, 1, 1, 1]),
-    ("0-0", [1, 1, 1, 1, 1, 1, 1]),
-    ("-1", [1, 1, 1, 1, 1, 1, 1]),
-    ("UNLIMITED", [1, 1, 1, 1, 1, 1, 1]),
-    ("infinite", [1, 1, 1, 1, 1, 1, 1]),
+@pytest.mark.parametrize(("time", "max_minutes", "sizes"), [
+    (None, None, [7]),  # no declared length: packed all the same (a long one hands the others back)
+    ("11", None, [7]),
+    ("0", None, [7]),  # what Slurm reads as no time limit: the shared job gets none either
+    ("UNLIMITED", 50, [7]),
+    ("45", 50, [4, 3]),  # 45 + 3 hand-backs of a minute + 1 for the launcher = 49 fits, 50 does not
+    ("49", 50, [1, 1, 1, 1, 1, 1, 1]),  # no room for a second task's hand-back
 ])
-def test_only_tasks_known_to_be_short_are_packed(time: str | None, sizes: list[int]) -> None:
+def test_tasks_of_any_length_are_packed_within_max_minutes(time: str | None, max_minutes: int | None,
+                                                           sizes: list[int]) -> None:
     options = [("time", time)] if time else []
-    packs = pack.group(list(range(7)), key=lambda _: 0, options=lambda _: options,
-                       settings=PackingSettings(max_tasks=8, max_task_minutes=10, max_minutes=50))
+    settings = PackingSettings(max_tasks=8, hand_back_seconds=60, max_minutes=max_minutes)
+    packs = pack.group(list(range(7)), key=lambda _: 0, options=lambda _: options, settings=settings)
     assert [len(p) for p in packs] == sizes
 
 
-def test_the_shared_job_asks_time_for_every_task_in_turn() -> None:
-    assert pack.pack_options(SHAPE, 3) == [*SHAPE[:3], ("time", "31")]
-    assert pack.pack_options([("time", "0:30")], 4) == [("time", "5")]  # Slurm grants whole minutes
-    assert pack.pack_options([("time", "1-00:00:00")], 2) == [("time", "2881")]
-    assert pack.pack_options([("mem", "1M")], 5) == [("mem", "1M")]
+def test_the_shared_job_asks_one_whole_limit_plus_a_hand_back_per_other_task() -> None:
+    assert pack.pack_options(SHAPE, 3, 5) == [*SHAPE[:3], ("time", "12")]  # 10 + 2 × 5 s, + 1
+    assert pack.pack_options(SHAPE, 3, 60) == [*SHAPE[:3], ("time", "13")]
+    assert pack.pack_options([("time", "0:30")], 4, 30) == [("time", "4")]  # Slurm grants whole minutes
+    assert pack.pack_options([("time", "1-00:00:00")], 2, 60) == [("time", "1442")]
+    assert pack.pack_options([("mem", "1M")], 5, 5) == [("mem", "1M")]
+    assert pack.pack_options([("time", "0")], 5, 5) == [("time", "0")]
 
 
-def _script(tmp_path: Path, ids: list[str], step_time: str | None = "10") -> tuple[pack.PackScript, str]:
+def _script(tmp_path: Path, ids: list[str], step_time: str | None = "10", hand_back_seconds: int = 5,
+            sleep: dict[str, float] | None = None) -> tuple[pack.PackScript, str]:
     members = []
     for task_id in ids:
         workdir = tmp_path / task_id
         workdir.mkdir()
-        (workdir / "job.sh").write_text(f'echo "{task_id} ran in $PWD" >>"{tmp_path}/ran"; exit ${{RC:-0}}\n')
+        nap = f"sleep {(sleep or {}).get(task_id, 0)}; "
+        (workdir / "job.sh").write_text(f'{nap}echo "{task_id} ran in $PWD" >>"{tmp_path}/ran"; exit ${{RC:-0}}\n')
         members.append(pack.Member(task_id=task_id, name=f"tes-{task_id}", workdir=str(workdir),
                                    record=str(workdir / "record.jsonl"), output=str(workdir / "slurm.out")))
     script = pack.PackScript(pack_id="p1", directory=str(tmp_path / "pack"), members=members,
-                             options=pack.pack_options(SHAPE, len(ids)), step_time=step_time)
+                             options=pack.pack_options(SHAPE, len(ids), hand_back_seconds), step_time=step_time,
+                             hand_back_seconds=hand_back_seconds)
     (tmp_path / "pack" / "cancel").mkdir(parents=True)
     return script, render(script, [Path(__file__).parents[2] / "slurm_templates"], "pack.sh.j2")
 
@@ -89,7 +92,7 @@ def _run_launcher(tmp_path: Path, text: str, env: dict[str, str] | None = None) 
 
 def test_the_launcher_runs_each_task_as_a_step_in_turn(tmp_path: Path) -> None:
     script, text = _script(tmp_path, ["t1", "t2", "t3"])
-    assert "#SBATCH --comment=hpc-bridge-pack:p1" in text and "#SBATCH --time=31" in text
+    assert "#SBATCH --comment=hpc-bridge-pack:p1" in text and "#SBATCH --time=12" in text
     (tmp_path / "pack" / "cancel" / "t2").touch()  # cancelled before its turn
     _run_launcher(tmp_path, text)
     assert (tmp_path / "ran").read_text().splitlines() == [f"t1 ran in {tmp_path}/t1", f"t3 ran in {tmp_path}/t3"]
@@ -103,6 +106,34 @@ def test_the_launcher_runs_each_task_as_a_step_in_turn(tmp_path: Path) -> None:
     (tmp_path / "ran").unlink()
     _run_launcher(tmp_path, text)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_step_that_runs_long_hands_the_waiting_tasks_back(tmp_path: Path) -> None:
+    _, text = _script(tmp_path, ["t1", "t2", "t3", "t4"], hand_back_seconds=1, sleep={"t2": 3})
+    (tmp_path / "pack" / "cancel" / "t4").touch()  # cancelled while waiting: skipped, not handed back
+    started = time.monotonic()
+    _run_launcher(tmp_path, text, {"SLURM_JOB_ID": "77"})
+    assert time.monotonic() - started >= 3  # the long step itself ran to its end
+    assert (tmp_path / "ran").read_text().splitlines() == [f"t1 ran in {tmp_path}/t1", f"t2 ran in {tmp_path}/t2"]
+    t2 = parse_record((tmp_path / "t2" / "record.jsonl").read_text())
+    assert t2.step_exit == 0 and t2.returned_by is None
+    t3 = parse_record((tmp_path / "t3" / "record.jsonl").read_text())
+    assert t3.returned_by == "77" and not t3.finished and not (tmp_path / "t3" / "slurm.out").exists()
+    assert parse_record((tmp_path / "t4" / "record.jsonl").read_text()).skipped
+    assert (tmp_path / "pack" / "returned").exists()
+
+    # Requeued by Slurm after the hand-back: the daemon has t3 now, the launcher starts nothing.
+    (tmp_path / "ran").unlink()
+    _run_launcher(tmp_path, text, {"SLURM_JOB_ID": "77"})
+    assert not (tmp_path / "ran").exists()
+
+
+def test_steps_within_the_threshold_hand_nothing_back(tmp_path: Path) -> None:
+    _, text = _script(tmp_path, ["t1", "t2", "t3"], hand_back_seconds=5, sleep={"t1": 1, "t2": 1})
+    _run_launcher(tmp_path, text, {"SLURM_JOB_ID": "78"})
+    assert len((tmp_path / "ran").read_text().splitlines()) == 3
+    assert not (tmp_path / "pack" / "returned").exists()
+    assert all(parse_record((tmp_path / t / "record.jsonl").read_text()).step_exit == 0 for t in ("t1", "t2", "t3"))
 
 
 def test_a_failing_step_is_recorded_with_its_exit(tmp_path: Path) -> None:
@@ -180,7 +211,7 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     launcher = work / ".packs" / pack_id / "pack.sh"
     assert str(launcher) in submitted
     text = launcher.read_text()
-    assert all(f"run_task {i} tes-{i} {work}/{i} " in text for i in ids)
+    assert f"ids=({' '.join(ids)} )" in text and f"workdirs=({' '.join(f'{work}/{i}' for i in ids)} )" in text
 
     # The shared job runs: the first task's step has started, the others wait for their turn.
     job_writes(work / ids[0] / "record.jsonl", _record(START, {"event": "executor_start", "executor": 0}),
@@ -215,3 +246,47 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     daemon.clean_work_areas()
     assert not (work / ".packs" / pack_id).exists()
     assert foreign.is_dir()
+
+
+def test_tasks_handed_back_are_submitted_again_each_alone(dev_config: SiteConfig, tmp_path: Path) -> None:
+    from hpc_bridge.daemon import Daemon
+    from hpc_bridge.slurm.client import JobStatus
+    from hpc_bridge.store import Store
+    from hpc_bridge.tes.service import TaskService
+
+    work = tmp_path / "work"
+    config = dev_config.model_copy(update={
+        "database": tmp_path / "db.sqlite", "storage": dev_config.storage.model_copy(update={"work_root": work})})
+    job_user = config.slurm.submit_as or "root"
+    store = Store(config.database)
+    service = TaskService(store, config)
+    body = {"executors": [{"image": "busybox", "command": ["true"]}], "resources": {"cpu_cores": 1}}
+    ids = [service.create(body, owner="local") for _ in range(4)]  # no time limit: packed all the same
+    slurm = FakeSlurm()
+    daemon = Daemon(config, store, slurm)
+    daemon.cycle()
+    rows = [store.tasks.get(i) for i in ids]
+    job, pack_id = rows[0].job_id, rows[0].pack_id
+    assert pack_id and all(r.job_id == job and r.pack_id == pack_id for r in rows)
+    assert len([c for c in slurm.calls if c[0] == "submit"]) == 1
+
+    # The first step ran long: the launcher handed the other three back (one of them with a stale
+    # line from an earlier shared job, which must not count).
+    job_writes(work / ids[0] / "record.jsonl", _record(START, {"event": "executor_start", "executor": 0}),
+               job_user)
+    for task_id in ids[1:3]:
+        job_writes(work / task_id / "record.jsonl", _record({"event": "returned", "job_id": job}), job_user)
+    job_writes(work / ids[3] / "record.jsonl", _record({"event": "returned", "job_id": "99999"}), job_user)
+    slurm.jobs = [JobStatus(job, "RUNNING", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{pack_id}", None, None)]
+    daemon.cycle()
+    rows = [store.tasks.get(i) for i in ids]
+    assert [r.state for r in rows] == ["RUNNING", "QUEUED", "QUEUED", "QUEUED"]
+    assert [r.job_id for r in rows] == [job, None, None, job] and rows[1].pack_id is None
+    assert any(f"handed back by Slurm job {job}" in line for line in rows[1].system_logs)
+
+    daemon.cycle()  # submitted again at once, each alone, not packed together again
+    again = [c[1] for c in slurm.calls if c[0] == "submit"][1:]
+    assert sorted(again) == sorted(str(work / i / "job.sh") for i in ids[1:3])
+    rows = [store.tasks.get(i) for i in ids]
+    assert rows[1].job_id not in (None, job) and rows[1].job_id != rows[2].job_id
+    assert rows[1].pack_id is None and rows[1].submit_attempts == 2
