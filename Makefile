@@ -1,5 +1,7 @@
 # make run   set up .venv, bring up the dev cluster (unless the machine has its own Slurm), serve
 # make test  the same set-up, then the whole test suite (unit + integration on real Slurm/Apptainer)
+# make bench-smoke  the same set-up, then every bench/ script at a tiny size (tests/integration/test_bench.py):
+#            no speed is asserted, only that each runs and prints every figure; .ci/run runs it after `make test`
 # make conformance  the same set-up, then the whole CWL v1.2 conformance suite through WES (~20 min)
 # make lint  ruff (hpc_bridge, tests, bench, dev) and mypy --strict (hpc_bridge): 0 findings, or it fails
 # make lock  resolve pyproject.toml again (newest versions on PyPI) into requirements.lock; then run `make test`
@@ -23,7 +25,7 @@ PYTEST_ARGS ?=
 FUZZ_EXAMPLES ?= 25
 CONFORMANCE_JOBS ?= 3
 
-.PHONY: run test unit lint conformance compliance venv lock lock-clients cluster clean
+.PHONY: run test bench-smoke unit lint conformance compliance venv lock lock-clients cluster clean
 
 venv: $(STAMP)
 
@@ -82,9 +84,14 @@ run: venv cluster
 	$(VENV)/bin/hpc-bridge serve --config $(SITE_CONFIG)
 
 # pytest exits 5 when it collected nothing: say so, and fail like any other error.
+BENCH_TESTS := tests/integration/test_bench.py
 test: venv cluster
-	@HPCB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "[make] pytest collected no tests: failing" >&2; fi; exit $$rc
+	@HPCB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/python -m pytest --ignore=$(BENCH_TESTS) $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "[make] pytest collected no tests: failing" >&2; fi; exit $$rc
+
+bench-smoke: venv cluster
+	@$(VENV)/bin/python -m pytest $(BENCH_TESTS) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "[make] pytest collected no bench tests: failing" >&2; fi; exit $$rc
 
 conformance: venv cluster
 	$(VENV)/bin/python dev/cwl-conformance -j $(CONFORMANCE_JOBS)

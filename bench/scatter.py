@@ -2,13 +2,16 @@
 """Benchmark: an N-way CWL scatter of a trivial tool through hpc-bridge (WES -> TES -> Slurm ->
 Apptainer) versus `toil-cwl-runner --batchSystem slurm` on the same cluster, in the same run.
 
-    .venv/bin/python bench/scatter.py [--n 100] [--skip-toil] [--skip-unpacked]
+    .venv/bin/python bench/scatter.py [--n 100] [--skip-toil] [--skip-unpacked] [--sleeper 300]
 
 Run as root on the dev machine with the cluster up. Bridge: a fresh `hpc-bridge serve` (own database
 and work root) receives the workflow through `hpc-bridge-cwl-runner`, which submits over the WES API,
 waits and copies the outputs; the clock covers that one command. It runs twice: with the site's
-packing of short tasks (the tool declares a one-minute ToolTimeLimit), and with packing off, one
-Slurm job per scatter element. Toil: `toil-cwl-runner` from its own venv (`.venv-toil`, made with
+packing (the tool declares no ToolTimeLimit, as most tools do not), and with packing off, one
+Slurm job per scatter element. Then once more, packed, with the first element sleeping
+`--sleeper` seconds: how much later the others end than in the plain packed run, and how fast the
+tasks its pack handed back were submitted and started elsewhere (that run is cancelled as soon
+as the others have ended). Toil: `toil-cwl-runner` from its own venv (`.venv-toil`, made with
 `pip install 'toil[cwl]==9.6.0'` on first use: Toil pins its own cwltool, and the pin keeps a new
 Toil release from changing the comparison or breaking CI's tiny run), with `--no-container` (it has
 no Apptainer support for the local registry), its job store and work dir on the shared /srv. Slurm
@@ -22,18 +25,24 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import requests
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from tes_submit import Run, print_footer, say  # noqa: E402
+from tes_submit import Run, iso_epoch, print_footer, progress, say  # noqa: E402
 
-from hpc_bridge.config import load_config  # noqa: E402
+from hpc_bridge.config import SiteConfig, load_config  # noqa: E402
+from hpc_bridge.slurm.record import parse_record  # noqa: E402
+from tests.procs import terminate  # noqa: E402
 
 WORKFLOW = ROOT / "bench" / "workflows" / "scatter.cwl"
 TOIL_VENV = ROOT / ".venv-toil"
@@ -72,13 +81,79 @@ def timed(argv: list[str], env: dict[str, str], n: int, who: str) -> dict:
     return {"wall": wall, "jobs": after - before - 1}
 
 
+RUNNER = Path(sys.executable).parent / "hpc-bridge-cwl-runner"
+
+
+def makespan(config: SiteConfig, skip: str | None = None) -> float:
+    """First task created -> last task ended, in the server's own store (tasks whose command
+    mentions `skip` left out of the end)."""
+    with sqlite3.connect(config.database) as conn:
+        rows = conn.execute("SELECT created_at, end_time, task FROM tasks").fetchall()
+    ends = [iso_epoch(end) for _, end, body in rows if end and not (skip and skip in body)]
+    return max(ends) - min(iso_epoch(created) for created, _, _ in rows)
+
+
 def bridge(run_: Run, job: Path, n: int, *, packing: bool) -> dict:
     name = "scatter-packed" if packing else "scatter-unpacked"
-    server, _config = run_.server(name, slurm={"packing": {"enabled": packing}})
+    server, config = run_.server(name, slurm={"packing": {"enabled": packing}})
     outdir = run_.tmp / f"{name}-out"
     env = {**os.environ, "HPC_BRIDGE_URL": server.url}
-    runner = Path(sys.executable).parent / "hpc-bridge-cwl-runner"
-    return timed([str(runner), "--quiet", "--outdir", str(outdir), str(WORKFLOW), str(job)], env, n, "bridge")
+    result = timed([str(RUNNER), "--quiet", "--outdir", str(outdir), str(WORKFLOW), str(job)], env, n, "bridge")
+    return {**result, "makespan": makespan(config)}
+
+
+def handed_back(config: SiteConfig) -> list[tuple[float, float]]:
+    """Per task a pack handed back: (returned -> submitted again, submitted again -> its job started)."""
+    with sqlite3.connect(config.database) as conn:
+        rows = conn.execute("SELECT id, workdir FROM tasks WHERE system_logs LIKE '%handed back by%'").fetchall()
+        submitted = dict(conn.execute(
+            "SELECT task_id, max(time) FROM events WHERE message LIKE 'submitted as Slurm job %' GROUP BY task_id"))
+    out = []
+    for task_id, workdir in rows:
+        lines = Path(workdir, "record.jsonl").read_text().splitlines()
+        returned = next(json.loads(line)["time"] for line in lines if '"event":"returned"' in line)
+        record = parse_record("\n".join(lines))
+        if task_id in submitted and record.start_time:
+            out.append((iso_epoch(submitted[task_id]) - iso_epoch(returned),
+                        iso_epoch(record.start_time) - iso_epoch(submitted[task_id])))
+    return out
+
+
+def sleeper(run_: Run, n: int, seconds: int) -> dict:
+    """The packed scatter with its first element sleeping: stopped once every other one has ended."""
+    server, config = run_.server("scatter-sleeper", slurm={"packing": {"enabled": True}})
+    job = run_.tmp / "job-sleeper.json"
+    long_one = f"sleep-{seconds}"
+    job.write_text(json.dumps({"messages": [long_one, *(f"m{i}" for i in range(1, n))]}))
+    with open(run_.tmp / "sleeper-runner.log", "wb") as log:
+        proc = subprocess.Popen([str(RUNNER), "--quiet", "--outdir", str(run_.tmp / "sleeper-out"), str(WORKFLOW),
+                                 str(job)], env={**os.environ, "HPC_BRIDGE_URL": server.url}, stdout=log,
+                                stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()
+        while True:
+            with sqlite3.connect(config.database) as conn:
+                done = conn.execute("SELECT count(*) FROM tasks WHERE state = 'COMPLETE' AND task NOT LIKE ?",
+                                    [f"%{long_one}%"]).fetchone()[0]
+            progress(f"sleeper: {done}/{n - 1} other tasks complete  {time.monotonic() - t0:.0f}s")
+            if done >= n - 1:
+                break
+            if proc.poll() is not None or time.monotonic() - t0 > seconds:
+                raise SystemExit(f"sleeper: the other tasks did not all complete ({done}/{n - 1}) within "
+                                 f"{seconds} s; see {run_.tmp / 'sleeper-runner.log'}")
+            time.sleep(0.5)
+        progress.done()
+        with sqlite3.connect(config.database) as conn:
+            run_ids = [r[0] for r in conn.execute("SELECT id FROM runs")]
+    finally:
+        terminate(proc)
+    for run_id in run_ids:  # the long one has made its point
+        requests.post(f"{server.url}/ga4gh/wes/v1/runs/{run_id}/cancel", timeout=30)
+    back = handed_back(config)
+    return {"others": makespan(config, skip=long_one), "handed_back": len(back),
+            "to_submit": statistics.median(b[0] for b in back) if back else float("nan"),
+            "to_start": statistics.median(b[1] for b in back) if back else float("nan"),
+            "threshold": config.slurm.packing.hand_back_seconds, "cycle": config.monitor.min_interval}
 
 
 def ensure_toil() -> Path:
@@ -111,6 +186,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100, help="scatter width (default 100)")
     parser.add_argument("--skip-toil", action="store_true", help="measure the bridge only")
     parser.add_argument("--skip-unpacked", action="store_true", help="measure the bridge with packing only")
+    parser.add_argument("--sleeper", type=int, default=300,
+                        help="seconds the first element sleeps in the last run (default 300; 0: no such run)")
     parser.add_argument("--config", type=Path, default=ROOT / "site_config" / "dev.yaml")
     parser.add_argument("--keep", action="store_true", help="keep temp configs, databases, logs")
     args = parser.parse_args()
@@ -119,7 +196,7 @@ def main() -> int:
     job.write_text(json.dumps({"messages": [f"m{i}" for i in range(args.n)]}))
     started = time.time()
     try:
-        say(f"bridge: {args.n}-way scatter through WES, short tasks packed")
+        say(f"bridge: {args.n}-way scatter through WES, packed")
         ours = bridge(run_, job, args.n, packing=True)
         say(f"bridge: {ours['wall']:.1f} s, {ours['jobs']} Slurm jobs")
         unpacked = None
@@ -132,6 +209,11 @@ def main() -> int:
             say(f"toil: {args.n}-way scatter with --batchSystem slurm")
             theirs = toil(run_, job, args.n)
             say(f"toil: {theirs['wall']:.1f} s, {theirs['jobs']} Slurm jobs")
+        slow = None
+        if args.sleeper and args.n > 1:
+            say(f"bridge: {args.n}-way scatter through WES, packed, the first element sleeping {args.sleeper} s")
+            slow = sleeper(run_, args.n, args.sleeper)
+            say(f"bridge: the {args.n - 1} others ended {slow['others']:.1f} s after the first task was created")
     finally:
         run_.cleanup()
     print(f"\n{args.n}-way scatter of a trivial CWL tool, {os.cpu_count()} CPUs, same cluster, same run")
@@ -144,6 +226,13 @@ def main() -> int:
         print(f"ratio bridge/toil wall time: packed {ours['wall'] / theirs['wall']:.2f}"
               + (f", unpacked {unpacked['wall'] / theirs['wall']:.2f}" if unpacked else "")
               + f" ({theirs['version']})")
+    if slow:
+        print(f"with the first element sleeping {args.sleeper} s (packed): the {args.n - 1} others ended after "
+              f"{slow['others']:.1f} s, against {ours['makespan']:.1f} s for all {args.n} in the plain run: "
+              f"{slow['others'] - ours['makespan']:+.1f} s")
+        print(f"  {slow['handed_back']} tasks handed back after {slow['threshold']} s; median returned -> "
+              f"submitted again {slow['to_submit']:.2f} s (daemon cycle {slow['cycle']:g} s), submitted -> "
+              f"job started {slow['to_start']:.2f} s")
     print_footer({"foreign": len(run_.foreign_seen)}, f"total benchmark time {time.time() - started:.0f} s")
     return 0
 

@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import requests
 import yaml
@@ -503,8 +504,14 @@ def timed_cycle(daemon: Daemon, client: CliSlurmClient) -> tuple[Counter[str], f
     return +after, elapsed
 
 
+def held_overrides(run_: Run) -> dict[str, Any]:
+    """Jobs stay PENDING (held) and each task is its own job: packing would put tasks into a
+    launcher job the held template does not cover, and that job would run."""
+    return {"slurm": {"template_dirs": [str(held_template_dir(run_))], "packing": {"enabled": False}}}
+
+
 def phase_cycles(run_: Run, n: int) -> dict:
-    _, config = run_.config("cycle", slurm={"template_dirs": [str(held_template_dir(run_))]})
+    _, config = run_.config("cycle", **held_overrides(run_))
     store = Store(config.database)
     client = CliSlurmClient(bin_dir=config.slurm.bin_dir, submit_as=config.slurm.submit_as,
                             timeout=config.slurm.command_timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -29,9 +30,11 @@ class Context:
     wake: threading.Event
     stop: threading.Event
     cancel_sent: set[str]  # job ids, JOB.STEP ids and task ids (skip markers) already cancelled
-    # Tasks a pack handed back (a step before theirs ran long): each goes alone next time. Kept in
-    # memory only: after a restart such a task may share a job once more, and at worst is handed back again.
-    handed_back: set[str] = dataclasses.field(default_factory=set)
+    # How often a pack handed each task back (a step before its turn ran long): once, it shares a new
+    # pack with the others handed back (most are short: a new pack runs them at once); twice, it goes
+    # alone, so a run of long tasks costs at most two hand-backs each. Kept in memory only: after a
+    # restart the count starts again, which at worst costs a task one more hand-back.
+    handed_back: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     def fail(self, row: TaskRow, message: str) -> None:
         """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""

@@ -109,6 +109,7 @@ class Monitor:
             lines += refused_tails
         lines += verdict.warnings
         if verdict.terminal:
+            ctx.handed_back.pop(row.id, None)
             ctx.cancel_sent.difference_update({row.job_id or "", row.id})
             if record and record.step_id:
                 ctx.cancel_sent.discard(f"{row.job_id}.{record.step_id}")
@@ -121,12 +122,13 @@ class Monitor:
 
     def _handed_back(self, row: TaskRow) -> None:
         """A step before this task's ran long: the shared job will not start it. It is submitted
-        again at once, as a job of its own, keeping its state (QUEUED) and its logs."""
+        again at once (see `Context.handed_back`), keeping its state (QUEUED) and its logs."""
         ctx = self._ctx
-        ctx.handed_back.add(row.id)
+        ctx.handed_back[row.id] += 1
         seconds = ctx.config.slurm.packing.hand_back_seconds
+        where = "with the others handed back" if ctx.handed_back[row.id] < 2 else "as a job of its own"
         line = (f"handed back by Slurm job {row.job_id}, where a task before it ran longer than {seconds} s: "
-                "submitting it as a job of its own")
+                f"submitting it again, {where}")
         ctx.store.tasks.update(row.id, job_id=None, pack_id=None, next_attempt_at=0.0, message=line,
                                add_logs=[line])
         ctx.wake.set()

@@ -1,6 +1,6 @@
 """Queued tasks to Slurm jobs: plan, work area, batch script, then sbatch through the task's launcher;
-tasks of one owner and shape share one job (packing) where their launcher allows it, except those a
-pack handed back."""
+tasks of one owner and shape share one job (packing) where their launcher allows it, except those
+packs handed back twice."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Submitter:
         batch = due[: ctx.config.monitor.submit_batch]
         ready = [p for p in ctx.pool.map(self._prepare_one, batch) if p is not None]
         packing = ctx.config.slurm.packing
-        alone = [p for p in ready if not ctx.launchers.for_row(p.row).packs or p.row.id in ctx.handed_back]
+        alone = [p for p in ready if not ctx.launchers.for_row(p.row).packs or ctx.handed_back[p.row.id] >= 2]
         packable = [p for p in ready if p not in alone]
         groups = [[p] for p in alone]
         if packing.enabled:
@@ -128,7 +128,7 @@ class Submitter:
             return
         self._ctx.store.tasks.update(row.id, job_id=job_id, pack_id=None,
                                      message=f"submitted as Slurm job {job_id}")
-        self._ctx.handed_back.discard(row.id)
+        self._ctx.handed_back.pop(row.id, None)
 
     def _submit_pack(self, group: list[Prepared]) -> None:
         """One Slurm job for the group, each task a step of it. The pack id is stored with the tasks

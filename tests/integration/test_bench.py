@@ -49,8 +49,9 @@ def figures(out: str, label: str) -> list[float]:
 
 
 def test_tes_submit_tiny(slurm: CliSlurmClient) -> None:
-    """12 tasks: both cycle steps (10 and N active tasks) are measured, as at the full N=500."""
-    out = run_bench("tes_submit.py", "--n", "12", "--latency-runs", "1")
+    """12 tasks: both cycle steps (10 and N active tasks) are measured, as at the full N=500; a burst
+    of 6 runs to the end both ways."""
+    out = run_bench("tes_submit.py", "--n", "12", "--latency-runs", "1", "--burst", "6")
     tasks, seconds, rate = figures(out, "API: POST /tasks -> daemon sbatch")
     assert tasks == 12 and seconds > 0 and rate > 0
     assert figures(out, "raw: runuser")[0] == 12
@@ -59,6 +60,10 @@ def test_tes_submit_tiny(slurm: CliSlurmClient) -> None:
     assert re.search(r"^\s+12\s+\d+\s+squeue \d+", out, re.MULTILINE), out
     assert len(figures(out, "API: POST -> state COMPLETE")) == 4  # median, min, max, seen after job end
     assert len(figures(out, "raw: sbatch -> squeue COMPLETED")) == 4
+    seconds, jobs = figures(out, "API: first POST -> every task COMPLETE")
+    assert seconds > 0 and 1 <= jobs <= 6
+    assert figures(out, "raw: first sbatch -> every job done")[1] == 6
+    assert figures(out, "ratio raw / API:")[0] > 0
 
 
 def test_staging_tiny(slurm: CliSlurmClient) -> None:
@@ -84,6 +89,13 @@ def test_scatter_tiny(slurm: CliSlurmClient) -> None:
     ratios = re.search(r"^ratio bridge/toil wall time: packed (\S+), unpacked (\S+) \(", out, re.MULTILINE)
     assert ratios, out
     assert all(float(r) > 0 for r in ratios.groups())
+    slow = re.search(r"^with the first element sleeping 300 s \(packed\): the 2 others ended after (\S+) s", out,
+                     re.MULTILINE)
+    assert slow and float(slow.group(1)) > 0, out
+    back = re.search(r"^  (\d+) tasks handed back after \d+ s; median returned -> submitted again (\S+) s .*"
+                     r"submitted -> job started (\S+) s$", out, re.MULTILINE)
+    assert back, out  # the long first element was packed with at least one other, which it handed back
+    assert int(back.group(1)) >= 1 and all(float(v) >= 0 for v in back.groups()[1:])
 
 
 def test_s3_transfer_tiny(slurm: CliSlurmClient) -> None:
@@ -91,3 +103,23 @@ def test_s3_transfer_tiny(slurm: CliSlurmClient) -> None:
     download, upload = figures(out, "in  (download)"), figures(out, "out (upload)")
     assert all(v > 0 for v in download + upload)
     assert figures(out, "task in + cp + out through Slurm:")[0] > 0
+
+
+def test_scale_tiny(slurm: CliSlurmClient) -> None:
+    """2000 stored tasks and 20 active ones instead of 100k and 10k: every endpoint, the file size,
+    the cycle times and the RSS are measured, and every active task ends up on a held job."""
+    out = run_bench("scale.py", "--tasks", "2000", "--active", "20", "--samples", "50")
+    lists = [f"GET /tasks?page_size=256 view={view}, {page}"
+             for view in ("MINIMAL", "BASIC") for page in ("first page", "next pages")]
+    for label in ("GET /tasks/{id} view=MINIMAL", "GET /tasks/{id} view=BASIC", *lists):
+        samples, p50, p99, most = figures(out, label)
+        assert samples == 50 and 0 < p50 <= p99 <= most
+    assert figures(out, "POST /tasks")[0] == 50
+    megabytes, per_task = figures(out, "per 100k tasks:")
+    assert megabytes > 0 and per_task > 0
+    assert figures(out, "submission: tasks -> held jobs")[0] == 20
+    assert figures(out, "tasks:")[0] == 20  # QUEUED on a held job, the hold reason recorded
+    for label in ("first cycle after the last submission", "steady cycle, median of 5:",
+                  "restarted daemon, first cycle:", "before the Daemon was created:", "after its cycles (current):"):
+        assert figures(out, label)[0] >= 0
+    assert re.search(r"^\s+peak .*:\s+\d+$", out, re.MULTILINE), out

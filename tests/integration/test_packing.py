@@ -75,10 +75,10 @@ def test_packed_tasks_keep_their_own_state_logs_and_cancel(dev_config: SiteConfi
         server.stop()
 
 
-def test_a_long_step_hands_the_waiting_tasks_back_to_run_alone(dev_config: SiteConfig, tmp_path: Path,
-                                                               slurm: CliSlurmClient) -> None:
+def test_a_long_step_hands_the_waiting_tasks_back_to_run_elsewhere(dev_config: SiteConfig, tmp_path: Path,
+                                                                    slurm: CliSlurmClient) -> None:
     """No task declares a length; the second sleeps. The two after it are handed back once it has run
-    the threshold and end while it still runs, each in a job of its own; it keeps its step and cancel."""
+    the threshold and end while it still runs, in a new shared job; it keeps its step and cancel."""
     config_path = write_config(dev_config, tmp_path, slurm={"packing": {"enabled": True, "max_tasks": 4,
                                                                         "hand_back_seconds": 3}})
     config = load_config(config_path)
@@ -94,11 +94,11 @@ def test_a_long_step_hands_the_waiting_tasks_back_to_run_alone(dev_config: SiteC
         assert long_task["state"] == "RUNNING"  # the others did not wait for it to end
         shared = long_task["logs"][0]["metadata"]["slurm_job_id"]
         for task, out in zip(after, ("two\n", "three\n"), strict=True):
-            meta = task["logs"][0]["metadata"]
-            assert meta["slurm_job_id"] != shared and "slurm_pack_id" not in meta  # a job of its own
+            assert task["logs"][0]["metadata"]["slurm_job_id"] != shared
             assert task["logs"][0]["logs"][0]["stdout"] == out
             assert any(f"handed back by Slurm job {shared}" in line for line in task["logs"][0]["system_logs"])
-        assert len({t["logs"][0]["metadata"]["slurm_job_id"] for t in after}) == 2
+        # Handed back once, they share a new job (handed back again, each would go alone).
+        assert len({t["logs"][0]["metadata"]["slurm_job_id"] for t in after}) == 1
         assert _state(server.url, ids[0])["state"] == "COMPLETE"
         assert requests.post(f"{server.url}{TES}/tasks/{ids[1]}:cancel", timeout=10).status_code == 200
         assert _wait(server.url, ids[1], {"CANCELED", "COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"})["state"] == \

@@ -248,7 +248,7 @@ def test_the_daemon_packs_submits_once_and_cancels_one_task_alone(dev_config: Si
     assert foreign.is_dir()
 
 
-def test_tasks_handed_back_are_submitted_again_each_alone(dev_config: SiteConfig, tmp_path: Path) -> None:
+def test_tasks_handed_back_share_a_new_pack_then_go_alone(dev_config: SiteConfig, tmp_path: Path) -> None:
     from hpc_bridge.daemon import Daemon
     from hpc_bridge.slurm.client import JobStatus
     from hpc_bridge.store import Store
@@ -284,9 +284,24 @@ def test_tasks_handed_back_are_submitted_again_each_alone(dev_config: SiteConfig
     assert [r.job_id for r in rows] == [job, None, None, job] and rows[1].pack_id is None
     assert any(f"handed back by Slurm job {job}" in line for line in rows[1].system_logs)
 
-    daemon.cycle()  # submitted again at once, each alone, not packed together again
-    again = [c[1] for c in slurm.calls if c[0] == "submit"][1:]
+    daemon.cycle()  # submitted again at once, the two together: most tasks are short
+    submits = [c[1] for c in slurm.calls if c[0] == "submit"]
+    assert len(submits) == 2 and submits[1].endswith("pack.sh")
+    rows = [store.tasks.get(i) for i in ids]
+    second, new_pack = rows[1].job_id, rows[1].pack_id
+    assert second not in (None, job) and rows[2].job_id == second and new_pack not in (None, pack_id)
+    assert rows[1].submit_attempts == 2
+
+    # Handed back once more: each goes alone now, so a run of long tasks is not handed on and on.
+    for task_id in ids[1:3]:
+        job_writes(work / task_id / "record.jsonl", _record({"event": "returned", "job_id": job},
+                                                            {"event": "returned", "job_id": second}), job_user)
+    slurm.jobs.append(JobStatus(second, "RUNNING", "None", "hpc-bridge-pack", f"hpc-bridge-pack:{new_pack}",
+                                None, None))
+    daemon.cycle()
+    assert any("as a job of its own" in line for line in store.tasks.get(ids[1]).system_logs)
+    daemon.cycle()
+    again = [c[1] for c in slurm.calls if c[0] == "submit"][2:]
     assert sorted(again) == sorted(str(work / i / "job.sh") for i in ids[1:3])
     rows = [store.tasks.get(i) for i in ids]
-    assert rows[1].job_id not in (None, job) and rows[1].job_id != rows[2].job_id
-    assert rows[1].pack_id is None and rows[1].submit_attempts == 2
+    assert rows[1].pack_id is None and rows[1].job_id != rows[2].job_id and rows[1].submit_attempts == 3
