@@ -34,11 +34,9 @@ import gc
 import json
 import math
 import os
-import pwd
 import random
 import re
 import resource
-import signal
 import sqlite3
 import sys
 import time
@@ -60,13 +58,16 @@ from tes_submit import (  # noqa: E402 - found through sys.path above
     TES,
     Run,
     Server,
+    check_job_user,
     free_port,
     held_overrides,
+    interrupt_on_signals,
     median,
     print_footer,
     progress,
     run,
     say,
+    slurm_up,
     timed_cycle,
 )
 
@@ -621,18 +622,11 @@ def main() -> int:
     if args.active < 1 or args.samples < 1 or args.posts < 1:
         parser.error("--active, --samples and --posts must be at least 1")
     base = load_config(args.config)
-    if base.slurm.submit_as and os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != base.slurm.submit_as:
-        parser.error(f"run as root or as {base.slurm.submit_as} (the config's slurm.submit_as)")
-    if run(["scontrol", "ping"], check=False).find("UP") < 0:
-        print("Slurm controller not reachable: start the dev cluster with `dev/cluster up`", file=sys.stderr)
+    check_job_user(parser, base)
+    if not slurm_up():
         return 1
     run_ = ScaleRun(base, args.keep)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on_signals()
     t_start = time.time()
     api = size = cyc = None
     try:

@@ -8,7 +8,7 @@ Run as root on the dev machine with the cluster up. Bridge: a fresh `hpc-bridge 
 and work root) receives the workflow through `hpc-bridge-cwl-runner`, which submits over the WES API,
 waits and copies the outputs; the clock covers that one command. It runs twice: with the site's
 packing (the tool declares no ToolTimeLimit, as most tools do not), and with packing off, one
-Slurm job per scatter element. Then once more, packed, with the first element sleeping
+Slurm job per scatter element. Then once more, packed, with the middle element sleeping
 `--sleeper` seconds: how much later the others end than in the plain packed run, and how fast the
 tasks its pack handed back were submitted and started elsewhere (that run is cancelled as soon
 as the others have ended). Toil: `toil-cwl-runner` from its own venv (`.venv-toil`, made with
@@ -120,11 +120,13 @@ def handed_back(config: SiteConfig) -> list[tuple[float, float]]:
 
 
 def sleeper(run_: Run, n: int, seconds: int) -> dict:
-    """The packed scatter with its first element sleeping: stopped once every other one has ended."""
+    """The packed scatter with its middle element sleeping: stopped once every other one has ended."""
     server, config = run_.server("scatter-sleeper", slurm={"packing": {"enabled": True}})
     job = run_.tmp / "job-sleeper.json"
     long_one = f"sleep-{seconds}"
-    job.write_text(json.dumps({"messages": [long_one, *(f"m{i}" for i in range(1, n))]}))
+    messages = [f"m{i}" for i in range(n)]
+    messages[n // 2] = long_one  # in the middle: packed with tasks after it, which must not wait for it
+    job.write_text(json.dumps({"messages": messages}))
     with open(run_.tmp / "sleeper-runner.log", "wb") as log:
         proc = subprocess.Popen([str(RUNNER), "--quiet", "--outdir", str(run_.tmp / "sleeper-out"), str(WORKFLOW),
                                  str(job)], env={**os.environ, "HPC_BRIDGE_URL": server.url}, stdout=log,
@@ -151,8 +153,8 @@ def sleeper(run_: Run, n: int, seconds: int) -> dict:
         requests.post(f"{server.url}/ga4gh/wes/v1/runs/{run_id}/cancel", timeout=30)
     back = handed_back(config)
     return {"others": makespan(config, skip=long_one), "handed_back": len(back),
-            "to_submit": statistics.median(b[0] for b in back) if back else float("nan"),
-            "to_start": statistics.median(b[1] for b in back) if back else float("nan"),
+            "to_submit": statistics.median(b[0] for b in back) if back else None,
+            "to_start": statistics.median(b[1] for b in back) if back else None,
             "threshold": config.slurm.packing.hand_back_seconds, "cycle": config.monitor.min_interval}
 
 
@@ -211,7 +213,7 @@ def main() -> int:
             say(f"toil: {theirs['wall']:.1f} s, {theirs['jobs']} Slurm jobs")
         slow = None
         if args.sleeper and args.n > 1:
-            say(f"bridge: {args.n}-way scatter through WES, packed, the first element sleeping {args.sleeper} s")
+            say(f"bridge: {args.n}-way scatter through WES, packed, the middle element sleeping {args.sleeper} s")
             slow = sleeper(run_, args.n, args.sleeper)
             say(f"bridge: the {args.n - 1} others ended {slow['others']:.1f} s after the first task was created")
     finally:
@@ -227,12 +229,15 @@ def main() -> int:
               + (f", unpacked {unpacked['wall'] / theirs['wall']:.2f}" if unpacked else "")
               + f" ({theirs['version']})")
     if slow:
-        print(f"with the first element sleeping {args.sleeper} s (packed): the {args.n - 1} others ended after "
+        print(f"with the middle element sleeping {args.sleeper} s (packed): the {args.n - 1} others ended after "
               f"{slow['others']:.1f} s, against {ours['makespan']:.1f} s for all {args.n} in the plain run: "
-              f"{slow['others'] - ours['makespan']:+.1f} s")
-        print(f"  {slow['handed_back']} tasks handed back after {slow['threshold']} s; median returned -> "
-              f"submitted again {slow['to_submit']:.2f} s (daemon cycle {slow['cycle']:g} s), submitted -> "
-              f"job started {slow['to_start']:.2f} s")
+              f"{slow['others'] - ours['makespan']:+.1f} s (the long task holds one CPU of {os.cpu_count()} all along)")
+        if slow["handed_back"]:
+            print(f"  {slow['handed_back']} tasks handed back after {slow['threshold']} s; median returned -> "
+                  f"submitted again {slow['to_submit']:.2f} s (daemon cycle {slow['cycle']:g} s), submitted -> "
+                  f"job started {slow['to_start']:.2f} s")
+        else:
+            print("  no task was handed back: the long task's shared job had no task after it")
     print_footer({"foreign": len(run_.foreign_seen)}, f"total benchmark time {time.time() - started:.0f} s")
     return 0
 

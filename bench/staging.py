@@ -36,7 +36,6 @@ import argparse
 import os
 import random
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -55,12 +54,14 @@ from tes_submit import (  # noqa: E402 - found through sys.path above
     TES,
     Run,
     Server,
+    interrupt_on_signals,
     iso_epoch,
     median,
     print_footer,
     progress,
     run,
     say,
+    slurm_up,
 )
 
 from hpc_bridge.config import SiteConfig, load_config  # noqa: E402
@@ -429,16 +430,10 @@ def main() -> int:
     base = load_config(args.config)
     if not base.storage.data_roots:
         parser.error(f"{args.config} has no storage.data_roots")
-    if run(["scontrol", "ping"], check=False).find("UP") < 0:
-        print("Slurm controller not reachable: start the dev cluster with `dev/cluster up`", file=sys.stderr)
+    if not slurm_up():
         return 1
     run_ = StagingRun(base, args.keep, args.jitter, args.size_mb)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on_signals()
     t_start = time.time()
     try:
         say(f"staging benchmark run {run_.id}: repeat={args.repeat}, size {size_text(run_.size)}, "

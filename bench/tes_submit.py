@@ -395,7 +395,7 @@ def phase_api(run_: Run, n: int, clients: int) -> dict:
     server.stop()
     with sqlite3.connect(config.database) as conn:
         stamps = [iso_epoch(r[0]) for r in conn.execute(
-            "SELECT time FROM events WHERE message LIKE 'submitted as Slurm job %'")]
+            "SELECT time FROM events WHERE message LIKE 'submitted as %Slurm job %'")]
         first_created = iso_epoch(conn.execute("SELECT min(created_at) FROM tasks").fetchone()[0])
     if with_id < n:
         say(f"[api] warning: only {with_id}/{n} tasks got a job id ({failed} ended without one)")
@@ -442,16 +442,15 @@ def phase_burst(run_: Run, n: int, clients: int) -> dict:
     server, config = run_.server("burst")
     ids, t0 = post_tasks(server.url, n, clients, "burst")
     session = requests.Session()
-    while True:
-        states = Counter(t["state"] for t in session.get(f"{server.url}{TES}/tasks", params={
+    states: Counter[str] = Counter()
+
+    def tasks_ended() -> int:
+        states.clear()
+        states.update(t["state"] for t in session.get(f"{server.url}{TES}/tasks", params={
             "view": "MINIMAL", "page_size": 2047}, timeout=60).json()["tasks"])
-        ended = sum(states[s] for s in FINAL_TES)
-        progress(f"[burst] API: {ended}/{n} tasks ended  {time.time() - t0:.1f}s")
-        if ended >= n:
-            break
-        time.sleep(0.2)
-    api_s = time.time() - t0
-    progress.done()
+        return sum(states[s] for s in FINAL_TES)
+
+    api_s = wait_all("burst: API tasks", n, tasks_ended, t0)
     server.stop()
     if states["COMPLETE"] != n:
         raise RuntimeError(f"[burst] not every task completed: {dict(states)}")
@@ -465,15 +464,12 @@ def phase_burst(run_: Run, n: int, clients: int) -> dict:
     scripts = [run_.raw_script(raw_config) for _ in range(n)]
     t0 = time.time()
     job_ids = [run_.sbatch(script) for script in scripts]
-    while True:
+
+    def jobs_ended() -> int:
         out = run(["squeue", "-h", "--states=all", "-j", ",".join(job_ids), "-o", "%T"], check=False)
-        done = sum(1 for line in out.split() if line in FINAL_SLURM)
-        progress(f"[burst] raw: {done}/{n} jobs ended  {time.time() - t0:.1f}s")
-        if done >= n:
-            break
-        time.sleep(0.2)
-    raw_s = time.time() - t0
-    progress.done()
+        return sum(1 for line in out.split() if line in FINAL_SLURM)
+
+    raw_s = wait_all("burst: raw jobs", n, jobs_ended, t0)
     say(f"[burst] raw: {n} jobs done {raw_s:.1f}s after the first sbatch")
     run_.drain("burst-raw")
     return {"n": n, "api_s": api_s, "raw_s": raw_s, "jobs": jobs,
@@ -728,6 +724,40 @@ def print_footer(env: dict, line: str) -> None:
     print(line)
 
 
+def slurm_up() -> bool:
+    """Whether the controller answers; if not, says how to start the dev cluster."""
+    if run(["scontrol", "ping"], check=False).find("UP") >= 0:
+        return True
+    print("Slurm controller not reachable: start the dev cluster with `dev/cluster up`", file=sys.stderr)
+    return False
+
+
+def check_job_user(parser: argparse.ArgumentParser, base: SiteConfig) -> None:
+    """Only root or the job user itself can submit as the config's job user."""
+    if base.slurm.submit_as and os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != base.slurm.submit_as:
+        parser.error(f"run as root or as {base.slurm.submit_as} (the config's slurm.submit_as)")
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGINT (even if started with SIGINT ignored) raise KeyboardInterrupt, so that a
+    run's clean-up (stop servers, cancel its jobs, remove its files) runs on either."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def wait_all(what: str, n: int, ended: Callable[[], int], t0: float) -> float:
+    """Poll `ended()` every 0.2 s until it reaches n; seconds since t0."""
+    while (done := ended()) < n:
+        progress(f"[{what}] {done}/{n} ended  {time.time() - t0:.1f}s")
+        time.sleep(0.2)
+    progress.done()
+    return time.time() - t0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -748,18 +778,11 @@ def main() -> int:
         parser.error("--n must be between 1 and 2047 (one list page checks all tasks)")
 
     base = load_config(args.config)
-    if base.slurm.submit_as and os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != base.slurm.submit_as:
-        parser.error(f"run as root or as {base.slurm.submit_as} (the config's slurm.submit_as)")
-    if run(["scontrol", "ping"], check=False).find("UP") < 0:
-        print("Slurm controller not reachable: start the dev cluster with `dev/cluster up`", file=sys.stderr)
+    check_job_user(parser, base)
+    if not slurm_up():
         return 1
     run_ = Run(base, args.keep)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    interrupt_on_signals()
     t_start = time.time()
     api = raw = cyc = lat = burst = None
     try:

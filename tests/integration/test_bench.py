@@ -89,13 +89,14 @@ def test_scatter_tiny(slurm: CliSlurmClient) -> None:
     ratios = re.search(r"^ratio bridge/toil wall time: packed (\S+), unpacked (\S+) \(", out, re.MULTILINE)
     assert ratios, out
     assert all(float(r) > 0 for r in ratios.groups())
-    slow = re.search(r"^with the first element sleeping 300 s \(packed\): the 2 others ended after (\S+) s", out,
+    slow = re.search(r"^with the middle element sleeping 300 s \(packed\): the 2 others ended after (\S+) s", out,
                      re.MULTILINE)
     assert slow and float(slow.group(1)) > 0, out
+    # Whether the long task shared its job with the task after it depends on when the engine created them.
     back = re.search(r"^  (\d+) tasks handed back after \d+ s; median returned -> submitted again (\S+) s .*"
                      r"submitted -> job started (\S+) s$", out, re.MULTILINE)
-    assert back, out  # the long first element was packed with at least one other, which it handed back
-    assert int(back.group(1)) >= 1 and all(float(v) >= 0 for v in back.groups()[1:])
+    assert back or "  no task was handed back: the long task's shared job had no task after it" in out, out
+    assert not back or all(float(v) >= 0 for v in back.groups())
 
 
 def test_s3_transfer_tiny(slurm: CliSlurmClient) -> None:
