@@ -107,7 +107,7 @@ def handed_back(config: SiteConfig) -> list[tuple[float, float]]:
     with sqlite3.connect(config.database) as conn:
         rows = conn.execute("SELECT id, workdir FROM tasks WHERE system_logs LIKE '%handed back by%'").fetchall()
         submitted = dict(conn.execute(
-            "SELECT task_id, max(time) FROM events WHERE message LIKE 'submitted as Slurm job %' GROUP BY task_id"))
+            "SELECT task_id, max(time) FROM events WHERE message LIKE 'submitted as %Slurm job %' GROUP BY task_id"))
     out = []
     for task_id, workdir in rows:
         lines = Path(workdir, "record.jsonl").read_text().splitlines()
