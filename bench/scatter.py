@@ -45,6 +45,7 @@ from hpc_bridge.slurm.record import parse_record  # noqa: E402
 from tests.procs import terminate  # noqa: E402
 
 WORKFLOW = ROOT / "bench" / "workflows" / "scatter.cwl"
+APART = ROOT / "bench" / "workflows" / "scatter_apart.cwl"
 TOIL_VENV = ROOT / ".venv-toil"
 TOIL = "toil[cwl]==9.6.0"  # the version of the README's figures
 
@@ -119,16 +120,24 @@ def handed_back(config: SiteConfig) -> list[tuple[float, float]]:
     return out
 
 
-def sleeper(run_: Run, n: int, seconds: int) -> dict:
-    """The packed scatter with its middle element sleeping: stopped once every other one has ended."""
-    server, config = run_.server("scatter-sleeper", slurm={"packing": {"enabled": True}})
-    job = run_.tmp / "job-sleeper.json"
+def sleeper(run_: Run, n: int, seconds: int, *, apart: bool) -> dict:
+    """The packed scatter and one long task: stopped once every other one has ended. `apart`: the long
+    one asks for other resources, so it never shares a job (the baseline); else it is the scatter's
+    middle element and may share a job with elements after it, which it then hands back."""
+    name = "scatter-apart" if apart else "scatter-sleeper"
+    server, config = run_.server(name, slurm={"packing": {"enabled": True}})
+    job = run_.tmp / f"job-{name}.json"
     long_one = f"sleep-{seconds}"
     messages = [f"m{i}" for i in range(n)]
-    messages[n // 2] = long_one  # in the middle: packed with tasks after it, which must not wait for it
-    job.write_text(json.dumps({"messages": messages}))
-    with open(run_.tmp / "sleeper-runner.log", "wb") as log:
-        proc = subprocess.Popen([str(RUNNER), "--quiet", "--outdir", str(run_.tmp / "sleeper-out"), str(WORKFLOW),
+    if apart:
+        workflow, inputs = APART, {"messages": messages[1:], "long": long_one}
+    else:
+        messages[n // 2] = long_one
+        workflow, inputs = WORKFLOW, {"messages": messages}
+    job.write_text(json.dumps(inputs))
+    log_path = run_.tmp / f"{name}-runner.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(RUNNER), "--quiet", "--outdir", str(run_.tmp / f"{name}-out"), str(workflow),
                                  str(job)], env={**os.environ, "HPC_BRIDGE_URL": server.url}, stdout=log,
                                 stderr=log, stdin=subprocess.DEVNULL)
     try:
@@ -137,12 +146,12 @@ def sleeper(run_: Run, n: int, seconds: int) -> dict:
             with sqlite3.connect(config.database) as conn:
                 done = conn.execute("SELECT count(*) FROM tasks WHERE state = 'COMPLETE' AND task NOT LIKE ?",
                                     [f"%{long_one}%"]).fetchone()[0]
-            progress(f"sleeper: {done}/{n - 1} other tasks complete  {time.monotonic() - t0:.0f}s")
+            progress(f"{name}: {done}/{n - 1} other tasks complete  {time.monotonic() - t0:.0f}s")
             if done >= n - 1:
                 break
             if proc.poll() is not None or time.monotonic() - t0 > seconds:
-                raise SystemExit(f"sleeper: the other tasks did not all complete ({done}/{n - 1}) within "
-                                 f"{seconds} s; see {run_.tmp / 'sleeper-runner.log'}")
+                raise SystemExit(f"{name}: the other tasks did not all complete ({done}/{n - 1}) within "
+                                 f"{seconds} s; see {log_path}")
             time.sleep(0.5)
         progress.done()
         with sqlite3.connect(config.database) as conn:
@@ -211,11 +220,14 @@ def main() -> int:
             say(f"toil: {args.n}-way scatter with --batchSystem slurm")
             theirs = toil(run_, job, args.n)
             say(f"toil: {theirs['wall']:.1f} s, {theirs['jobs']} Slurm jobs")
-        slow = None
+        slow = apart = None
         if args.sleeper and args.n > 1:
             say(f"bridge: {args.n}-way scatter through WES, packed, the middle element sleeping {args.sleeper} s")
-            slow = sleeper(run_, args.n, args.sleeper)
+            slow = sleeper(run_, args.n, args.sleeper, apart=False)
             say(f"bridge: the {args.n - 1} others ended {slow['others']:.1f} s after the first task was created")
+            say(f"bridge: {args.n - 1}-way scatter beside a task sleeping {args.sleeper} s in a job of its own")
+            apart = sleeper(run_, args.n, args.sleeper, apart=True)
+            say(f"bridge: the {args.n - 1} others ended {apart['others']:.1f} s after the first task was created")
     finally:
         run_.cleanup()
     print(f"\n{args.n}-way scatter of a trivial CWL tool, {os.cpu_count()} CPUs, same cluster, same run")
@@ -228,10 +240,11 @@ def main() -> int:
         print(f"ratio bridge/toil wall time: packed {ours['wall'] / theirs['wall']:.2f}"
               + (f", unpacked {unpacked['wall'] / theirs['wall']:.2f}" if unpacked else "")
               + f" ({theirs['version']})")
-    if slow:
-        print(f"with the middle element sleeping {args.sleeper} s (packed): the {args.n - 1} others ended after "
-              f"{slow['others']:.1f} s, against {ours['makespan']:.1f} s for all {args.n} in the plain run: "
-              f"{slow['others'] - ours['makespan']:+.1f} s (the long task holds one CPU of {os.cpu_count()} all along)")
+    if slow and apart:
+        print(f"with a task sleeping {args.sleeper} s, packed: the {args.n - 1} others ended after "
+              f"{slow['others']:.1f} s when it was the scatter's middle element, "
+              f"{apart['others']:.1f} s when it ran apart: "
+              f"{slow['others'] - apart['others']:+.1f} s (plain run, all {args.n}: {ours['makespan']:.1f} s)")
         if slow["handed_back"]:
             print(f"  {slow['handed_back']} tasks handed back after {slow['threshold']} s; median returned -> "
                   f"submitted again {slow['to_submit']:.2f} s (daemon cycle {slow['cycle']:g} s), submitted -> "

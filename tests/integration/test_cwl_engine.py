@@ -89,8 +89,10 @@ def test_scatter_workflow_runs_through_slurm(server: ServerProcess) -> None:
     steps = sorted(t.tags["cwl_step"] for t in tasks)
     assert steps == ["join", "shout", "shout_2", "shout_3"], steps
     assert all(t.state == "COMPLETE" and t.job_id for t in tasks)
-    assert len({t.job_id for t in tasks}) == 4 and len({t.tags["cwl_job_key"] for t in tasks}) == 4
+    assert len({t.tags["cwl_job_key"] for t in tasks}) == 4
     assert {t.run_as for t in tasks} == {None} and {t.owner for t in tasks} == {"local"}
     scatter = [t for t in tasks if t.tags["cwl_step"].startswith("shout")]
+    # The scatter's jobs may share a Slurm job (packing); the join, created after they ended, cannot.
+    assert next(t.job_id for t in tasks if t.tags["cwl_step"] == "join") not in {t.job_id for t in scatter}
     # the scatter's three jobs were all handed to Slurm before the first of them ended
     assert max(t.created_at for t in scatter) < min(t.end_time for t in scatter)
