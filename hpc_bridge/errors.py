@@ -23,6 +23,12 @@ class Forbidden(ServiceError):
     status = 403
 
 
+class Conflict(ServiceError):
+    """Not in the resource's present state (e.g. the crate of a run that has not ended)."""
+
+    status = 409
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
 

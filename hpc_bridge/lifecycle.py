@@ -13,6 +13,8 @@ ACTIVE = LIVE | {"CANCELING"}
 TERMINAL = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"})
 # WES run states a run never leaves (WES has no PREEMPTED).
 RUN_FINAL = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"})
+# Ended without success: a task, or a run (a crate's FailedActionStatus).
+UNSUCCESSFUL = TERMINAL - {"COMPLETE"}
 
 
 def next_state(current: str, proposed: str, *, cancel_requested: bool) -> str:

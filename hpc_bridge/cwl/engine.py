@@ -7,7 +7,8 @@ local TES API's URL, the run's credential, and the service's pid and start time 
 when that process is gone). The run dir holds request.json (written by the WES layer, including
 the document fetch policy and the site's image settings); the engine appends its own output to
 stdout.log/stderr.log, writes outputs.json (the CWL output object, files under DIR/outputs) on
-success and keeps its work area in DIR/.cwl. It reaches its tasks only over the TES API. Exit
+success, packed.cwl and provenance.json for the run's crate (cwl/provenance.py), and keeps its work
+area in DIR/.cwl. It reaches its tasks only over the TES API. Exit
 code 0 COMPLETE, 3 EXECUTOR_ERROR, 4 SYSTEM_ERROR, 5 CANCELED (SIGTERM: the live tasks are
 cancelled).
 """
@@ -23,6 +24,7 @@ import shutil
 import signal
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from hpc_bridge.cwl import (
     EXIT_COMPLETE,
     EXIT_EXECUTOR_ERROR,
     EXIT_SYSTEM_ERROR,
+    provenance,
 )
 from hpc_bridge.cwl.client import RunClient
 from hpc_bridge.cwl.executor import TesExecutor
@@ -139,6 +142,9 @@ def run(run_dir: Path, launch: dict[str, Any]) -> int:
         return EXIT_EXECUTOR_ERROR
     work = run_dir / ".cwl"
     work.mkdir(exist_ok=True)
+    provenance.write_packed(request["workflow"], policy, run_dir)
+    provenance.record(run_dir, inputs=request.get("params"),
+                      engine={"name": "cwltool", "version": metadata.version("cwltool")})
     # cwltool reads its own job order (and step outputs) from the engine's work area.
     policy = dataclasses.replace(policy, roots=(*policy.roots, str(work)))
     client = RunClient(launch["tes_url"], launch["token"])
@@ -177,6 +183,7 @@ def run(run_dir: Path, launch: dict[str, Any]) -> int:
         log.error("run %s: EXECUTOR_ERROR (cwltool status %s)", request["run_id"], code)
         return EXIT_EXECUTOR_ERROR
     os.replace(work / "summary.json", run_dir / "outputs.json")
+    provenance.record(run_dir, outputs=json.loads((run_dir / "outputs.json").read_text()))
     log.info("run %s: COMPLETE (%d tasks created, %d reused)", request["run_id"],
              len(runner.created), len(runner.reused))
     shutil.rmtree(work, ignore_errors=True)

@@ -2,8 +2,9 @@
 
 Besides the spec's endpoints it serves what the responses point at, behind the same
 authentication and ownership checks: a run's stdout/stderr (`run_log.stdout`/`stderr`), a task's
-(`TaskLog.stdout`/`stderr`), and the run's output files (`/runs/{id}/outputs?location=...`, for
-clients that do not share the service's filesystem, such as hpc-bridge-cwl-runner).
+(`TaskLog.stdout`/`stderr`), the run's output files (`/runs/{id}/outputs?location=...`, for
+clients that do not share the service's filesystem, such as hpc-bridge-cwl-runner), and the run's
+Provenance Run Crate (`/runs/{id}/ro-crate`, a zip, once the run has ended).
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ def get_run_status(run_id: str) -> ResponseReturnValue:
 @bp.post("/runs/<run_id>/cancel")
 def cancel_run(run_id: str) -> ResponseReturnValue:
     return jsonify(_service().cancel(run_id, owner_filter()))
+
+
+@bp.get("/runs/<run_id>/ro-crate")
+def get_run_crate(run_id: str) -> ResponseReturnValue:
+    """The run's Provenance Run Crate 0.5 as a zip (as sapporo serves one; not in WES 1.1)."""
+    data = _service().crate(run_id, owner_filter(), _links(), __version__)
+    return Response(data, mimetype="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="run-{run_id}-ro-crate.zip"'})
 
 
 @bp.get("/runs/<run_id>/tasks")

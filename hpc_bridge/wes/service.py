@@ -24,7 +24,8 @@ from urllib.parse import unquote, urlsplit
 from hpc_bridge import jsonlimit
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.cwl.fetch import FetchPolicy
-from hpc_bridge.errors import BadRequest, NotFound, ServiceError, TooManyRequests
+from hpc_bridge.errors import BadRequest, Conflict, NotFound, ServiceError, TooManyRequests
+from hpc_bridge.lifecycle import RUN_FINAL
 from hpc_bridge.staging import http
 from hpc_bridge.staging.schemes import FileScheme, SchemeError, Schemes
 from hpc_bridge.store import Store, TaskRow
@@ -36,6 +37,7 @@ from hpc_bridge.store.runs import (
     encode_token,
 )
 from hpc_bridge.tes.models import State
+from hpc_bridge.wes import crate
 from hpc_bridge.wes.attachments import AttachmentError, Attachments, open_beneath
 from hpc_bridge.wes.models import (
     CWL_VERSIONS,
@@ -481,6 +483,16 @@ class RunService:
             os.close(fd)
             raise refused
         return fd, path
+
+    def crate(self, run_id: str, owner: str | None, links: Links, service_version: str) -> bytes:
+        """The run's Provenance Run Crate (zip), once the run has ended (wes/crate.py)."""
+        row = self.row(run_id, owner)
+        if row.state not in RUN_FINAL:
+            raise Conflict(f"workflow run {run_id!r} is {row.state}: its crate is made once it has ended")
+        tasks = self.runs.tasks(row.id, owner)
+        context = crate.CrateContext(service_name=self._config.service.name, service_version=service_version,
+                                     service_url=links.wes, agent=row.owner)
+        return crate.build(row, tasks, crate.read_records(row.run_dir), context)
 
     # -- the run's TES tasks -------------------------------------------------------------------
 

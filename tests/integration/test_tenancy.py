@@ -182,7 +182,7 @@ def test_users_cannot_see_or_touch_each_others_runs(server: ServerProcess, idp: 
     assert "secret-of-alice" in requests.get(log_url, headers=alice.headers, timeout=10).text
 
     for method, path in (("GET", ""), ("GET", "/status"), ("GET", "/tasks"), ("GET", f"/tasks/{tasks[0]['id']}"),
-                         ("GET", "/stdout"), ("GET", "/stderr"), ("POST", "/cancel")):
+                         ("GET", "/stdout"), ("GET", "/stderr"), ("GET", "/ro-crate"), ("POST", "/cancel")):
         resp = requests.request(method, f"{wes}/runs/{run_id}{path}", headers=bob.headers, timeout=10)
         assert resp.status_code == 404, path
     resp = requests.get(log_url, headers=bob.headers, timeout=10)

@@ -1,0 +1,52 @@
+"""Validating run crates with roc-validator offline: the RO-Crate 1.1 context comes from a per-test
+cache seeded with the copy in tests/data (see its README), the workflow-run terms are inline in the
+crates themselves (wes/crate.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from requests import Request
+from requests.structures import CaseInsensitiveDict
+from requests_cache import CachedResponse, CachedSession
+from requests_cache.models import CachedRequest
+
+CONTEXT_URL = "https://w3id.org/ro/crate/1.1/context"
+CONTEXT_FILE = Path(__file__).parent / "data" / "ro-crate-1.1-context.jsonld"
+CONTEXT_SHA256 = "bb5dd0a79ebd5a3b074e2faf96f437503234f8a4b8e84c7149de91eae0d2222a"
+PROFILE = "provenance-run-crate-0.5"
+
+
+def seeded_cache(directory: Path) -> Path:
+    """A requests-cache for the validator that answers the 1.1 context URL, never expiring."""
+    body = CONTEXT_FILE.read_bytes()
+    assert hashlib.sha256(body).hexdigest() == CONTEXT_SHA256, "tests/data/ro-crate-1.1-context.jsonld changed"
+    name = directory / "http_cache"
+    session = CachedSession(str(name), backend="sqlite", expire_after=-1)
+    request = CachedRequest.from_request(session.prepare_request(Request("GET", CONTEXT_URL)))
+    session.cache.save_response(CachedResponse(
+        status_code=200, reason="OK", url=CONTEXT_URL, encoding="utf-8", content=body,
+        headers=CaseInsensitiveDict({"Content-Type": "application/ld+json"}), request=request))
+    session.close()
+    return name
+
+
+def validate(crate: Path, cache: Path, severity: str = "REQUIRED") -> list[Any]:
+    """The issues roc-validator finds at `severity` and above (offline), for a crate dir or zip."""
+    from rocrate_validator import services
+    from rocrate_validator.models import Severity, ValidationSettings
+
+    result = services.validate(ValidationSettings(
+        rocrate_uri=str(crate), profile_identifier=PROFILE, requirement_severity=Severity[severity],
+        offline=True, cache_path=cache))
+    return list(result.get_issues(min_severity=Severity[severity]))
+
+
+def unzip(data: bytes, dest: Path) -> Path:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(dest)
+    return dest

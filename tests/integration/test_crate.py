@@ -1,0 +1,109 @@
+"""A WES run's Provenance Run Crate through the real server, engine, Slurm and Apptainer: the crate of
+a 2-step run and of a failed run validate at provenance-run-crate-0.5 with no REQUIRED issue, its
+checksums are the files', each step is its TES task and Slurm job; an unfinished run has none yet.
+(Another user's 404 is in test_tenancy.py, with the run's other URLs.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import requests
+
+from ..crates import seeded_cache, unzip, validate
+from .conftest import ServerProcess
+from .test_wes import ECHO, FAILING, SLEEPING, WES, post, wait_state
+
+TWO_STEPS = """cwlVersion: v1.2
+class: Workflow
+inputs:
+  text: File
+  extra: File
+outputs:
+  result: {type: File, outputSource: again/upper}
+steps:
+  shout:
+    run: tools/echo.cwl
+    in: {text: text, extra: extra}
+    out: [upper]
+  again:
+    run: tools/echo.cwl
+    in: {text: shout/upper, extra: extra}
+    out: [upper]
+"""
+
+
+def _graph(directory: Path) -> dict[str, dict]:
+    return {e["@id"]: e for e in json.loads((directory / "ro-crate-metadata.json").read_text())["@graph"]}
+
+
+def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> None:
+    resp = post(server.url, {"wf.cwl": TWO_STEPS, "tools/echo.cwl": ECHO, "text.txt": "hello crate\n",
+                             "extra.txt": "and more\n"},
+                workflow_url="wf.cwl", workflow_params={"text": {"class": "File", "location": "text.txt"},
+                                                        "extra": {"class": "File", "location": "extra.txt"}})
+    assert resp.status_code == 200, resp.text
+    run_id = resp.json()["run_id"]
+    assert wait_state(server.url, run_id, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == "COMPLETE"
+    got = requests.get(f"{server.url}{WES}/runs/{run_id}/ro-crate", timeout=60)
+    assert got.status_code == 200 and got.headers["Content-Type"] == "application/zip"
+    directory = unzip(got.content, tmp_path / "crate")
+    issues = validate(directory, seeded_cache(tmp_path))
+    assert issues == [], [(i.identifier, i.message) for i in issues]
+
+    graph = _graph(directory)
+    run = graph[f"#run-{run_id}"]
+    assert run["actionStatus"] == "http://schema.org/CompletedActionStatus" and "error" not in run
+    packed = json.loads((directory / "packed.cwl").read_text())  # the engine's `cwltool --pack`
+    assert {s["id"].rsplit("/", 1)[-1] for s in next(p for p in packed["$graph"] if p["id"] == "#main")["steps"]} \
+        == {"shout", "again"}
+    # The checksums in the crate are the files': the inputs as sent, the output as served.
+    inputs = [graph[ref["@id"]] for ref in run["object"]]
+    assert sorted((e["sha256"], e["contentSize"]) for e in inputs) == sorted(
+        (hashlib.sha256(text).hexdigest(), str(len(text))) for text in (b"hello crate\n", b"and more\n"))
+    output = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()["outputs"]["result"]
+    served = requests.get(f"{server.url}{WES}/runs/{run_id}/outputs", params={"location": output["location"]},
+                          timeout=10).content
+    assert served == b"HELLO CRATE\nAND MORE\nand more\n"
+    assert graph[run["result"]["@id"]]["sha256"] == hashlib.sha256(served).hexdigest()
+    # Each step is one of the run's TES tasks, with its Slurm job, image and control action.
+    tasks = requests.get(f"{server.url}{WES}/runs/{run_id}/tasks", timeout=10).json()["task_logs"]
+    assert len(tasks) == 2
+    for task in tasks:
+        action = graph[f"#task-{task['id']}"]
+        ids = {graph[i["@id"]]["propertyID"]: graph[i["@id"]]["value"] for i in action["identifier"]}
+        tes = requests.get(task["tes_uri"], params={"view": "BASIC"}, timeout=10).json()
+        assert ids == {"GA4GH TES task id": task["id"], "Slurm job id": tes["logs"][0]["metadata"]["slurm_job_id"]}
+        assert action["actionStatus"] == "http://schema.org/CompletedActionStatus"
+        assert graph[action["containerImage"]["@id"]]["name"] == "busybox"
+        control = next(e for e in graph.values() if e.get("@type") == "ControlAction"
+                       and e["object"] == {"@id": action["@id"]})
+        assert graph[control["instrument"]["@id"]]["name"] == task["name"]
+
+
+def test_the_crate_of_a_failed_run_and_none_before_the_end(server: ServerProcess, tmp_path: Path) -> None:
+    failing = post(server.url, {"fail.cwl": FAILING}, workflow_url="fail.cwl", workflow_params={}).json()
+    assert wait_state(server.url, failing["run_id"], {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == \
+        "EXECUTOR_ERROR"
+    got = requests.get(f"{server.url}{WES}/runs/{failing['run_id']}/ro-crate", timeout=60)
+    assert got.status_code == 200
+    directory = unzip(got.content, tmp_path / "crate")
+    issues = validate(directory, seeded_cache(tmp_path))
+    assert issues == [], [(i.identifier, i.message) for i in issues]
+    graph = _graph(directory)
+    run = graph[f"#run-{failing['run_id']}"]
+    assert run["actionStatus"] == "http://schema.org/FailedActionStatus" and run["error"].startswith("EXECUTOR_ERROR")
+    steps = [e for e in graph.values() if e.get("@type") == "CreateAction" and e["@id"].startswith("#task-")]
+    assert len(steps) == 1 and steps[0]["actionStatus"] == "http://schema.org/FailedActionStatus"
+    assert "exit code 7" in steps[0]["error"]
+
+    sleeping = post(server.url, {"sleep.cwl": SLEEPING}, workflow_url="sleep.cwl", workflow_params={}).json()
+    try:
+        assert wait_state(server.url, sleeping["run_id"], {"RUNNING"}) == "RUNNING"
+        early = requests.get(f"{server.url}{WES}/runs/{sleeping['run_id']}/ro-crate", timeout=60)
+        assert early.status_code == 409 and "once it has ended" in early.json()["msg"]
+    finally:
+        requests.post(f"{server.url}{WES}/runs/{sleeping['run_id']}/cancel", timeout=10)
+    assert wait_state(server.url, sleeping["run_id"], {"CANCELED"}) == "CANCELED"
+    assert requests.get(f"{server.url}{WES}/runs/no-such-run/ro-crate", timeout=10).status_code == 404
