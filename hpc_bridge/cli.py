@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from time import monotonic, sleep
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import click
 import requests
@@ -485,3 +486,36 @@ def cancel(task_id: str, url: str) -> None:
         client.cancel_task(task_id)
         state = client.get_task(task_id, view="MINIMAL").state
     _stdout().print(f"{task_id} {_styled(state)}")
+
+
+@main.group("run")
+def run_group() -> None:
+    """Workflow runs (GA4GH WES)."""
+
+
+@run_group.command("crate")
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the zip (default: run-RUN_ID-ro-crate.zip here; - for stdout).")
+@_URL_OPTION
+def run_crate(run_id: str, output: Path | None, url: str) -> None:
+    """Download a finished run's Provenance Run Crate (a zip)."""
+    token = os.environ.get(TOKEN_ENV)
+    base = re.sub(r"/ga4gh/[tw]es/v1/?$", "", url.rstrip("/"))
+    target = f"{base}/ga4gh/wes/v1/runs/{quote(run_id, safe='')}/ro-crate"
+    try:
+        resp = requests.get(target, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=300)
+        resp.raise_for_status()
+    except requests.ConnectionError:
+        _fail(f"no answer from the server at {url} (is `hpc-bridge serve` running there?)", EXIT_SERVER)
+    except requests.RequestException as exc:
+        bad_request = exc.response is not None and exc.response.status_code == 400
+        _fail(error_message(exc, url), EXIT_USAGE if bad_request else EXIT_SERVER)
+    if str(output) == "-":
+        sys.stdout.buffer.write(resp.content)
+        return
+    path = output or Path(f"run-{run_id}-ro-crate.zip")
+    partial = path.with_name(path.name + ".part")
+    partial.write_bytes(resp.content)
+    partial.replace(path)  # never a half-written crate under the final name
+    err.print(f"{path} ({len(resp.content) / 1024:.1f} KiB): the Provenance Run Crate of run {run_id}")

@@ -95,6 +95,8 @@ def record(run_dir: Path, *, inputs: Any = None, outputs: Any = None, engine: di
     except (OSError, ValueError):
         data = {}
     files = data.setdefault("files", {})
+    if isinstance(inputs, dict):
+        data["params"] = inputs  # the job order as the engine got it: what a run from the crate is given
     for key, value in (("inputs", inputs), ("outputs", outputs)):
         if value is None:
             continue

@@ -62,6 +62,7 @@ class RunRecords:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # location -> {sha256, size}
     engine: dict[str, str] = field(default_factory=dict)  # name, version
     inputs: tuple[str, ...] = ()  # the File locations of the run's inputs, as the engine resolved them
+    params: dict[str, Any] = field(default_factory=dict)  # the job order the engine ran
 
 
 def read_records(run_dir: str) -> RunRecords:
@@ -77,7 +78,8 @@ def read_records(run_dir: str) -> RunRecords:
              if isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)}
     engine = {k: str(v) for k, v in (prov.get("engine") or {}).items() if k in ("name", "version")}
     inputs = tuple(str(i) for i in prov.get("inputs") or [] if isinstance(i, str))
-    return RunRecords(packed=packed, files=files, engine=engine, inputs=inputs)
+    params: dict[str, Any] = prov["params"] if isinstance(prov.get("params"), dict) else {}
+    return RunRecords(packed=packed, files=files, engine=engine, inputs=inputs, params=params)
 
 
 def _read(run_dir: str, name: str) -> str | None:
@@ -166,8 +168,7 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
         run_props["endTime"] = run.end_time
     if failed:
         run_props["error"] = _run_error(run)
-    inputs = ([files.file(loc) for loc in records.inputs] if records.inputs
-              else files.values(request.get("workflow_params") or {}))
+    inputs = _inputs(crate, files, workflow["input"], records.params or request.get("workflow_params") or {})
     outputs = files.values(run.outputs or {})
     wf_action = crate.add_action(workflow, identifier=f"#run-{run.id}", object=_one(inputs),
                                  result=_one(outputs), properties=run_props)
@@ -206,6 +207,24 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
     crate.add(ContextEntity(crate, f"#organize-{run.id}", properties=organize))
     crate.root_dataset["mentions"] = mentions
     return crate
+
+
+def _inputs(crate: ROCrate, files: _Files, declared: list[Entity], params: dict[str, Any]) -> list[Entity]:
+    """The run's input values, each an `exampleOfWork` of its FormalParameter: its files as data
+    entities, and the whole value as a PropertyValue holding its JSON, which is what a run from this
+    crate is given again (wes/fromcrate.py)."""
+    by_name = {p["name"]: p for p in declared}
+    out: list[Entity] = []
+    for name, value in params.items():
+        param = by_name.get(name)
+        for entity in files.values(value):
+            if param is not None:
+                entity.append_to("exampleOfWork", param)
+            out.append(entity)
+        out.append(crate.add(ContextEntity(crate, f"#param-{quote(str(name), safe='')}", properties={
+            "@type": "PropertyValue", "name": str(name), "value": json.dumps(value),
+            "encodingFormat": "application/json", **({"exampleOfWork": param} if param is not None else {})})))
+    return list(dict.fromkeys(out))
 
 
 class _Params:

@@ -9,6 +9,7 @@ workflow document fetched at submission), `request.json` (what the engine runs),
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ from hpc_bridge.store.runs import (
     encode_token,
 )
 from hpc_bridge.tes.models import State
-from hpc_bridge.wes import crate
+from hpc_bridge.wes import crate, fromcrate
 from hpc_bridge.wes.attachments import AttachmentError, Attachments, open_beneath
 from hpc_bridge.wes.models import (
     CWL_VERSIONS,
@@ -178,8 +179,11 @@ class RunService:
             attachments = Attachments(run_dir / "attachments")
             attachments.create()
             self._attach(attachments, submission.attachments)
-            workflow = self._workflow(request.workflow_url, attachments, run_dir, owner)
-            params = self._resolve_params(request.workflow_params, attachments, owner)
+            url, params = request.workflow_url, request.workflow_params
+            if (from_crate := self._from_crate(url, attachments)) is not None:  # the request's params win
+                url, params = from_crate.workflow, {**from_crate.params, **params}
+            workflow = self._workflow(url, attachments, run_dir, owner)
+            params = self._resolve_params(params, attachments, owner)
             policy = FetchPolicy.for_run(self._config, run_dir, self.schemes.areas.readable(owner))
             self._check(workflow, params, policy)
             engine_request = {"run_id": run_id, "owner": owner, "workflow": workflow, "params": params,
@@ -273,6 +277,23 @@ class RunService:
                                 max_total=self._settings.max_attachments_bytes)
             except AttachmentError as exc:
                 raise BadRequest(str(exc)) from None
+
+    def _from_crate(self, url: str, attachments: Attachments) -> fromcrate.CrateRun | None:
+        """A run from an attached Workflow (Run) RO-Crate zip: its files the run needs attached
+        under crate/; None when `workflow_url` names no attached .zip."""
+        if not url.lower().endswith(".zip") or "://" in url or url.startswith("/"):
+            return None
+        try:
+            real, _ = attachments.resolve(unquote(url), what="workflow_url")
+            crate_run = fromcrate.read_crate(real, max_bytes=self._settings.max_attachment_bytes)
+            for name, data in crate_run.members.items():
+                attachments.add(name, io.BytesIO(data), max_bytes=self._settings.max_attachment_bytes,
+                                max_total=self._settings.max_attachments_bytes)
+        except AttachmentError as exc:
+            raise BadRequest(str(exc)) from None
+        except fromcrate.CrateError as exc:
+            raise BadRequest(f"workflow_url: {url!r}: {exc}") from None
+        return crate_run
 
     def _workflow(self, url: str, attachments: Attachments, run_dir: Path, owner: str) -> str:
         """The main document as an absolute file:// URL the engine can read (fragment kept)."""

@@ -124,3 +124,11 @@ def test_scale_tiny(slurm: CliSlurmClient) -> None:
                   "restarted daemon, first cycle:", "before the Daemon was created:", "after its cycles (current):"):
         assert figures(out, label)[0] >= 0
     assert re.search(r"^\s+peak .*:\s+\d+$", out, re.MULTILINE), out
+
+
+def test_crate_build_tiny() -> None:
+    """A 3-way scatter's crate: built, timed and valid (the script fails on a REQUIRED issue)."""
+    out = run_bench("crate_build.py", "--n", "3", "--repeat", "1")
+    seconds = figures(out, "crate build (median)")[0]
+    assert seconds > 0 and figures(out, "roc-validator, REQUIRED")[0] > 0
+    assert figures(out, "zip size")[1] > 3  # entities: at least one per task

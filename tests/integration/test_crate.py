@@ -1,12 +1,15 @@
 """A WES run's Provenance Run Crate through the real server, engine, Slurm and Apptainer: the crate of
 a 2-step run and of a failed run validate at provenance-run-crate-0.5 with no REQUIRED issue, its
-checksums are the files', each step is its TES task and Slurm job; an unfinished run has none yet.
+checksums are the files', each step is its TES task and Slurm job, a run from the crate gives the same
+output; an unfinished run has none yet.
 (Another user's 404 is in test_tenancy.py, with the run's other URLs.)"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import requests
@@ -55,11 +58,20 @@ def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> N
     graph = _graph(directory)
     run = graph[f"#run-{run_id}"]
     assert run["actionStatus"] == "http://schema.org/CompletedActionStatus" and "error" not in run
+    # The CLI fetches the same crate.
+    cli = Path(sys.executable).parent / "hpc-bridge"
+    done = subprocess.run([str(cli), "run", "crate", run_id, "-o", str(tmp_path / "cli.zip"), "--url", server.url],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _graph(unzip((tmp_path / "cli.zip").read_bytes(), tmp_path / "cli"))[f"#run-{run_id}"] == run
+    missing = subprocess.run([str(cli), "run", "crate", "no-such-run", "--url", server.url],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no-such-run" in missing.stderr
     packed = json.loads((directory / "packed.cwl").read_text())  # the engine's `cwltool --pack`
     assert {s["id"].rsplit("/", 1)[-1] for s in next(p for p in packed["$graph"] if p["id"] == "#main")["steps"]} \
         == {"shout", "again"}
     # The checksums in the crate are the files': the inputs as sent, the output as served.
-    inputs = [graph[ref["@id"]] for ref in run["object"]]
+    inputs = [graph[ref["@id"]] for ref in run["object"] if graph[ref["@id"]]["@type"] == "File"]
     assert sorted((e["sha256"], e["contentSize"]) for e in inputs) == sorted(
         (hashlib.sha256(text).hexdigest(), str(len(text))) for text in (b"hello crate\n", b"and more\n"))
     output = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()["outputs"]["result"]
@@ -80,6 +92,25 @@ def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> N
         control = next(e for e in graph.values() if e.get("@type") == "ControlAction"
                        and e["object"] == {"@id": action["@id"]})
         assert graph[control["instrument"]["@id"]]["name"] == task["name"]
+
+    # Each input is an exampleOfWork of its parameter, and recorded whole for a run from the crate.
+    recorded = {graph[f"#param-{name}"]["exampleOfWork"]["@id"]: json.loads(graph[f"#param-{name}"]["value"])
+                for name in ("text", "extra")}
+    assert set(recorded) == {"packed.cwl#main/text", "packed.cwl#main/extra"}
+    assert all(v["class"] == "File" and v["location"].startswith("file:///") for v in recorded.values())
+
+    # Run again from the crate: its workflow, its recorded inputs, the same output.
+    again = requests.post(f"{server.url}{WES}/runs", files=[("workflow_attachment", ("run.zip", got.content))],
+                          data={"workflow_type": "CWL", "workflow_type_version": "v1.2", "workflow_url": "run.zip"},
+                          timeout=120)
+    assert again.status_code == 200, again.text
+    rerun = again.json()["run_id"]
+    assert wait_state(server.url, rerun, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == "COMPLETE"
+    result = requests.get(f"{server.url}{WES}/runs/{rerun}", timeout=10).json()["outputs"]["result"]
+    assert result["location"] != output["location"]
+    content = requests.get(f"{server.url}{WES}/runs/{rerun}/outputs", params={"location": result["location"]},
+                           timeout=10).content
+    assert hashlib.sha256(content).hexdigest() == graph[run["result"]["@id"]]["sha256"]
 
 
 def test_the_crate_of_a_failed_run_and_none_before_the_end(server: ServerProcess, tmp_path: Path) -> None:

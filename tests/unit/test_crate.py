@@ -143,3 +143,71 @@ def test_the_engines_records_are_read_without_following_links(tmp_path: Path) ->
     (tmp_path / "run" / "packed.cwl").symlink_to(tmp_path / "secret")
     (tmp_path / "run" / "provenance.json").write_text("[1, 2]")
     assert crate.read_records(str(tmp_path / "run")) == crate.RunRecords()
+
+
+def _zip(path: Path, files: dict[str, str | bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return path
+
+
+def test_a_run_from_our_crate_gets_its_workflow_and_recorded_inputs(tmp_path: Path) -> None:
+    from hpc_bridge.wes import fromcrate
+
+    run, tasks, records, data = _run(tmp_path, "COMPLETE")
+    zipped = tmp_path / "run.zip"
+    zipped.write_bytes(crate.build(run, tasks, records, CTX))
+    again = fromcrate.read_crate(str(zipped), max_bytes=1 << 20)
+    assert again.workflow == "crate/packed.cwl" and list(again.members) == ["crate/packed.cwl"]
+    assert json.loads(again.members["crate/packed.cwl"]) == json.loads(records.packed or "")
+    assert again.params == {"text": {"class": "File", "location": f"file://{data}/in.txt"}} == records.params
+
+
+def test_a_run_from_another_producers_crate(tmp_path: Path) -> None:
+    """Files inside the crate are attached; others are referenced; plain PropertyValues are values."""
+    from hpc_bridge.wes import fromcrate
+
+    graph = [
+        {"@id": "ro-crate-metadata.json", "@type": "CreativeWork", "about": {"@id": "./"}},
+        {"@id": "./", "@type": "Dataset", "mainEntity": {"@id": "wf/main.cwl"}},
+        {"@id": "wf/main.cwl", "@type": ["File", "ComputationalWorkflow"]},
+        {"@id": "#in-reads", "@type": "FormalParameter", "name": "reads"},
+        {"@id": "#in-ref", "@type": "FormalParameter", "name": "ref"},
+        {"@id": "#in-k", "@type": "FormalParameter", "name": "k"},
+        {"@id": "data/r.fq", "@type": "File", "exampleOfWork": {"@id": "#in-reads"}},
+        {"@id": "https://example.org/ref.fa", "@type": "File", "exampleOfWork": {"@id": "#in-ref"}},
+        {"@id": "#k", "@type": "PropertyValue", "value": "31", "exampleOfWork": {"@id": "#in-k"}},
+        {"@id": "#run", "@type": "CreateAction", "instrument": {"@id": "wf/main.cwl"},
+         "object": [{"@id": "data/r.fq"}, {"@id": "https://example.org/ref.fa"}, {"@id": "#k"}]},
+    ]
+    path = _zip(tmp_path / "c.zip", {"ro-crate-metadata.json": json.dumps({"@graph": graph}),
+                                     "wf/main.cwl": "cwlVersion: v1.2\n", "data/r.fq": "@r\nACGT\n+\n!!!!\n"})
+    got = fromcrate.read_crate(str(path), max_bytes=1 << 20)
+    assert got.workflow == "crate/wf/main.cwl"
+    assert got.params == {"reads": {"class": "File", "location": "crate/data/r.fq"},
+                          "ref": {"class": "File", "location": "https://example.org/ref.fa"}, "k": "31"}
+    assert got.members == {"crate/wf/main.cwl": b"cwlVersion: v1.2\n", "crate/data/r.fq": b"@r\nACGT\n+\n!!!!\n"}
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"x.txt": "no metadata"}, "'ro-crate-metadata.json' is not in the crate"),
+    ({"ro-crate-metadata.json": "{"}, "is not JSON"),
+    ({"ro-crate-metadata.json": json.dumps({"@graph": [{"@id": "./"}]})}, "names no mainEntity"),
+    ({"ro-crate-metadata.json": json.dumps({"@graph": [{"@id": "./", "mainEntity": {"@id": "../etc/passwd"}}]})},
+     "is not a file inside the crate"),
+    ({"ro-crate-metadata.json": json.dumps({"@graph": [{"@id": "./", "mainEntity": {"@id": "/etc/passwd"}}]})},
+     "is not a file inside the crate"),
+    ({"ro-crate-metadata.json": json.dumps({"@graph": [{"@id": "./", "mainEntity": {"@id": "big.cwl"}}]}),
+      "big.cwl": "x" * 2048}, "more than the 1024 allowed"),
+])
+def test_a_bad_crate_is_refused_with_a_reason(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    from hpc_bridge.wes import fromcrate
+
+    with pytest.raises(fromcrate.CrateError, match=message.replace("(", r"\(")):
+        fromcrate.read_crate(str(_zip(tmp_path / "c.zip", files)), max_bytes=1024)
+    (tmp_path / "not.zip").write_text("plain text")
+    with pytest.raises(fromcrate.CrateError, match="not a zip file"):
+        fromcrate.read_crate(str(tmp_path / "not.zip"), max_bytes=1024)
