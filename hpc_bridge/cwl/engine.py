@@ -143,8 +143,19 @@ def run(run_dir: Path, launch: dict[str, Any]) -> int:
     work = run_dir / ".cwl"
     work.mkdir(exist_ok=True)
     provenance.write_packed(request["workflow"], policy, run_dir)
-    provenance.record(run_dir, inputs=request.get("params"),
-                      engine={"name": "cwltool", "version": metadata.version("cwltool")})
+    # The inputs' digests, beside the run: hashing a large input must not delay its first task.
+    hashing = threading.Thread(target=provenance.record, args=(run_dir,), name="provenance", daemon=True,
+                               kwargs={"inputs": request.get("params"),
+                                       "engine": {"name": "cwltool", "version": metadata.version("cwltool")}})
+    hashing.start()
+    try:
+        return _run(request, params, policy, run_dir, work, launch)
+    finally:
+        hashing.join()
+
+
+def _run(request: dict[str, Any], params: dict[str, Any], policy: FetchPolicy, run_dir: Path, work: Path,
+         launch: dict[str, Any]) -> int:
     # cwltool reads its own job order (and step outputs) from the engine's work area.
     policy = dataclasses.replace(policy, roots=(*policy.roots, str(work)))
     client = RunClient(launch["tes_url"], launch["token"])

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ log = logging.getLogger("hpc_bridge.cwl")
 PACKED = "packed.cwl"
 PROVENANCE = "provenance.json"
 CHUNK = 1 << 20
+_LOCK = threading.Lock()  # the inputs are hashed in a thread beside the run, the outputs at its end
 
 
 def write_packed(workflow: str, policy: FetchPolicy, run_dir: Path) -> bool:
@@ -87,27 +89,26 @@ def digest(location: str) -> dict[str, Any] | None:
 
 
 def record(run_dir: Path, *, inputs: Any = None, outputs: Any = None, engine: dict[str, str] | None = None) -> None:
-    """Merge what is known now into DIR/provenance.json: the File locations of the run's inputs (at
-    the start) and outputs (at the end), as the engine resolved them, and each file's digest."""
-    path = run_dir / PROVENANCE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    files = data.setdefault("files", {})
-    if isinstance(inputs, dict):
-        data["params"] = inputs  # the job order as the engine got it: what a run from the crate is given
-    for key, value in (("inputs", inputs), ("outputs", outputs)):
-        if value is None:
-            continue
-        data[key] = list(dict.fromkeys(file_locations(value)))
-        for location in data[key]:
-            if location not in files and (facts := digest(location)) is not None:
-                files[location] = facts
-    if engine:
-        data["engine"] = engine
-    data["packed"] = PACKED if (run_dir / PACKED).exists() else None
-    _write(path, json.dumps(data, indent=1))
+    """Merge what is known now into DIR/provenance.json: the job order and the File locations of the
+    run's inputs (at the start, hashed beside the run) and outputs (at the end), as the engine resolved
+    them, and each file's digest. Files are hashed first, the record is then merged under a lock."""
+    lists = {key: list(dict.fromkeys(file_locations(value)))
+             for key, value in (("inputs", inputs), ("outputs", outputs)) if value is not None}
+    facts = {loc: found for locs in lists.values() for loc in locs if (found := digest(loc)) is not None}
+    with _LOCK:
+        path = run_dir / PROVENANCE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(inputs, dict):
+            data["params"] = inputs  # the job order the engine got: what a run from the crate is given
+        data.update(lists)
+        data.setdefault("files", {}).update(facts)
+        if engine:
+            data["engine"] = engine
+        data["packed"] = PACKED if (run_dir / PACKED).exists() else None
+        _write(path, json.dumps(data, indent=1))
 
 
 def _write(path: Path, text: str) -> None:
