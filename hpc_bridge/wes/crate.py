@@ -137,27 +137,7 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
     workflow["input"] = params.declare("main", main.get("inputs"))
     workflow["output"] = params.declare("main", main.get("outputs"))
 
-    tools: dict[str, Entity] = {}
-    steps: dict[str, Entity] = {}
-    # A run of one tool is a workflow of one step, the tool itself: every task is that step's.
-    single = not main.get("steps")
-    declared = main.get("steps") or [{"id": "#main/" + _local(main.get("id") or "#main"), "run": "#main"}]
-    for position, step in enumerate(declared):
-        step_id = _local(step.get("id"))
-        run_ref = step.get("run")
-        tool_key = _local(run_ref) if isinstance(run_ref, str) else f"{step_id}/run"
-        if tool_key not in tools:
-            doc = graph.get("#" + tool_key, run_ref if isinstance(run_ref, dict) else {})
-            tools[tool_key] = crate.add(SoftwareApplication(crate, f"packed.cwl#{tool_key}", properties={
-                "name": tool_key, "input": params.declare(tool_key, doc.get("inputs")),
-                "output": params.declare(tool_key, doc.get("outputs"))}))
-        steps[step_id.rsplit("/", 1)[-1]] = crate.add(ContextEntity(crate, f"packed.cwl#{step_id}", properties={
-            "@type": "HowToStep", "name": step_id.rsplit("/", 1)[-1], "position": str(position),
-            "workExample": tools[tool_key]}))
-    if tools:
-        workflow["hasPart"] = list(tools.values())
-        workflow["step"] = list(steps.values())
-
+    steps = _steps(crate, graph, main, params, workflow)
     agent = crate.add(Person(crate, "#agent", properties={"name": ctx.agent or "anonymous"}))
     files = _Files(crate, records.files)
     failed = run.state in UNSUCCESSFUL
@@ -177,17 +157,17 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
     controls: list[Entity] = []
     mentions: list[Entity] = [wf_action]
     for task in tasks:
-        name = next(iter(steps)) if single else _step_name(task, steps)
-        tool = tools.get(_local(steps[name]["workExample"].id.split("#", 1)[1])) if name in steps else None
-        if tool is None:
-            tool = crate.add(SoftwareApplication(crate, f"#tool-{name}", properties={"name": name}))
+        name = next(iter(steps)) if not main.get("steps") else _step_name(task, steps)
+        step = steps.get(name)
+        tool = step["workExample"] if step is not None else crate.add(
+            SoftwareApplication(crate, f"#tool-{name}", properties={"name": name}))
         action = crate.add_action(tool, identifier=f"#task-{task.id}", object=_one(files.task_inputs(task)),
                                   result=_one(files.task_outputs(task)),
                                   properties=_task_props(crate, task, agent, images))
         mentions.append(action)
-        if name in steps:
+        if step is not None:
             controls.append(crate.add(ContextEntity(crate, f"#control-{task.id}", properties={
-                "@type": "ControlAction", "name": f"orchestrate {name}", "instrument": steps[name],
+                "@type": "ControlAction", "name": f"orchestrate {name}", "instrument": step,
                 "object": action, "actionStatus": _status(task.state)})))
 
     engine = crate.add(SoftwareApplication(crate, "#engine", properties={
@@ -207,6 +187,30 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
     crate.add(ContextEntity(crate, f"#organize-{run.id}", properties=organize))
     crate.root_dataset["mentions"] = mentions
     return crate
+
+
+def _steps(crate: ROCrate, graph: dict[str, dict[str, Any]], main: dict[str, Any], params: _Params,
+           workflow: Entity) -> dict[str, Entity]:
+    """The workflow's HowToSteps by name, each with its tool (a SoftwareApplication, `workExample`).
+    A run of one tool is a workflow of one step, the tool itself."""
+    tools: dict[str, Entity] = {}
+    steps: dict[str, Entity] = {}
+    declared = main.get("steps") or [{"id": "#main/" + _local(main.get("id") or "#main"), "run": "#main"}]
+    for position, step in enumerate(declared):
+        step_id = _local(step.get("id"))
+        name = step_id.rsplit("/", 1)[-1]
+        run_ref = step.get("run")
+        tool_key = _local(run_ref) if isinstance(run_ref, str) else f"{step_id}/run"
+        if tool_key not in tools:
+            doc = graph.get("#" + tool_key, run_ref if isinstance(run_ref, dict) else {})
+            tools[tool_key] = crate.add(SoftwareApplication(crate, f"packed.cwl#{tool_key}", properties={
+                "name": tool_key, "input": params.declare(tool_key, doc.get("inputs")),
+                "output": params.declare(tool_key, doc.get("outputs"))}))
+        steps[name] = crate.add(ContextEntity(crate, f"packed.cwl#{step_id}", properties={
+            "@type": "HowToStep", "name": name, "position": str(position), "workExample": tools[tool_key]}))
+    workflow["hasPart"] = list(tools.values())
+    workflow["step"] = list(steps.values())
+    return steps
 
 
 def _inputs(crate: ROCrate, files: _Files, declared: list[Entity], params: dict[str, Any]) -> list[Entity]:
