@@ -76,7 +76,8 @@ class PackingSettings(_Strict):
     each, in turn: Slurm then schedules one job instead of several (a job costs about a scheduling
     cycle, a step a tenth of a second). Nobody has to declare a task short: once a step has run
     `hand_back_seconds`, the launcher hands the tasks still waiting back to the daemon, which
-    submits each as a job of its own, so a long task holds the others back by that long at most.
+    submits them again (together in new packs; a task handed back twice alone), so a long task
+    holds the others back by that long at most.
     A pack holds at most `max_tasks`; its time limit is the members' own plus the hand-back
     allowance, so every task keeps its whole limit, and `max_minutes` (e.g. the partitions'
     MaxTime) bounds it: tasks whose pack would need more run alone."""

@@ -37,9 +37,13 @@ class Submitter:
         batch = due[: ctx.config.monitor.submit_batch]
         ready = [p for p in ctx.pool.map(self._prepare_one, batch) if p is not None]
         packing = ctx.config.slurm.packing
-        alone = [p for p in ready if not ctx.launchers.for_row(p.row).packs or ctx.handed_back[p.row.id] >= 2]
-        packable = [p for p in ready if p not in alone]
-        groups = [[p] for p in alone]
+        packable: list[Prepared] = []
+        groups: list[list[Prepared]] = []
+        for p in ready:  # alone: a launcher that cannot pack, or a task packs handed back twice
+            if ctx.launchers.for_row(p.row).packs and ctx.handed_back[p.row.id] < 2:
+                packable.append(p)
+            else:
+                groups.append([p])
         if packing.enabled:
             groups += pack.group(packable, key=lambda p: (p.row.owner, tuple(p.job.options)),
                                  options=lambda p: p.job.options, settings=packing)

@@ -8,8 +8,9 @@ cancel (`scancel JOB.STEP`, or before its turn a marker the launcher checks).
 
 Nobody declares a task short: a step that runs past the hand-back threshold makes the launcher
 hand the tasks still waiting back to the daemon (a `returned` line in each one's record), which
-submits them as jobs of their own. So a long task delays the others by the threshold at most, and
-the pack's time limit needs room for one whole limit plus a threshold per other member.
+submits them again (together in new packs; a task handed back twice alone). So a long task delays
+the others by the threshold at most, and the pack's time limit needs room for one whole limit plus a
+threshold per other member.
 """
 
 from __future__ import annotations
