@@ -15,7 +15,6 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -24,6 +23,7 @@ from cwltool import main as cwlmain
 from cwltool.context import LoadingContext
 
 from hpc_bridge.cwl.fetch import FetchPolicy, fetcher_constructor
+from hpc_bridge.cwl.objects import file_locations
 
 log = logging.getLogger("hpc_bridge.cwl")
 
@@ -51,19 +51,6 @@ def write_packed(workflow: str, policy: FetchPolicy, run_dir: Path) -> bool:
         return False
     _write(run_dir / PACKED, out.getvalue())
     return True
-
-
-def file_locations(value: Any) -> Iterable[str]:
-    """Every File location (and its secondary files) in a CWL object, in order."""
-    if isinstance(value, list):
-        for item in value:
-            yield from file_locations(item)
-    elif isinstance(value, dict):
-        if value.get("class") == "File" and isinstance(value.get("location") or value.get("path"), str):
-            yield str(value.get("location") or value.get("path"))
-        for item in value.values():
-            if isinstance(item, dict | list):
-                yield from file_locations(item)
 
 
 def digest(location: str) -> dict[str, Any] | None:

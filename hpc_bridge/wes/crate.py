@@ -30,7 +30,7 @@ from rocrate.model.person import Person
 from rocrate.model.softwareapplication import SoftwareApplication
 from rocrate.rocrate import ROCrate
 
-from hpc_bridge.cwl.provenance import file_locations
+from hpc_bridge.cwl.objects import file_locations
 from hpc_bridge.lifecycle import UNSUCCESSFUL
 from hpc_bridge.store import TaskRow
 from hpc_bridge.store.runs import RunRow

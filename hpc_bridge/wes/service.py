@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 from hpc_bridge import jsonlimit
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.cwl.fetch import FetchPolicy
+from hpc_bridge.cwl.objects import file_objects
 from hpc_bridge.errors import BadRequest, Conflict, NotFound, ServiceError, TooManyRequests
 from hpc_bridge.lifecycle import RUN_FINAL
 from hpc_bridge.staging import http
@@ -587,15 +588,7 @@ class RunService:
 
 def output_locations(value: Any) -> Iterable[tuple[str, str]]:
     """(class, location) of every File and Directory in a CWL output object."""
-    if isinstance(value, list):
-        for item in value:
-            yield from output_locations(item)
-    elif isinstance(value, dict):
-        if value.get("class") in ("File", "Directory") and isinstance(value.get("location"), str):
-            yield value["class"], value["location"]
-        for item in value.values():
-            if isinstance(item, dict | list):
-                yield from output_locations(item)
+    return ((obj["class"], obj["location"]) for obj in file_objects(value) if isinstance(obj.get("location"), str))
 
 
 def engine_version_or_unknown() -> str:
