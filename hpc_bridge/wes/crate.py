@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,10 +75,11 @@ def read_records(run_dir: str) -> RunRecords:
         prov = {}
     if not isinstance(prov, dict):
         prov = {}
-    files = {k: v for k, v in (prov.get("files") or {}).items()
+    files = {k: v for k, v in _mapping(prov.get("files")).items()
              if isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)}
-    engine = {k: str(v) for k, v in (prov.get("engine") or {}).items() if k in ("name", "version")}
-    inputs = tuple(str(i) for i in prov.get("inputs") or [] if isinstance(i, str))
+    engine = {k: str(v) for k, v in _mapping(prov.get("engine")).items() if k in ("name", "version")}
+    listed = prov.get("inputs")
+    inputs = tuple(i for i in listed if isinstance(i, str)) if isinstance(listed, list) else ()
     params: dict[str, Any] = prov["params"] if isinstance(prov.get("params"), dict) else {}
     return RunRecords(packed=packed, files=files, engine=engine, inputs=inputs, params=params)
 
@@ -87,11 +89,18 @@ def _read(run_dir: str, name: str) -> str | None:
         fd = open_beneath(run_dir, name)
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory or a FIFO in its place: no record
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_RECORD_BYTES + 1)
     if len(data) > MAX_RECORD_BYTES:
         return None
     return data.decode("utf-8", errors="replace")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)

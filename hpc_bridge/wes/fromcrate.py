@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -48,6 +49,9 @@ def read_crate(path: str, *, max_bytes: int) -> CrateRun:
                 params[name] = _value(value, graph, archive, members, max_bytes)
     except zipfile.BadZipFile as exc:
         raise CrateError(f"not a zip file: {exc}") from None
+    except (zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as exc:
+        # ZIP64 off, an unknown compression, an encrypted member, a truncated or corrupt stream
+        raise CrateError(f"the zip cannot be read: {exc}") from None
     return CrateRun(workflow=PREFIX + _name(main_id), params=params, members=members)
 
 
@@ -89,7 +93,7 @@ def _ids(refs: Any) -> list[str]:
 
 def _types(entity: dict[str, Any]) -> set[str]:
     kind = entity.get("@type")
-    return set(kind) if isinstance(kind, list) else {str(kind)}
+    return {str(k) for k in kind} if isinstance(kind, list) else {str(kind)}
 
 
 def _name(ident: str) -> str:

@@ -145,6 +145,13 @@ def test_the_engines_records_are_read_without_following_links(tmp_path: Path) ->
     assert crate.read_records(str(tmp_path / "run")) == crate.RunRecords()
 
 
+def test_odd_records_in_the_users_run_dir_are_no_records(tmp_path: Path) -> None:
+    """The run dir is the user's: a directory in a record's place, or fields of the wrong kind."""
+    (tmp_path / "packed.cwl").mkdir()
+    (tmp_path / "provenance.json").write_text(json.dumps({"files": [1], "engine": "x", "inputs": "y"}))
+    assert crate.read_records(str(tmp_path)) == crate.RunRecords()
+
+
 def _zip(path: Path, files: dict[str, str | bytes]) -> Path:
     import zipfile
 
@@ -211,3 +218,26 @@ def test_a_bad_crate_is_refused_with_a_reason(tmp_path: Path, files: dict[str, s
     (tmp_path / "not.zip").write_text("plain text")
     with pytest.raises(fromcrate.CrateError, match="not a zip file"):
         fromcrate.read_crate(str(tmp_path / "not.zip"), max_bytes=1024)
+
+
+def test_an_unreadable_zip_or_odd_types_are_a_reason_not_a_crash(tmp_path: Path) -> None:
+    import zipfile
+
+    from hpc_bridge.wes import fromcrate
+
+    path = tmp_path / "bz.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("ro-crate-metadata.json", "{}")
+    data = bytearray(path.read_bytes())  # its compression method, in both headers: 99, unknown
+    header, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    data[header + 8:header + 10] = data[central + 10:central + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(fromcrate.CrateError, match="the zip cannot be read"):
+        fromcrate.read_crate(str(path), max_bytes=1024)
+    graph = [{"@id": "./", "mainEntity": {"@id": "wf.cwl"}}, {"@id": "wf.cwl", "@type": "File"},
+             {"@id": "#p", "@type": "FormalParameter", "name": "x"},
+             {"@id": "#v", "@type": [{"odd": 1}, "PropertyValue"], "value": "1", "exampleOfWork": {"@id": "#p"}},
+             {"@id": "#run", "@type": ["CreateAction"], "instrument": {"@id": "wf.cwl"}, "object": {"@id": "#v"}}]
+    got = fromcrate.read_crate(str(_zip(tmp_path / "t.zip", {"ro-crate-metadata.json": json.dumps({"@graph": graph}),
+                                                                "wf.cwl": "x"})), max_bytes=1024)
+    assert got.params == {"x": "1"}
