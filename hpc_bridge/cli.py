@@ -32,6 +32,7 @@ from hpc_bridge.config import ConfigError, SiteConfig, load_config
 from hpc_bridge.slurm.timelimit import SLURM_TIME
 from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient, error_message
 from hpc_bridge.tes.models import State
+from hpc_bridge.wes.runner import Client, RunnerError
 
 err = Console(stderr=True, highlight=False)
 
@@ -500,17 +501,11 @@ def run_group() -> None:
 @_URL_OPTION
 def run_crate(run_id: str, output: Path | None, url: str) -> None:
     """Download a finished run's Provenance Run Crate (a zip)."""
-    token = os.environ.get(TOKEN_ENV)
-    base = re.sub(r"/ga4gh/[tw]es/v1/?$", "", url.rstrip("/"))
-    target = f"{base}/ga4gh/wes/v1/runs/{quote(run_id, safe='')}/ro-crate"
-    try:
-        resp = requests.get(target, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=300)
-        resp.raise_for_status()
-    except requests.ConnectionError:
-        _fail(f"no answer from the server at {url} (is `hpc-bridge serve` running there?)", EXIT_SERVER)
-    except requests.RequestException as exc:
-        bad_request = exc.response is not None and exc.response.status_code == 400
-        _fail(error_message(exc, url), EXIT_USAGE if bad_request else EXIT_SERVER)
+    try:  # the WES client of hpc-bridge-cwl-runner: the same URL forms, token and error messages
+        resp = Client(url, os.environ.get(TOKEN_ENV) or None).call(
+            "GET", f"/ga4gh/wes/v1/runs/{quote(run_id, safe='')}/ro-crate", timeout=300)
+    except RunnerError as exc:
+        _fail(str(exc), EXIT_USAGE if exc.status == 400 else EXIT_SERVER)
     if str(output) == "-":
         sys.stdout.buffer.write(resp.content)
         return

@@ -46,9 +46,12 @@ UNSUPPORTED_MARKERS = ("UnsupportedRequirement", "Unsupported requirement", "uns
 
 
 class RunnerError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+    """`code`: the runner's exit status; `status`: the server's HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 def arg_parser() -> argparse.ArgumentParser:
@@ -188,7 +191,7 @@ class Client:
             except (ValueError, KeyError, TypeError):
                 msg = resp.text[:2000] or resp.reason
             code = EXIT_UNSUPPORTED if any(m in msg for m in UNSUPPORTED_MARKERS) else EXIT_FAILED
-            raise RunnerError(f"{msg} (HTTP {resp.status_code} from {url})", code)
+            raise RunnerError(f"{msg} (HTTP {resp.status_code} from {url})", code, resp.status_code)
         return resp
 
     def data_roots(self) -> list[str]:
