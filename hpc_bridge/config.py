@@ -346,6 +346,40 @@ class StorageSettings(_Strict):
         return value
 
 
+class Crypt4ghSettings(_Strict):
+    """Crypt4GH (GA4GH) for sensitive data. `secret_key` is the site's own key, to which users
+    encrypt their `.c4gh` inputs: only the daemon reads it, on the login node, to open each such
+    input's header, and the job is handed that one file's session key (never the site's key).
+    `passphrase_file` unlocks a passphrase-protected key (its first line). `job_python`: a Python
+    on the compute nodes that has the `crypt4gh` package, for the job-side steps of tasks that
+    encrypt or decrypt (unset: `storage.job_python`). `private_tmp`: a node-local directory where a
+    job's decrypted inputs live (one 0700 directory per task, removed when the job ends, never the
+    shared work area). Outputs written under a `required_roots` directory must be encrypted. Off
+    (`enabled: false`), tasks and runs asking for Crypt4GH are refused and `.c4gh` inputs are
+    passed to jobs as they are."""
+
+    enabled: bool = False
+    secret_key: Path | None = None
+    passphrase_file: Path | None = None
+    job_python: Path | None = None
+    private_tmp: Path = Path("/tmp")
+    required_roots: list[Path] = Field(default_factory=list)
+
+    @field_validator("private_tmp")
+    @classmethod
+    def _plain_private_tmp(cls, value: Path) -> Path:
+        """It ends up in the batch script and in Apptainer's bind list: plain characters only."""
+        if not re.fullmatch(r"/[A-Za-z0-9_./-]*", str(value)):
+            raise ValueError("must be an absolute path of letters, digits and _ . / - only")
+        return value
+
+    @model_validator(mode="after")
+    def _unlock_needs_key(self) -> Crypt4ghSettings:
+        if self.passphrase_file is not None and self.secret_key is None:
+            raise ValueError("passphrase_file without secret_key")
+        return self
+
+
 class SiteConfig(_Strict):
     """`auth` has no default: a site must choose JWT issuers or, for development only, `mode: none`."""
 
@@ -360,6 +394,7 @@ class SiteConfig(_Strict):
     monitor: MonitorSettings = MonitorSettings()
     run_as: RunAsSettings = RunAsSettings()
     wes: WesSettings = WesSettings()
+    crypt4gh: Crypt4ghSettings = Crypt4ghSettings()
     backend_parameters: list[str] = Field(
         default_factory=lambda: [
             "account", "qos", "partition", "time", "gres", "gpus", "constraint", "nodes", "exclusive",
@@ -399,6 +434,15 @@ class SiteConfig(_Strict):
                              "can read and overwrite any other user's files (set storage.one_shared_space: "
                              "true to accept that)")
         check_areas(storage, self.wes.root(storage.data_roots))
+        return self
+
+    @model_validator(mode="after")
+    def _encrypted_roots_inside_data(self) -> SiteConfig:
+        for root in self.crypt4gh.required_roots:
+            real = os.path.realpath(root)
+            if not any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r)
+                       for r in self.storage.data_roots):
+                raise ValueError(f"crypt4gh.required_roots: {root} is not inside any of storage.data_roots")
         return self
 
     @model_validator(mode="after")
@@ -523,6 +567,7 @@ _PATH_KEYS = {
     "apptainer": ("binary", "image_dirs", "cache_dir"),
     "storage": ("work_root", "data_roots", "job_python"),
     "wes": ("runs_root",),
+    "crypt4gh": ("secret_key", "passphrase_file", "job_python", "required_roots"),
 }
 
 

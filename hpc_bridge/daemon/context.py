@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from hpc_bridge.c4gh.keys import SiteKey
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.daemon.jobfiles import JobFileRefused, read_record
 from hpc_bridge.daemon.launcher import Launchers
@@ -35,6 +36,7 @@ class Context:
     # alone, so a run of long tasks costs at most two hand-backs each. Kept in memory only: after a
     # restart the count starts again, which at worst costs a task one more hand-back.
     handed_back: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    site_key: SiteKey | None = None  # Crypt4GH: opens the headers of `.c4gh` inputs, in this process alone
 
     def fail(self, row: TaskRow, message: str) -> None:
         """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""

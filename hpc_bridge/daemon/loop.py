@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from hpc_bridge.c4gh.keys import Crypt4ghKeyError, SiteKey, load_site_key
 from hpc_bridge.config import ConfigError, SiteConfig
 from hpc_bridge.daemon.canceller import Canceller
 from hpc_bridge.daemon.context import Context
@@ -58,7 +59,8 @@ class Daemon:
         pool = ThreadPoolExecutor(config.monitor.submit_parallelism, "hpc-bridge-submit")
         cancel_sent: set[str] = set()
         self._ctx = ctx = Context(config, store, slurm, pool, Launchers(config, slurm, pool, cancel_sent),
-                                  threading.Event(), threading.Event(), cancel_sent)
+                                  threading.Event(), threading.Event(), cancel_sent,
+                                  site_key=_site_key(config))
         schemes = Schemes(config, RunStore(store).owner_of)
         self.stager = Stager(ctx, schemes)
         self.submitter = Submitter(ctx, self.stager, schemes)
@@ -161,6 +163,16 @@ class Daemon:
         log.info("task %s: adopting Slurm job %s submitted before a restart", row.id, job_id)
         self._ctx.store.tasks.update(row.id, job_id=job_id,  # prepare() recorded the work dir before sbatch
                                      message=f"adopted Slurm job {job_id} after a restart")
+
+
+def _site_key(config: SiteConfig) -> SiteKey | None:
+    """Loaded once, at start: a key the daemon cannot use stops it here, not at the first input."""
+    if not config.crypt4gh.enabled:
+        return None
+    try:
+        return load_site_key(config.crypt4gh)
+    except Crypt4ghKeyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_run_as(config: SiteConfig) -> None:

@@ -4,10 +4,12 @@ packs handed back twice."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 
+from hpc_bridge.c4gh.headers import HeaderError, session_keys
 from hpc_bridge.containers.apptainer import UnsafeValue
 from hpc_bridge.daemon.context import Context
 from hpc_bridge.daemon.launcher import Prepared
@@ -17,7 +19,7 @@ from hpc_bridge.slurm.client import SlurmError
 from hpc_bridge.slurm.script import render
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store import TaskRow
-from hpc_bridge.tes.jobspec import InvalidTask, job_name, plan_job
+from hpc_bridge.tes.jobspec import DECRYPT_SPEC, InvalidTask, JobPlan, job_name, plan_job
 from hpc_bridge.tes.models import Task
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,12 @@ class Submitter:
             area = launcher.work_area(workdir)
             if not self._stager.ready(row, area, plan):
                 return None
+            if plan.decrypts:
+                try:
+                    plan.files[f"{workdir}/{DECRYPT_SPEC}"] = self._decrypt_spec(plan)
+                except HeaderError as exc:
+                    ctx.fail(row, f"cannot run task: {exc}")
+                    return None
             try:
                 launcher.before_write()
                 area.create()
@@ -122,6 +130,24 @@ class Submitter:
         ctx.store.tasks.update(row.id, workdir=str(workdir), streams=streams, add_logs=plan.warnings,
                                submit_attempts=row.submit_attempts + 1)
         return Prepared(row, script, plan.script)
+
+    def _decrypt_spec(self, plan: JobPlan) -> str:
+        """What the job's decryption step needs: each `.c4gh` input's session keys, read here from
+        its header with the site's key (which the job never gets)."""
+        site = self._ctx.site_key
+        entries = []
+        for item in plan.decrypts:
+            if site is None:
+                raise HeaderError(f"input {item.index}: the site has no Crypt4GH secret key any more")
+            try:
+                keys = session_keys(item.source, site)
+            except HeaderError as exc:
+                raise HeaderError(f"input {item.index} ({item.source}) {exc}") from None
+            except OSError as exc:
+                raise HeaderError(f"input {item.index} ({item.source}) cannot be read: {exc.strerror}") from None
+            entries.append({"index": item.index, "source": item.source, "offset": keys.offset,
+                            "keys": list(keys.keys), "dest": item.dest})
+        return json.dumps({"record": plan.script.record_path, "inputs": entries})
 
     def _submit_one(self, ready: Prepared) -> None:
         row = ready.row

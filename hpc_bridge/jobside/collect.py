@@ -84,13 +84,19 @@ class OutputSpec:
 @dataclass(frozen=True)
 class Manifest:
     """`areas`: where this task's owner may write (within the roots); in the `keep` ones (shared
-    areas) an existing file is never replaced, since another owner may have written it."""
+    areas) an existing file is never replaced, since another owner may have written it. With
+    `recipients` (base64 Crypt4GH public keys) every file is written encrypted to them, as NAME.c4gh:
+    the plaintext never leaves the work area (this needs a Python with crypt4gh)."""
 
     workdir: str
     roots: tuple[str, ...]
     outputs: tuple[OutputSpec, ...]
     areas: tuple[str, ...]
     keep: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
+
+
+C4GH_SUFFIX = ".c4gh"
 
 
 def now() -> str:
@@ -124,6 +130,9 @@ def parse_manifest(data: object) -> Manifest:
         raise ManifestError("manifest: 'roots' must be a non-empty list")
     areas = _paths(data, "areas") if "areas" in data else roots
     keep = _paths(data, "keep") if "keep" in data else []
+    recipients = data.get("recipients", [])
+    if not isinstance(recipients, list) or not all(isinstance(r, str) and r for r in recipients):
+        raise ManifestError("manifest: 'recipients' must be a list of base64 public keys")
     outputs = data.get("outputs")
     if not isinstance(outputs, list):
         raise ManifestError("manifest: 'outputs' must be a list")
@@ -149,7 +158,7 @@ def parse_manifest(data: object) -> Manifest:
             url=_text(out, "url", where),
             dest=_text(out, "dest", where, absolute=True), quote=out.get("quote", True)))
     return Manifest(workdir=workdir, roots=tuple(roots), outputs=tuple(specs), areas=tuple(areas),
-                    keep=tuple(keep))
+                    keep=tuple(keep), recipients=tuple(recipients))
 
 
 def manifest_json(manifest: Manifest) -> str:
@@ -224,6 +233,8 @@ class _Collector:
         dest = os.path.realpath(spec.dest)
         self.keep = any(_inside(dest, os.path.realpath(k)) for k in manifest.keep)
         self.bind = os.path.realpath(spec.bind_host)  # the boundary every source, and symlink target, stays in
+        self.recipients = manifest.recipients
+        self.suffix = C4GH_SUFFIX if self.recipients else ""
         self.failed = False
         self.dest_dirs: set[tuple[int, int]] = set()  # (dev, ino) of directories this output created or wrote into
         self.copying: set[tuple[int, int]] = set()  # (dev, ino) of the source directories being copied, nested
@@ -491,11 +502,12 @@ class _Collector:
             raise _OutputFailed(f"destination {dest} has no file name")
         dst_dir = self._open_dest_dir(head)
         try:
-            size = _write(src_dir, name, dst_dir, tail, dest, self.keep)
+            size = _write(src_dir, name, dst_dir, tail + self.suffix, dest + self.suffix, self.keep,
+                          self.recipients)
         finally:
             os.close(dst_dir)
         if size is not None:
-            self.logged(url, cpath, size)
+            self.logged(url + self.suffix, cpath, size)
         elif required:
             raise _OutputFailed("is not a regular file; refused")
         else:
@@ -542,11 +554,12 @@ class _Collector:
             if is_dir:
                 self._subtree(src_dir, src_name, dst, name, sub_url, path, depth + 1)
             elif is_file:
-                size = _write(src_dir, src_name, dst, name, f"of {path}", self.keep)
+                size = _write(src_dir, src_name, dst, name + self.suffix, f"of {path}", self.keep,
+                              self.recipients)
                 if size is None:
                     self.warn(f"{path} is not a regular file; skipped")
                 else:
-                    self.logged(sub_url, path, size)
+                    self.logged(sub_url + self.suffix, path, size)
             else:
                 self.warn(f"{path} is not a regular file or directory (FIFO, socket or device); skipped")
         except _Unfollowed as exc:
@@ -603,9 +616,11 @@ def _subdir(fd: int, name: str, what: str) -> int:
         raise _OutputFailed(f"destination {what} cannot be created: {exc.strerror}") from None
 
 
-def _write(src_dir: int | None, name: str, dst_dir: int, dst_name: str, dest: str, keep: bool) -> int | None:
-    """Copy one file by descriptors into a temp file renamed onto dst_name (`keep`: linked there,
-    which fails on an existing name); None if not a regular file."""
+def _write(src_dir: int | None, name: str, dst_dir: int, dst_name: str, dest: str, keep: bool,
+           recipients: Sequence[str] = ()) -> int | None:
+    """Copy (or with `recipients` encrypt) one file by descriptors into a temp file renamed onto
+    dst_name (`keep`: linked there, which fails on an existing name); the size written, None if not
+    a regular file."""
     src = os.open(name, _FILE_FLAGS, dir_fd=src_dir)
     try:
         st = os.fstat(src)
@@ -622,7 +637,7 @@ def _write(src_dir: int | None, name: str, dst_dir: int, dst_name: str, dest: st
                       dir_fd=dst_dir)
         try:
             try:
-                size = _copy_data(src, out)
+                size = _encrypt_data(src, out, recipients) if recipients else _copy_data(src, out)
             finally:
                 os.close(out)
             if not keep:
@@ -661,6 +676,25 @@ def _copy_data(src: int, dst: int) -> int:
             view = view[os.write(dst, view):]
         total += len(chunk)
     return total
+
+
+def _encrypt_data(src: int, dst: int, recipients: Sequence[str]) -> int:
+    """Crypt4GH to every recipient, with a sender key of this file alone; the size written. Imported
+    here: only jobs that encrypt need crypt4gh (and run the collector with a Python that has it)."""
+    import base64
+
+    try:
+        import crypt4gh.lib
+    except ImportError:
+        raise _OutputFailed(f"cannot be encrypted: {sys.executable} has no crypt4gh package (the "
+                            "site's crypt4gh.job_python)") from None
+
+    sender = os.urandom(32)
+    keys = [(0, sender, base64.b64decode(r)) for r in recipients]
+    with os.fdopen(src, "rb", closefd=False) as reader, os.fdopen(dst, "wb", closefd=False) as writer:
+        crypt4gh.lib.encrypt(keys, reader, writer)
+        writer.flush()
+        return writer.tell()
 
 
 # --- entry points ---------------------------------------------------------------------------------

@@ -73,6 +73,16 @@ class InputCheck:
 
 
 @dataclass(frozen=True)
+class DecryptStep:
+    """Crypt4GH inputs, decrypted by `argv` before the executors into `private_dir`: this task's own
+    directory on the node's disk, made 0700 at the start and removed when the job ends."""
+
+    private_dir: str
+    argv: Sequence[str]
+    first: int  # the first such input's index, named when the step cannot run at all
+
+
+@dataclass(frozen=True)
 class JobScript:
     name: str
     workdir: str
@@ -91,6 +101,11 @@ class JobScript:
     # The executors' /tmp and /var/tmp (apptainer --workdir): made at the start, removed at the end
     # whatever the outcome, as --containall's in-memory /tmp was (a requeued job starts afresh).
     scratch: str | None = None
+    decrypt: DecryptStep | None = None
+    # Work-area directories removed when the job ends, whatever its state (a task with Crypt4GH
+    # outputs or inputs: no plaintext outlives the job); its executors' logs are then copied out
+    # of them as with a status directory.
+    scrub: Sequence[str] = ()
 
     @property
     def record_dir(self) -> str:
@@ -111,14 +126,14 @@ class JobScript:
     def log_paths(self, index: int) -> tuple[str, str]:
         """The files the daemon reads executor `index`'s logs from: its output files, or with a
         status directory the files there (its own TES paths are copied there when it ends)."""
-        if self.status_dir is None:
+        if self.status_dir is None and not self.scrub:
             return self.output_paths(index)
-        return (f"{self.status_dir}/executor-{index}.stdout", f"{self.status_dir}/executor-{index}.stderr")
+        return (f"{self.record_dir}/executor-{index}.stdout", f"{self.record_dir}/executor-{index}.stderr")
 
     def log_copies(self, index: int) -> list[tuple[str, str, str]]:
         """(source, its redirect root, copy in the status dir) of each stream executor `index` sends
         to a TES path: the daemon cannot read the private work area, so the job copies a tail."""
-        if self.status_dir is None or self.log_tail <= 0:
+        if (self.status_dir is None and not self.scrub) or self.log_tail <= 0:
             return []
         ex = self.executors[index]
         return [(src, self.redirect_root(index, stream), dst)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import posixpath
 from dataclasses import dataclass, field
 from importlib import resources
+from urllib.parse import urlsplit
 
+from hpc_bridge.c4gh.keys import Crypt4ghKeyError, job_python, parse_recipients
 from hpc_bridge.config import SiteConfig, UserLimits
 from hpc_bridge.containers.apptainer import Bind, UnsafeValue, exec_argv
 from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
-from hpc_bridge.jobside.collect import Manifest, OutputSpec, manifest_json
-from hpc_bridge.slurm.script import ExecutorScript, InputCheck, JobScript, sbatch_value
+from hpc_bridge.jobside.collect import C4GH_SUFFIX, Manifest, OutputSpec, manifest_json
+from hpc_bridge.slurm.script import DecryptStep, ExecutorScript, InputCheck, JobScript, sbatch_value
 from hpc_bridge.slurm.timelimit import gpu_count, minutes, node_count
 from hpc_bridge.staging.areas import Area
 from hpc_bridge.staging.schemes import SchemeError, Schemes
@@ -27,6 +30,15 @@ FLAG_PARAMETERS = {"exclusive"}
 UPLOADS = "uploads"
 SCRATCH = "scratch"  # the executors' /tmp and /var/tmp (apptainer --workdir)
 TRUE_VALUES = {"", "true", "yes", "1"}
+# Crypt4GH tags (README: Crypt4GH): the public keys a task's outputs are encrypted to; "false" keeps
+# `.c4gh` inputs encrypted (passed as they are); "true" removes all the executors wrote into the work
+# area when the job ends, as a task with Crypt4GH outputs or inputs always does.
+RECIPIENTS_TAG = "crypt4gh_recipients"
+DECRYPT_TAG = "crypt4gh_decrypt"
+SCRUB_TAG = "crypt4gh_scrub"
+DECRYPT_SPEC = "c4gh-inputs.json"
+# What a job's executors can write in its work area (removed at the end by a Crypt4GH task).
+WRITABLE_DIRS = ("inputs", "outputs", "volumes", "paths", SCRATCH)
 # Backend parameters choosing whose allocation (and which nodes) a job uses -> the limit listing
 # the names a task may choose.
 ALLOW_LISTS = {"account": "allowed_accounts", "qos": "allowed_qos", "partition": "allowed_partitions"}
@@ -49,10 +61,21 @@ class Download:
     type: str  # FILE or DIRECTORY
 
 
+@dataclass(frozen=True)
+class DecryptInput:
+    """A `.c4gh` input: the job decrypts host file `source` into `dest` (in its private directory),
+    with the session keys the daemon reads from the header at submission (`DECRYPT_SPEC`)."""
+
+    index: int
+    source: str
+    dest: str
+
+
 @dataclass
 class JobPlan:
     """What the daemon must do for a task: prepare these directories, files, downloads and image
-    pulls, then submit the script. `input_types` are the resolved FILE/DIRECTORY of each input."""
+    pulls, then submit the script. `input_types` are the resolved FILE/DIRECTORY of each input;
+    `decrypts` need their session keys written to `DECRYPT_SPEC` in the work area."""
 
     script: JobScript
     directories: list[str] = field(default_factory=list)
@@ -61,12 +84,32 @@ class JobPlan:
     downloads: list[Download] = field(default_factory=list)
     pulls: list[RegistryImage] = field(default_factory=list)
     input_types: list[str] = field(default_factory=list)
+    decrypts: list[DecryptInput] = field(default_factory=list)
 
 
 @functools.cache
-def collector_source() -> str:
-    """The job-side output collector: one stdlib-only file, copied into the work area."""
-    return resources.files("hpc_bridge.jobside").joinpath("collect.py").read_text()
+def jobside_source(name: str) -> str:
+    """A job-side program (the output collector, the Crypt4GH decryption): one file with no import
+    of hpc-bridge, copied into the work area, so compute nodes need nothing of its install."""
+    return resources.files("hpc_bridge.jobside").joinpath(name).read_text()
+
+
+def is_c4gh(url: str) -> bool:
+    return urlsplit(url).path.endswith(C4GH_SUFFIX)
+
+
+def crypt4gh_recipients(task: Task, config: SiteConfig) -> tuple[str, ...]:
+    """The public keys the task's outputs are encrypted to (its tag), checked; () for none."""
+    text = (task.tags or {}).get(RECIPIENTS_TAG)
+    if text is None:
+        return ()
+    where = f"tags.{RECIPIENTS_TAG}"
+    if not config.crypt4gh.enabled:
+        raise InvalidTask(where, "this site does not offer Crypt4GH (crypt4gh.enabled is off)")
+    try:
+        return tuple(parse_recipients(text))
+    except Crypt4ghKeyError as exc:
+        raise InvalidTask(where, str(exc)) from None
 
 
 def job_name(task_id: str) -> str:
@@ -276,6 +319,13 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
     checks: list[InputCheck] = []
     downloads: list[Download] = []
     input_types: list[str] = []
+    decrypts: list[DecryptInput] = []
+    c4gh = config.crypt4gh
+    tags = task.tags or {}
+    recipients = crypt4gh_recipients(task, config)
+    decrypting = (c4gh.enabled and c4gh.secret_key is not None
+                  and tags.get(DECRYPT_TAG, "true").strip().lower() in TRUE_VALUES)
+    private = f"{c4gh.private_tmp}/hpc-bridge-{task_id}"
     used: set[str] = set()  # the binds' container paths, one lookup per bind (thousands of inputs)
 
     def add_bind(host: str, container: str, where: str, read_only: bool = False) -> Bind:
@@ -323,6 +373,19 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         except SchemeError as exc:
             raise InvalidTask(f"{where}.url", str(exc)) from None
         input_types.append(source.type)
+        if decrypting and source.type == FileType.FILE and is_c4gh(item.url):
+            if config.run_as.enabled:
+                raise InvalidTask(f"{where}.url", "this site decrypts Crypt4GH inputs only when jobs run as "
+                                  f"its service account (run_as.mode service); tag {DECRYPT_TAG}: false "
+                                  "passes the file encrypted")
+            if source.how == "download":
+                downloads.append(Download(item.url, host, source.type))
+            else:
+                checks.append(InputCheck(i, source.source))
+            plain = f"{private}/{i}"
+            decrypts.append(DecryptInput(i, host if source.how == "download" else source.source, plain))
+            add_bind(plain, item.path, f"{where}.path", read_only=True)
+            continue
         if source.how == "download":
             downloads.append(Download(item.url, host, source.type))
         else:
@@ -343,6 +406,11 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         except SchemeError as exc:
             raise InvalidTask(f"{where}.url", str(exc)) from None
         upload = dest is None  # the job leaves it in the work area, the daemon uploads it afterwards
+        if upload and recipients:
+            raise InvalidTask(f"{where}.url", "Crypt4GH outputs go to a data root (file://), not object storage")
+        if dest is not None and not recipients and (root := _must_encrypt(dest, config)) is not None:
+            raise InvalidTask(f"{where}.url", f"outputs under {root} must be encrypted: name their readers "
+                              f"in the tag {RECIPIENTS_TAG} (base64 Crypt4GH public keys)")
         if dest is None:
             dest = f"{uploads}/{i}"
             any_upload = True
@@ -439,11 +507,33 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             areas[uploads] = Area(uploads)
         files[manifest] = manifest_json(Manifest(
             workdir=workdir, outputs=tuple(outputs), roots=tuple(dest_roots),
-            areas=tuple(sorted(areas)), keep=tuple(sorted(path for path, a in areas.items() if a.keep))))
+            areas=tuple(sorted(areas)), keep=tuple(sorted(path for path, a in areas.items() if a.keep)),
+            recipients=recipients))
         collector = f"{workdir}/collect_outputs.py"
-        files[collector] = collector_source()
-        collect = [str(config.storage.job_python), "-I", collector, manifest]
+        files[collector] = jobside_source("collect.py")
+        python = job_python(c4gh, config.storage) if recipients else config.storage.job_python
+        collect = [str(python), "-I", collector, manifest]
+    decrypt = None
+    if decrypts:
+        program = f"{workdir}/decrypt_inputs.py"
+        files[program] = jobside_source("decrypt.py")
+        decrypt = DecryptStep(private_dir=private, first=decrypts[0].index,
+                              argv=[str(job_python(c4gh, config.storage)), "-I", program, f"{workdir}/{DECRYPT_SPEC}"])
+    scrub = bool(recipients or decrypts) or tags.get(SCRUB_TAG, "false").strip().lower() in TRUE_VALUES
     script = JobScript(name=job_name(task_id), workdir=workdir, executors=final, options=options,
-                       comment=job_comment(task_id), inputs=checks, collect=collect, scratch=scratch)
+                       comment=job_comment(task_id), inputs=checks, collect=collect, scratch=scratch,
+                       decrypt=decrypt, scrub=[f"{workdir}/{d}" for d in WRITABLE_DIRS] if scrub else (),
+                       log_tail=config.storage.log_tail_bytes if scrub else 0)
     return JobPlan(script=script, directories=directories, files=files, warnings=warnings,
-                   downloads=downloads, pulls=list(pulls.values()), input_types=input_types)
+                   downloads=downloads, pulls=list(pulls.values()), input_types=input_types,
+                   decrypts=decrypts)
+
+
+def _must_encrypt(dest: str, config: SiteConfig) -> str | None:
+    """The `crypt4gh.required_roots` entry a destination lies under, if any."""
+    real = os.path.realpath(dest)
+    for root in config.crypt4gh.required_roots:
+        base = os.path.realpath(root)
+        if os.path.commonpath([real, base]) == base:
+            return str(root)
+    return None

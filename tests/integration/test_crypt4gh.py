@@ -1,0 +1,210 @@
+"""Crypt4GH through the real server, Slurm and Apptainer: outputs encrypted in the job to the
+recipients a task names, `.c4gh` inputs decrypted in the job into its private directory, and no
+plaintext left in the outputs, the work area or that directory afterwards, whatever the outcome."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import pwd
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from crypt4gh import lib
+from crypt4gh.keys import c4gh, get_private_key, get_public_key
+
+from hpc_bridge.config import SiteConfig
+from tests.integration.conftest import ServerProcess
+
+FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
+PLAIN_SIZE = 300_000  # several 64 KiB segments
+
+
+class Keys:
+    def __init__(self, directory: Path, name: str) -> None:
+        self.secret_path, self.public_path = directory / f"{name}.sec", directory / f"{name}.pub"
+        c4gh.generate(str(self.secret_path), str(self.public_path), None, name.encode())
+        self.secret_path.chmod(0o600)
+        self.secret = get_private_key(str(self.secret_path), None)
+        self.public = get_public_key(str(self.public_path))
+
+    @property
+    def b64(self) -> str:
+        return base64.b64encode(self.public).decode()
+
+    def decrypt(self, path: Path) -> bytes:
+        out = io.BytesIO()
+        with path.open("rb") as f:
+            lib.decrypt([(0, self.secret, None)], f, out)
+        return out.getvalue()
+
+
+def encrypt_to(public: bytes, data: bytes, path: Path) -> None:
+    with path.open("wb") as out:
+        lib.encrypt([(0, os.urandom(32), public)], io.BytesIO(data), out)
+
+
+@pytest.fixture()
+def data(dev_config: SiteConfig) -> Iterator[Path]:
+    user = pwd.getpwnam(dev_config.slurm.submit_as or "root")
+    path = dev_config.storage.data_roots[0] / f"it-{uuid.uuid4().hex[:12]}"
+    path.mkdir(parents=True)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> dict[str, Keys]:
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o700)
+    return {name: Keys(directory, name) for name in ("site", "alice", "bob")}
+
+
+@pytest.fixture()
+def server(server_factory: Callable[..., ServerProcess], keys: dict[str, Keys], data: Path) -> ServerProcess:
+    return server_factory(crypt4gh={"enabled": True, "secret_key": str(keys["site"].secret_path),
+                                    "job_python": sys.executable,
+                                    "required_roots": [str(data / "controlled")]})
+
+
+def post(server: ServerProcess, task: dict) -> requests.Response:
+    return requests.post(f"{server.url}/ga4gh/tes/v1/tasks", json=task, timeout=30)
+
+
+def wait(server: ServerProcess, task_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10).json()
+        if task["state"] in FINAL:
+            return task
+        time.sleep(0.3)
+    pytest.fail(f"task {task_id} not finished after {timeout}s")
+
+
+def sh(script: str) -> dict:
+    return {"image": "busybox", "command": ["sh", "-c", script]}
+
+
+def files_containing(roots: list[Path], marker: bytes) -> list[Path]:
+    found = []
+    for root in roots:
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and marker in path.read_bytes():
+                found.append(path)
+    return found
+
+
+def plaintext_places(dev_config: SiteConfig, task_id: str, data: Path) -> list[Path]:
+    """Everywhere a plaintext could be left: the outputs, the work area, the job's private directory."""
+    private = Path(f"/tmp/hpc-bridge-{task_id}")
+    return [data, dev_config.storage.work_root / task_id, *([private] if private.exists() else [])]
+
+
+def test_outputs_are_encrypted_in_the_job_and_c4gh_inputs_decrypted_there(
+        server: ServerProcess, keys: dict[str, Keys], data: Path, dev_config: SiteConfig) -> None:
+    marker = f"MARKER-{uuid.uuid4().hex}".encode()
+    plain_input = marker + b"\n" + os.urandom(PLAIN_SIZE)
+    encrypt_to(keys["site"].public, plain_input, data / "reads.bin.c4gh")
+    resp = post(server, {
+        "name": "c4gh",
+        "inputs": [{"url": f"file://{data}/reads.bin.c4gh", "path": "/in/reads.bin"}],
+        "outputs": [{"url": f"file://{data}/controlled/copy.bin", "path": "/out/copy.bin"},
+                    {"url": f"file://{data}/controlled/dir", "path": "/out/dir", "type": "DIRECTORY"}],
+        "executors": [sh("cp /in/reads.bin /out/copy.bin && mkdir -p /out/dir/sub && "
+                         "{ head -n 1 /in/reads.bin | tr -d '\\n'; echo -OUT; } > /out/dir/sub/note.txt && "
+                         "sha256sum /in/reads.bin")],
+        "tags": {"crypt4gh_recipients": f"{keys['alice'].b64}, {keys['bob'].b64}"},
+    })
+    assert resp.status_code == 200, resp.text
+    task_id = resp.json()["id"]
+    task = wait(server, task_id)
+    assert task["state"] == "COMPLETE", task["logs"][0]["system_logs"]
+    log = task["logs"][0]
+    # The job read the plaintext: its executor saw the input's digest decrypted
+    import hashlib
+
+    assert hashlib.sha256(plain_input).hexdigest() in log["logs"][0]["stdout"]
+    delivered = {o["url"]: int(o["size_bytes"]) for o in log["outputs"]}
+    assert delivered == {
+        f"file://{data}/controlled/copy.bin.c4gh": (data / "controlled/copy.bin.c4gh").stat().st_size,
+        f"file://{data}/controlled/dir/sub/note.txt.c4gh": (data / "controlled/dir/sub/note.txt.c4gh").stat().st_size,
+    }
+    for reader in ("alice", "bob"):
+        assert keys[reader].decrypt(data / "controlled/copy.bin.c4gh") == plain_input
+        assert keys[reader].decrypt(data / "controlled/dir/sub/note.txt.c4gh") == marker + b"-OUT\n"
+    # Nothing else was written and no plaintext is left anywhere the job reached
+    written = sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file())
+    assert written == ["controlled/copy.bin.c4gh", "controlled/dir/sub/note.txt.c4gh", "reads.bin.c4gh"]
+    assert files_containing(plaintext_places(dev_config, task_id, data), marker) == []
+    assert not Path(f"/tmp/hpc-bridge-{task_id}").exists()
+
+
+@pytest.mark.parametrize("end", ["fails", "is cancelled"])
+def test_no_plaintext_outlives_a_failed_or_cancelled_job(
+        server: ServerProcess, keys: dict[str, Keys], data: Path, dev_config: SiteConfig, end: str) -> None:
+    marker = f"MARKER-{uuid.uuid4().hex}".encode()
+    encrypt_to(keys["site"].public, marker + b"\n", data / "in.c4gh")
+    script = "cp /in/x /out/x && cp /in/x /tmp/x && " + ("exit 3" if end == "fails" else "sleep 300")
+    resp = post(server, {
+        "inputs": [{"url": f"file://{data}/in.c4gh", "path": "/in/x"}],
+        "outputs": [{"url": f"file://{data}/out/x", "path": "/out/x"}],
+        "executors": [sh(script)],
+        "tags": {"crypt4gh_recipients": keys["alice"].b64},
+    })
+    assert resp.status_code == 200, resp.text
+    task_id = resp.json()["id"]
+    workdir = dev_config.storage.work_root / task_id
+    if end == "is cancelled":
+        deadline = time.monotonic() + 60
+        while not files_containing([workdir / "outputs"], marker):  # the plaintext exists mid-job
+            assert time.monotonic() < deadline, "the executor never wrote its output"
+            time.sleep(0.3)
+        requests.post(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}:cancel", timeout=10).raise_for_status()
+    task = wait(server, task_id)
+    assert task["state"] == ("EXECUTOR_ERROR" if end == "fails" else "CANCELED")
+    deadline = time.monotonic() + 30  # a cancelled job's script cleans up as Slurm stops it
+    while (found := files_containing(plaintext_places(dev_config, task_id, data), marker)) and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert found == []
+    assert not Path(f"/tmp/hpc-bridge-{task_id}").exists()
+    assert not (data / "out").exists()
+
+
+def test_refusals_name_what_is_wrong(server: ServerProcess, keys: dict[str, Keys], data: Path) -> None:
+    base = {"executors": [sh("true")]}
+    plain = post(server, {**base, "outputs": [{"url": f"file://{data}/controlled/x", "path": "/out/x"}]})
+    assert plain.status_code == 400 and "crypt4gh_recipients" in plain.json()["msg"]
+    assert "outputs[0].url" in plain.json()["msg"]
+    bad = post(server, {**base, "tags": {"crypt4gh_recipients": "not-a-key"}})
+    assert bad.status_code == 400 and "tags.crypt4gh_recipients" in bad.json()["msg"]
+    short = post(server, {**base, "tags": {"crypt4gh_recipients": base64.b64encode(b"x" * 16).decode()}})
+    assert short.status_code == 400 and "not 32" in short.json()["msg"]
+
+
+def test_an_input_not_encrypted_for_the_site_is_a_system_error_naming_it(
+        server: ServerProcess, keys: dict[str, Keys], data: Path) -> None:
+    encrypt_to(keys["alice"].public, b"for alice only\n", data / "other.c4gh")
+    resp = post(server, {"inputs": [{"url": f"file://{data}/other.c4gh", "path": "/in/x"}],
+                         "executors": [sh("cat /in/x")]})
+    assert resp.status_code == 200, resp.text
+    task = wait(server, resp.json()["id"])
+    assert task["state"] == "SYSTEM_ERROR"
+    assert any("input 0" in line and "not encrypted for this site" in line
+               for line in task["logs"][0]["system_logs"]), task["logs"][0]["system_logs"]
+
+
+def test_decrypt_false_passes_the_file_as_it_is(server: ServerProcess, keys: dict[str, Keys], data: Path) -> None:
+    encrypt_to(keys["site"].public, b"x\n", data / "keep.c4gh")
+    resp = post(server, {"inputs": [{"url": f"file://{data}/keep.c4gh", "path": "/in/keep.c4gh"}],
+                         "executors": [sh("head -c 8 /in/keep.c4gh")], "tags": {"crypt4gh_decrypt": "false"}})
+    task = wait(server, resp.json()["id"])
+    assert task["state"] == "COMPLETE" and task["logs"][0]["logs"][0]["stdout"] == "crypt4gh"
