@@ -302,9 +302,18 @@ def config() -> None:
 @config.command("check")
 @_CONFIG_OPTION
 def config_check(config_path: Path) -> None:
-    """Validate the site config and print it with every default filled in."""
+    """Validate the site config and print it with every default filled in; with Crypt4GH on, also
+    load its keys and try its job Python (the site's public key goes to standard error)."""
     cfg = _load(config_path)
     click.echo(cfg.model_dump_json(indent=2))
+    if cfg.crypt4gh.enabled:
+        from hpc_bridge.c4gh.keys import Crypt4ghKeyError, check
+
+        try:
+            for line in check(cfg.crypt4gh, cfg.storage):
+                err.print(escape(line), soft_wrap=True)
+        except Crypt4ghKeyError as exc:
+            _fail(str(exc), EXIT_USAGE)
 
 
 @main.group()

@@ -102,6 +102,16 @@ def _private_file(path: Path, name: str) -> None:
                         "owner alone (chmod 600)")
 
 
+def required_root(path: str | Path, settings: Crypt4ghSettings) -> str | None:
+    """The `crypt4gh.required_roots` entry a destination lies under (its outputs must be encrypted)."""
+    real = os.path.realpath(path)
+    for root in settings.required_roots:
+        base = os.path.realpath(root)
+        if os.path.commonpath([real, base]) == base:
+            return str(root)
+    return None
+
+
 def job_python(settings: Crypt4ghSettings, storage: StorageSettings) -> Path:
     return settings.job_python or storage.job_python
 

@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from hpc_bridge.cwl import (
     EXIT_COMPLETE,
     EXIT_EXECUTOR_ERROR,
     EXIT_SYSTEM_ERROR,
+    encrypt,
     provenance,
 )
 from hpc_bridge.cwl.client import RunClient
@@ -56,7 +58,7 @@ DEFAULT_IMAGE = "docker.io/python:3-slim"
 CONTAINER_OUTDIR = "/var/spool/cwl"
 CONTAINER_TMPDIR = "/tmp"
 CONTAINER_STAGEDIR = "/var/lib/cwl"
-ENGINE_PARAMETERS = {"default_container": str, "on_error": str, "max_parallel": int}
+ENGINE_PARAMETERS = {"default_container": str, "on_error": str, "max_parallel": int, encrypt.PARAMETER: str}
 # Seconds one JavaScript expression may run (an endless loop in a user's expression ends the job).
 JS_TIMEOUT = 60
 LOG_MODE = 0o640
@@ -148,10 +150,14 @@ def run(run_dir: Path, launch: dict[str, Any]) -> int:
                                kwargs={"inputs": request.get("params"),
                                        "engine": {"name": "cwltool", "version": metadata.version("cwltool")}})
     hashing.start()
+    code = EXIT_SYSTEM_ERROR
     try:
-        return _run(request, params, policy, run_dir, work, launch)
+        code = _run(request, params, policy, run_dir, work, launch)
+        return code
     finally:
         hashing.join()
+        if params.get(encrypt.PARAMETER):  # no plaintext outlives the run, whatever its end
+            encrypt.remove_plaintext(run_dir, keep_outputs=code == EXIT_COMPLETE)
 
 
 def _run(request: dict[str, Any], params: dict[str, Any], policy: FetchPolicy, run_dir: Path, work: Path,
@@ -159,11 +165,12 @@ def _run(request: dict[str, Any], params: dict[str, Any], policy: FetchPolicy, r
     # cwltool reads its own job order (and step outputs) from the engine's work area.
     policy = dataclasses.replace(policy, roots=(*policy.roots, str(work)))
     client = RunClient(launch["tes_url"], launch["token"])
+    recipients = params.get(encrypt.PARAMETER)
     runner = TaskRunner(client, run_id=request["run_id"], reuse=bool(launch.get("relaunch")),
-                        on_revoked=lambda: os._exit(EXIT_SYSTEM_ERROR))
+                        on_revoked=lambda: os._exit(EXIT_SYSTEM_ERROR), tags=encrypt.step_tags(recipients))
     state = EngineState(runner, work, default_image=default_image(params),
                         apptainer=ApptainerSettings.model_validate(request.get("apptainer") or {}))
-    _on_sigterm(runner)
+    _on_sigterm(runner, encrypt.after_cancel(runner, run_dir) if recipients else None)
     _watch_service(launch.get("service_pid"), launch.get("service_start"))
 
     job_file = work / "job.json"
@@ -186,15 +193,26 @@ def _run(request: dict[str, Any], params: dict[str, Any], policy: FetchPolicy, r
              state.default_image, os.getuid())
     code = cwlmain.main(args=args, loadingContext=loading, runtimeContext=runtime, executor=executor,
                         logger_handler=_handler(), stdout=sys.stderr)
-    runner.close()
     if state.system_errors:
+        runner.close()
         log.error("run %s: SYSTEM_ERROR (%s)", request["run_id"], "; ".join(state.system_errors[:3]))
         return EXIT_SYSTEM_ERROR
     if code != 0:
+        runner.close()
         log.error("run %s: EXECUTOR_ERROR (cwltool status %s)", request["run_id"], code)
         return EXIT_EXECUTOR_ERROR
+    outputs = json.loads((work / "summary.json").read_text())
+    if recipients:
+        encrypted = encrypt.encrypt_outputs(runner, run_dir, recipients, state.default_image, outputs)
+        if encrypted is None:
+            runner.close()
+            log.error("run %s: SYSTEM_ERROR (its outputs could not be encrypted)", request["run_id"])
+            return EXIT_SYSTEM_ERROR
+        (work / "summary.json").write_text(json.dumps(encrypted, indent=2))
+        outputs = encrypted
+    runner.close()
     os.replace(work / "summary.json", run_dir / "outputs.json")
-    provenance.record(run_dir, outputs=json.loads((run_dir / "outputs.json").read_text()))
+    provenance.record(run_dir, outputs=outputs)
     log.info("run %s: COMPLETE (%d tasks created, %d reused)", request["run_id"],
              len(runner.created), len(runner.reused))
     shutil.rmtree(work, ignore_errors=True)
@@ -238,13 +256,15 @@ def _handler() -> logging.Handler:
     return _HANDLER
 
 
-def _on_sigterm(runner: TaskRunner) -> None:
-    """SIGTERM/SIGINT: cancel the run's live tasks, then exit 5 (from a thread, so no HTTP call is
-    made from inside a signal handler that interrupted the main thread mid-request)."""
+def _on_sigterm(runner: TaskRunner, last: Callable[[], None] | None = None) -> None:
+    """SIGTERM/SIGINT: cancel the run's live tasks, do `last`, then exit 5 (from a thread, so no
+    HTTP call is made from inside a signal handler that interrupted the main thread mid-request)."""
     def cancel_and_exit() -> None:
         try:
             count = runner.cancel_all()
             print(f"run cancelled: {count} live TES task(s) cancelled", file=sys.stderr, flush=True)
+            if last is not None:
+                last()
         finally:
             os._exit(EXIT_CANCELED)
 

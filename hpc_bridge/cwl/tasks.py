@@ -64,10 +64,11 @@ class _Watch:
 
 class TaskRunner:
     def __init__(self, client: RunClient, *, run_id: str, poll_interval: float = 0.5, reuse: bool = True,
-                 on_revoked: Callable[[], None] | None = None) -> None:
+                 on_revoked: Callable[[], None] | None = None, tags: dict[str, str] | None = None) -> None:
         """`reuse`: an earlier engine of the run may have left tasks (a relaunch); a first engine
-        skips the lookup for each job."""
+        skips the lookup for each job. `tags` go on every task it creates."""
         self.client, self.run_id, self.reuse = client, run_id, reuse
+        self.tags = tags or {}
         self.poll_interval = poll_interval
         self.on_revoked = on_revoked
         self._lock = threading.Lock()
@@ -101,7 +102,8 @@ class TaskRunner:
         return None
 
     def create(self, body: dict[str, Any], *, step: str, key: str) -> str:
-        body = {**body, "tags": {**(body.get("tags") or {}), "cwl_step": step[:200], "cwl_job_key": key}}
+        body = {**body, "tags": {**self.tags, **(body.get("tags") or {}), "cwl_step": step[:200],
+                                 "cwl_job_key": key}}
         while True:  # the owner's active-task limit: wait for some of the run's tasks to end
             with self._lock:
                 if self._closing:

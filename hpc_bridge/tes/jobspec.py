@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import posixpath
 from dataclasses import dataclass, field
 from importlib import resources
 from urllib.parse import urlsplit
 
-from hpc_bridge.c4gh.keys import Crypt4ghKeyError, job_python, parse_recipients
+from hpc_bridge.c4gh.keys import Crypt4ghKeyError, job_python, parse_recipients, required_root
 from hpc_bridge.config import SiteConfig, UserLimits
 from hpc_bridge.containers.apptainer import Bind, UnsafeValue, exec_argv
 from hpc_bridge.containers.images import ImageError, RegistryImage, resolve_image
@@ -408,7 +407,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         upload = dest is None  # the job leaves it in the work area, the daemon uploads it afterwards
         if upload and recipients:
             raise InvalidTask(f"{where}.url", "Crypt4GH outputs go to a data root (file://), not object storage")
-        if dest is not None and not recipients and (root := _must_encrypt(dest, config)) is not None:
+        if dest is not None and not recipients and (root := required_root(dest, config.crypt4gh)) is not None:
             raise InvalidTask(f"{where}.url", f"outputs under {root} must be encrypted: name their readers "
                               f"in the tag {RECIPIENTS_TAG} (base64 Crypt4GH public keys)")
         if dest is None:
@@ -528,12 +527,3 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
                    downloads=downloads, pulls=list(pulls.values()), input_types=input_types,
                    decrypts=decrypts)
 
-
-def _must_encrypt(dest: str, config: SiteConfig) -> str | None:
-    """The `crypt4gh.required_roots` entry a destination lies under, if any."""
-    real = os.path.realpath(dest)
-    for root in config.crypt4gh.required_roots:
-        base = os.path.realpath(root)
-        if os.path.commonpath([real, base]) == base:
-            return str(root)
-    return None

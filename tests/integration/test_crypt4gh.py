@@ -5,6 +5,7 @@ plaintext left in the outputs, the work area or that directory afterwards, whate
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import pwd
@@ -21,7 +22,11 @@ from crypt4gh import lib
 from crypt4gh.keys import c4gh, get_private_key, get_public_key
 
 from hpc_bridge.config import SiteConfig
-from tests.integration.conftest import ServerProcess
+
+from .conftest import ServerProcess
+from .test_crate import TWO_STEPS
+from .test_wes import ECHO, WES, wait_state
+from .test_wes import post as post_run
 
 FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 PLAIN_SIZE = 300_000  # several 64 KiB segments
@@ -129,8 +134,6 @@ def test_outputs_are_encrypted_in_the_job_and_c4gh_inputs_decrypted_there(
     assert task["state"] == "COMPLETE", task["logs"][0]["system_logs"]
     log = task["logs"][0]
     # The job read the plaintext: its executor saw the input's digest decrypted
-    import hashlib
-
     assert hashlib.sha256(plain_input).hexdigest() in log["logs"][0]["stdout"]
     delivered = {o["url"]: int(o["size_bytes"]) for o in log["outputs"]}
     assert delivered == {
@@ -208,3 +211,44 @@ def test_decrypt_false_passes_the_file_as_it_is(server: ServerProcess, keys: dic
                          "executors": [sh("head -c 8 /in/keep.c4gh")], "tags": {"crypt4gh_decrypt": "false"}})
     task = wait(server, resp.json()["id"])
     assert task["state"] == "COMPLETE" and task["logs"][0]["logs"][0]["stdout"] == "crypt4gh"
+
+
+def test_a_wes_run_with_encrypted_outputs_and_a_c4gh_input(
+        server: ServerProcess, keys: dict[str, Keys], data: Path, dev_config: SiteConfig) -> None:
+    """Two steps: the first reads a `.c4gh` input (decrypted in its job), the second the first's
+    output; the run's final output is Crypt4GH for the recipient, and no plaintext of the input or
+    of any step's output is left in the run's directory or in its tasks' work areas."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    encrypt_to(keys["site"].public, f"hello {marker}\n".encode(), data / "text.txt.c4gh")
+    (data / "extra.txt").write_text("and more\n")
+    resp = post_run(server.url, {"wf.cwl": TWO_STEPS, "tools/echo.cwl": ECHO}, workflow_url="wf.cwl",
+                    workflow_params={"text": {"class": "File", "location": f"file://{data}/text.txt.c4gh"},
+                                     "extra": {"class": "File", "location": f"file://{data}/extra.txt"}},
+                    workflow_engine_parameters={"crypt4gh_recipients": keys["alice"].b64})
+    assert resp.status_code == 200, resp.text
+    run_id = resp.json()["run_id"]
+    state = wait_state(server.url, run_id, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}, timeout=300)
+    run_dir = dev_config.wes.root(dev_config.storage.data_roots) / run_id
+    assert state == "COMPLETE", (run_dir / "stderr.log").read_text()
+    result = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()["outputs"]["result"]
+    assert result["location"].endswith("/upper.txt.c4gh") and result["basename"] == "upper.txt.c4gh"
+    served = requests.get(f"{server.url}{WES}/runs/{run_id}/outputs", params={"location": result["location"]},
+                          timeout=10)
+    assert served.status_code == 200 and result["size"] == len(served.content)
+    encrypted = Path(result["path"])
+    assert encrypted.read_bytes() == served.content
+    assert keys["alice"].decrypt(encrypted) == f"HELLO {marker.upper()}\nAND MORE\nand more\n".encode()
+    assert sorted(p.name for p in (run_dir / "outputs").rglob("*") if p.is_file()) == ["upper.txt.c4gh"]
+    tasks = requests.get(f"{server.url}{WES}/runs/{run_id}/tasks", timeout=10).json()["task_logs"]
+    assert len(tasks) == 3  # two steps and the encryption
+    places = [run_dir, *(dev_config.storage.work_root / t["id"] for t in tasks)]
+    for text in (marker, marker.upper()):
+        assert files_containing(places, text.encode()) == []
+    assert not any(Path(f"/tmp/hpc-bridge-{t['id']}").exists() for t in tasks)
+
+
+def test_a_wes_run_asking_for_encryption_is_checked_at_submission(server: ServerProcess) -> None:
+    resp = post_run(server.url, {"wf.cwl": "cwlVersion: v1.2\nclass: Workflow\ninputs: {}\noutputs: {}\nsteps: {}\n"},
+                    workflow_url="wf.cwl", workflow_params={},
+                    workflow_engine_parameters={"crypt4gh_recipients": "AAAA"})
+    assert resp.status_code == 400 and "workflow_engine_parameters.crypt4gh_recipients" in resp.json()["msg"]
