@@ -1,19 +1,25 @@
 """Validating run crates with roc-validator offline: the RO-Crate 1.1 context comes from a per-test
 cache seeded with the copy in tests/data (see its README), the workflow-run terms are inline in the
-crates themselves (wes/crate.py)."""
+crates themselves (wes/crate.py). And an https server on loopback that serves crates (test_http_download's,
+with its certificate for "localhost"), for runs from a crate's URL."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import ssl
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from requests import Request
 from requests.structures import CaseInsensitiveDict
 from requests_cache import CachedResponse, CachedSession
 from requests_cache.models import CachedRequest
+
+from .unit.test_http_download import Handler, LocalServer, _serve
 
 CONTEXT_URL = "https://w3id.org/ro/crate/1.1/context"
 CONTEXT_FILE = Path(__file__).parent / "data" / "ro-crate-1.1-context.jsonld"
@@ -50,3 +56,31 @@ def unzip(data: bytes, dest: Path) -> Path:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         archive.extractall(dest)
     return dest
+
+
+class _Documents(Handler):
+    server: DocumentServer
+
+    def _route(self, path: str, query: dict[str, list[str]]) -> None:
+        body = self.server.documents.get(path)
+        if body is None:
+            self._send(404, b"not here")
+        else:
+            self._send(200, body)
+
+
+class DocumentServer(LocalServer):
+    """https://localhost:PORT/PATH -> `documents[PATH]` (bodies the test puts there)."""
+
+    def __init__(self, cert_files: tuple[Path, Path]) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*cert_files)
+        super().__init__("127.0.0.1", context)
+        self.RequestHandlerClass = _Documents
+        self.documents: dict[str, bytes] = {}
+
+
+@pytest.fixture()
+def documents(cert_files: tuple[Path, Path]) -> Iterator[DocumentServer]:
+    """Needs test_http_download's `cert_files` fixture imported beside it."""
+    yield from _serve(DocumentServer(cert_files))

@@ -97,6 +97,8 @@ class Manifest:
 
 
 C4GH_SUFFIX = ".c4gh"
+C4GH_SEGMENT = 65536  # plaintext bytes per Crypt4GH body segment
+C4GH_BATCH = 16  # segments sealed per read and write
 
 
 def now() -> str:
@@ -671,30 +673,62 @@ def _copy_data(src: int, dst: int) -> int:
         if total or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
     while chunk := os.read(src, 1 << 20):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view):]
-        total += len(chunk)
+        total += _write_all(dst, chunk)
     return total
 
 
 def _encrypt_data(src: int, dst: int, recipients: Sequence[str]) -> int:
-    """Crypt4GH to every recipient, with a sender key of this file alone; the size written. Imported
-    here: only jobs that encrypt need crypt4gh (and run the collector with a Python that has it)."""
+    """Crypt4GH to every recipient, with a sender key of this file alone; the size written. The
+    header is crypt4gh's own; the body's 64 KiB ChaCha20-Poly1305 segments (a random nonce, the
+    ciphertext, the MAC) are sealed by `cryptography` (OpenSSL), which crypt4gh depends on, 16 at a
+    time: 3.9 GiB/s against 1.4 GiB/s for crypt4gh's own loop on this machine, the difference between
+    encrypting at about the speed of a copy and at half of it (bench/crypt4gh_outputs.py). Imported
+    here: only jobs that encrypt need them (the site's crypt4gh.job_python)."""
     import base64
 
     try:
-        import crypt4gh.lib
+        from crypt4gh import header
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     except ImportError:
         raise _OutputFailed(f"cannot be encrypted: {sys.executable} has no crypt4gh package (the "
                             "site's crypt4gh.job_python)") from None
+    session = os.urandom(32)
+    keys = [(0, os.urandom(32), base64.b64decode(r)) for r in recipients]
+    total = _write_all(dst, header.serialize(header.encrypt(header.make_packet_data_enc(0, session), keys)))
+    seal = ChaCha20Poly1305(session).encrypt
+    batch = memoryview(bytearray(C4GH_SEGMENT * C4GH_BATCH))  # one read, one nonce draw, one write per batch
+    while size := _fill(src, batch):
+        nonces = os.urandom(12 * C4GH_BATCH)
+        parts: list[bytes] = []
+        for i, start in enumerate(range(0, size, C4GH_SEGMENT)):
+            nonce = nonces[12 * i:12 * i + 12]
+            parts += [nonce, seal(nonce, batch[start:min(start + C4GH_SEGMENT, size)], None)]
+        total += _writev_all(dst, parts)
+        if size < len(batch):
+            break
+    return total
 
-    sender = os.urandom(32)
-    keys = [(0, sender, base64.b64decode(r)) for r in recipients]
-    with os.fdopen(src, "rb", closefd=False) as reader, os.fdopen(dst, "wb", closefd=False) as writer:
-        crypt4gh.lib.encrypt(keys, reader, writer)
-        writer.flush()
-        return writer.tell()
+
+def _fill(fd: int, buffer: memoryview) -> int:
+    """Read until `buffer` is full or the file ends: every segment but the last must be whole."""
+    got = 0
+    while got < len(buffer) and (n := os.readv(fd, [buffer[got:]])):
+        got += n
+    return got
+
+
+def _writev_all(fd: int, parts: list[bytes]) -> int:
+    total = sum(map(len, parts))
+    if (done := os.writev(fd, parts)) < total:
+        _write_all(fd, b"".join(parts)[done:])
+    return total
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
 
 
 # --- entry points ---------------------------------------------------------------------------------

@@ -3,9 +3,13 @@ service already holds: the run's record, each of its TES tasks (command, image, 
 files, Slurm job) and what the engine recorded in the run directory (the packed workflow and the
 files' SHA-256, cwl/provenance.py).
 
-The crate is built on request, owner-only like the run, and never reads a file of the user's beyond
-those two small records (opened without following links, size-capped): data files are referenced by
-URL, with the size and checksum the engine computed with the user's own rights.
+The crate is built on request, owner-only like the run. Data files are referenced by URL, with the
+size and checksum the engine computed with the user's own rights, and the service reads no file of
+the user's but those two small records (opened without following links, size-capped) -- unless the
+site puts the run's output files in the zip (`wes.crate_outputs: include`): those under the run
+directory's outputs/ are then opened the same way (regular files only) and streamed into the zip,
+hashed as written, up to a total cap. Each step's image carries the SHA-256 of the SIF it ran (the
+site's file, read by the service, containers/digest.py).
 
 Every step is a TES task with its own state, so the crate has per-step provenance that engines run
 as opaque jobs cannot give. The workflow-run terms are defined inline rather than by the context
@@ -14,16 +18,21 @@ URL (w3id.org/ro/terms/workflow-run/context), so a crate validates offline.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Sequence
+import time
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import IO, Any
+from urllib.parse import quote, unquote, urlsplit
 
 from rocrate.model.contextentity import ContextEntity
 from rocrate.model.entity import Entity
@@ -31,16 +40,18 @@ from rocrate.model.person import Person
 from rocrate.model.softwareapplication import SoftwareApplication
 from rocrate.rocrate import ROCrate
 
+from hpc_bridge.containers.digest import SifDigest
 from hpc_bridge.cwl.objects import file_locations
 from hpc_bridge.lifecycle import UNSUCCESSFUL
 from hpc_bridge.store import TaskRow
 from hpc_bridge.store.runs import RunRow
 from hpc_bridge.wes.attachments import open_beneath
 
+PROVENANCE_PROFILE = "https://w3id.org/ro/wfrun/provenance/0.5"  # the richest of the profiles it meets
 PROFILES = (
     ("https://w3id.org/ro/wfrun/process/0.5", "Process Run Crate", "0.5"),
     ("https://w3id.org/ro/wfrun/workflow/0.5", "Workflow Run Crate", "0.5"),
-    ("https://w3id.org/ro/wfrun/provenance/0.5", "Provenance Run Crate", "0.5"),
+    (PROVENANCE_PROFILE, "Provenance Run Crate", "0.5"),
     ("https://w3id.org/workflowhub/workflow-ro-crate/1.0", "Workflow RO-Crate", "1.0"),
 )
 WFRUN = "https://w3id.org/ro/terms/workflow-run#"
@@ -50,6 +61,7 @@ COMPLETED = "http://schema.org/CompletedActionStatus"
 FAILED = "http://schema.org/FailedActionStatus"
 ACTIVE = "http://schema.org/ActiveActionStatus"
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # packed.cwl, provenance.json: the engine's, written as the user
+CHUNK = 1 << 20
 # CWL types -> FormalParameter additionalType (Workflow Run Crate 0.5)
 _TYPES = {"File": "File", "Directory": "Dataset", "string": "Text", "int": "Integer", "long": "Integer",
           "float": "Float", "double": "Float", "boolean": "Boolean"}
@@ -85,49 +97,152 @@ def read_records(run_dir: str) -> RunRecords:
 
 
 def _read(run_dir: str, name: str) -> str | None:
-    try:
-        fd = open_beneath(run_dir, name)
-    except OSError:
+    opened = _open_regular(run_dir, name)
+    if opened is None:
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory or a FIFO in its place: no record
-        os.close(fd)
-        return None
-    with os.fdopen(fd, "rb") as handle:
+    with os.fdopen(opened[0], "rb") as handle:
         data = handle.read(MAX_RECORD_BYTES + 1)
     if len(data) > MAX_RECORD_BYTES:
         return None
     return data.decode("utf-8", errors="replace")
 
 
+def _open_regular(run_dir: str, name: str) -> tuple[int, int] | None:
+    """(descriptor, size) of a regular file beneath the run directory, the user's: opened without
+    following links; None for anything else there (a link, a directory or a FIFO in its place)."""
+    try:
+        fd = open_beneath(run_dir, name)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    return fd, info.st_size
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _no_sif(reference: str) -> SifDigest | None:
+    return None
+
+
 @dataclass(frozen=True)
 class CrateContext:
-    """The service's side of the story: who it is and how its URLs look."""
+    """The service's side of the story: who it is, how its URLs look, what it knows of the images."""
 
     service_name: str
     service_version: str
     service_url: str  # the WES base URL
     agent: str | None  # the owner's identity as the site shows it (None: anonymous)
+    sif_digest: Callable[[str], SifDigest | None] = _no_sif  # an image reference -> its SIF's digest now
+    include_max_bytes: int | None = None  # output bytes the zip may hold (None: outputs referenced)
 
 
 def build(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: CrateContext) -> bytes:
-    """The crate as a zip."""
-    with tempfile.TemporaryDirectory(prefix="hpcb-crate-") as tmp:
-        crate = _crate(run, tasks, records, ctx, Path(tmp))
-        out = Path(tmp) / "crate.zip"
-        crate.write_zip(str(out))
-        return out.read_bytes()
+    """The crate as a zip, in memory."""
+    out = io.BytesIO()
+    write(run, tasks, records, ctx, out)
+    return out.getvalue()
 
 
-def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: CrateContext, tmp: Path) -> ROCrate:
+def write(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: CrateContext, out: IO[bytes]) -> None:
+    """The crate as a zip into `out` (seekable): the output files first when the site includes them,
+    streamed and hashed as written, then the metadata that describes them and the packed workflow."""
+    with tempfile.TemporaryDirectory(prefix="hpcb-crate-") as tmp, \
+            zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        included = _include(run, archive, ctx.include_max_bytes)
+        crate = _crate(run, tasks, records, ctx, Path(tmp), included)
+        written = Path(tmp) / "crate"
+        crate.write(written)
+        for path in sorted(written.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(written).as_posix())
+
+
+@dataclass
+class _Included:
+    """The run's output files in the zip (location -> member name, SHA-256, size) and those left
+    out (location -> why)."""
+
+    files: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    left: dict[str, str] = field(default_factory=dict)
+
+
+def _include(run: RunRow, archive: zipfile.ZipFile, cap: int | None) -> _Included:
+    """The run's output files (its output object's Files under the run directory's outputs/, the
+    user's) streamed into the zip under the same relative name while their total stays within `cap`;
+    each opened beneath the run directory without following links, regular files only."""
+    included = _Included()
+    if cap is None:
+        return included
+    total = 0
+    members: dict[str, tuple[str, str, int]] = {}
+    for location in dict.fromkeys(file_locations(run.outputs or {})):
+        member = _output_member(run.run_dir, location)
+        if member is None:
+            continue
+        if member in members:
+            included.files[location] = members[member]
+            continue
+        opened = _open_regular(run.run_dir, member)
+        if opened is None:
+            included.left[location] = "Not in the zip: not a regular file beneath the run directory"
+            continue
+        fd, size = opened
+        if total + size > cap:
+            os.close(fd)
+            included.left[location] = (f"Not in the zip: with it the run's output files would be more "
+                                       f"than the {cap} bytes this service puts in a crate")
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            sha256, written = _copy(handle, archive, member, size)
+        total += written
+        included.files[location] = members[member] = (member, sha256, written)
+    return included
+
+
+def _output_member(run_dir: str, location: str) -> str | None:
+    """`outputs/...` for a local location under the run directory's outputs/, else None."""
+    parts = urlsplit(location)
+    if parts.scheme not in ("", "file") or parts.netloc not in ("", "localhost"):
+        return None
+    path = unquote(parts.path)
+    prefix = run_dir.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    member = "/".join(part for part in path[len(prefix):].split("/") if part)
+    return member if member.startswith("outputs/") else None
+
+
+def _copy(handle: IO[bytes], archive: zipfile.ZipFile, name: str, size: int) -> tuple[str, int]:
+    """At most `size` bytes (the file's size when opened: one that grows meanwhile is cut there)
+    into the zip member `name`: (their SHA-256, their count). Stored, not deflated: outputs are
+    mostly compressed already (BAM, gzip), and deflating a GiB of those takes some 20 s of the
+    login node's CPU per request, storing it about one."""
+    digest = hashlib.sha256()
+    written = 0
+    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    info.compress_type, info.external_attr = zipfile.ZIP_STORED, 0o644 << 16
+    with archive.open(info, "w", force_zip64=True) as member:
+        while written < size and (chunk := handle.read(min(CHUNK, size - written))):
+            digest.update(chunk)
+            member.write(chunk)
+            written += len(chunk)
+    return digest.hexdigest(), written
+
+
+def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: CrateContext, tmp: Path,
+           included: _Included) -> ROCrate:
     crate = ROCrate(version="1.1")  # the 0.5 run profiles build on RO-Crate 1.1
     crate.metadata.extra_terms.update({term: WFRUN + term for term in WFRUN_TERMS})
     request = run.request
     crate.name = f"Workflow run {run.id}"
-    crate.description = f"Provenance of WES run {run.id} of {request.get('workflow_url', 'a workflow')}"
+    crate.description = f"Provenance of WES run {run.id} of {request.get('workflow_url', 'a workflow')}" + (
+        f". {len(included.left)} of its output files are referenced by URL, not in the zip: see their "
+        "description" if included.left else "")
     crate.datePublished = run.end_time or run.updated_at
     crate.root_dataset["license"] = "https://spdx.org/licenses/CC-BY-4.0"  # the crate's metadata
     for uri, name, version in PROFILES:
@@ -148,7 +263,7 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
 
     steps = _steps(crate, graph, main, params, workflow)
     agent = crate.add(Person(crate, "#agent", properties={"name": ctx.agent or "anonymous"}))
-    files = _Files(crate, records.files)
+    files = _Files(crate, records.files, included)
     failed = run.state in UNSUCCESSFUL
     run_props: dict[str, Any] = {
         "name": f"Run {run.id} of {workflow['name']}", "agent": agent,
@@ -162,7 +277,7 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
     wf_action = crate.add_action(workflow, identifier=f"#run-{run.id}", object=_one(inputs),
                                  result=_one(outputs), properties=run_props)
 
-    images: dict[str, Entity] = {}
+    images: dict[tuple[str, str | None], Entity] = {}
     controls: list[Entity] = []
     mentions: list[Entity] = [wf_action]
     for task in tasks:
@@ -172,7 +287,7 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
             SoftwareApplication(crate, f"#tool-{name}", properties={"name": name}))
         action = crate.add_action(tool, identifier=f"#task-{task.id}", object=_one(files.task_inputs(task)),
                                   result=_one(files.task_outputs(task)),
-                                  properties=_task_props(crate, task, agent, images))
+                                  properties=_task_props(crate, task, agent, images, ctx))
         mentions.append(action)
         if step is not None:
             controls.append(crate.add(ContextEntity(crate, f"#control-{task.id}", properties={
@@ -263,24 +378,31 @@ class _Params:
 
 
 class _Files:
-    """Data entities by URL, with the engine's size and SHA-256 where it recorded them. Never a file
-    ro-crate-py would copy into the zip: a location is only ever a name here (the user chose it)."""
+    """Data entities by URL, with the engine's size and SHA-256 where it recorded them, or in the zip
+    with those of the bytes written there (`_include`). Never a file ro-crate-py would copy into the
+    zip: a location is only ever a name here (the user chose it)."""
 
-    def __init__(self, crate: ROCrate, digests: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, crate: ROCrate, digests: dict[str, dict[str, Any]], included: _Included) -> None:
         self._crate = crate
         self._digests = digests
+        self._included = included
         self._added: dict[str, Entity] = {}
 
     def file(self, location: str, *, size: int | None = None) -> Entity:
         if location in self._added:
             return self._added[location]
         props: dict[str, Any] = {"@type": "File", "name": location.rstrip("/").rsplit("/", 1)[-1] or location}
+        ident = location if _ABSOLUTE_URI.match(location) else f"#file-{quote(location, safe='')}"
         facts = self._digests.get(location)
-        if facts:
+        if location in self._included.files:
+            member, sha256, written = self._included.files[location]
+            ident, props["sha256"], props["contentSize"] = quote(member), sha256, str(written)
+        elif facts:
             props["sha256"], props["contentSize"] = facts["sha256"], str(facts["size"])
         elif size is not None:
             props["contentSize"] = str(size)
-        ident = location if _ABSOLUTE_URI.match(location) else f"#file-{quote(location, safe='')}"
+        if location in self._included.left:
+            props["description"] = self._included.left[location]
         entity = self._crate.add(ContextEntity(self._crate, ident, properties=props))
         self._crate.root_dataset.append_to("hasPart", entity)  # a data entity: the root must reach it
         self._added[location] = entity
@@ -300,7 +422,8 @@ class _Files:
 _ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def _task_props(crate: ROCrate, task: TaskRow, agent: Entity, images: dict[str, Entity]) -> dict[str, Any]:
+def _task_props(crate: ROCrate, task: TaskRow, agent: Entity, images: dict[tuple[str, str | None], Entity],
+                ctx: CrateContext) -> dict[str, Any]:
     executors = task.task.get("executors") or []
     ids = [crate.add(ContextEntity(crate, f"#task-{task.id}-tes", properties={
         "@type": "PropertyValue", "propertyID": "GA4GH TES task id", "value": task.id}))]
@@ -317,20 +440,44 @@ def _task_props(crate: ROCrate, task: TaskRow, agent: Entity, images: dict[str, 
         codes = [str(e.get("exit_code")) for e in task.executor_logs if e.get("exit_code") is not None]
         props["error"] = f"{task.state}" + (f" (exit code {', '.join(codes)})" if codes else "")
     refs = [str(e.get("image")) for e in executors if e.get("image")]
-    if used := _one([_image(crate, ref, images) for ref in dict.fromkeys(refs)]):
+    if used := _one([_image(crate, ref, _ran_sha256(ctx, ref, task), images) for ref in dict.fromkeys(refs)]):
         props["containerImage"] = used
     return props
+
+
+def _ran_sha256(ctx: CrateContext, reference: str, task: TaskRow) -> str | None:
+    """The SHA-256 of the SIF `reference` resolves to now, if that file is the one the task's job
+    ran: unchanged (ctime) since the job started. None if it never started, or the SIF is gone or
+    was replaced since (the site's image, not the one that ran)."""
+    started = _ns(task.start_time)
+    if started is None:
+        return None
+    found = ctx.sif_digest(reference)
+    return found.sha256 if found is not None and found.changed_ns <= started else None
+
+
+def _ns(stamp: str | None) -> int | None:
+    """A store or job-record timestamp (`...T10:00:02.123Z`) in nanoseconds since the epoch."""
+    try:
+        when = datetime.fromisoformat(stamp or "")
+    except ValueError:
+        return None
+    return (when.replace(tzinfo=when.tzinfo or UTC) - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 _REFERENCE = re.compile(r"^(?:(?P<scheme>[a-z]+)://)?(?:(?P<registry>[^/]+\.[^/]+|[^/]+:\d+|localhost)/)?"
                         r"(?P<name>[^:@]+)(?::(?P<tag>[^@]+))?(?:@sha256:(?P<sha256>[0-9a-f]{64}))?$")
 
 
-def _image(crate: ROCrate, reference: str, images: dict[str, Entity]) -> Entity:
-    """A ContainerImage for an executor's image reference: run as an Apptainer SIF, from a registry
-    (registry, name, tag, digest when the reference pins one) or a local file."""
-    if reference in images:
-        return images[reference]
+def _image(crate: ROCrate, reference: str, sha256: str | None, images: dict[tuple[str, str | None], Entity]) -> Entity:
+    """A ContainerImage for an executor's image reference, run as an Apptainer SIF (`sha256`: the SIF
+    file's), from a registry (registry, name, tag; a digest the reference pins is in `identifier`) or
+    a local file. One per reference and SIF: a SIF replaced between two tasks makes two."""
+    if (reference, sha256) in images:
+        return images[reference, sha256]
     props: dict[str, Any] = {"@type": "ContainerImage", "additionalType": {"@id": WFRUN + "SIFImage"},
                              "name": reference}
     match = _REFERENCE.match(reference)
@@ -340,9 +487,11 @@ def _image(crate: ROCrate, reference: str, images: dict[str, Entity]) -> Entity:
         if match["tag"]:
             props["tag"] = match["tag"]
         if match["sha256"]:
-            props["sha256"] = match["sha256"]
-    images[reference] = crate.add(ContextEntity(crate, f"#image-{len(images)}", properties=props))
-    return images[reference]
+            props["identifier"] = f"{props['registry']}/{match['name']}@sha256:{match['sha256']}"
+    if sha256:
+        props["sha256"] = sha256
+    images[reference, sha256] = crate.add(ContextEntity(crate, f"#image-{len(images)}", properties=props))
+    return images[reference, sha256]
 
 
 def _processes(packed: str | None) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""A run from a Workflow (Run) RO-Crate: `POST /runs` whose `workflow_url` names an attached crate zip.
+"""A run from a Workflow (Run) RO-Crate: `POST /runs` whose `workflow_url` names an attached crate zip,
+or is an https URL whose document is one (fetched like any https workflow, wes/service.py).
 
 The crate's `mainEntity` becomes the workflow, and the recorded inputs of its run (the CreateAction
 whose instrument is the workflow) its `workflow_params`, each field given in the request winning. A
@@ -15,12 +16,13 @@ import json
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 METADATA = "ro-crate-metadata.json"
 PREFIX = "crate/"  # the crate's files are attached to the run under this name
 ABSOLUTE = ("file://", "http://", "https://", "s3://", "drs://")
+ZIP_MAGIC = b"PK\x03\x04"  # a zip's first local file header
 
 
 class CrateError(ValueError):
@@ -32,6 +34,12 @@ class CrateRun:
     workflow: str  # the main workflow, as an attachment name
     params: dict[str, Any]
     members: dict[str, bytes] = field(default_factory=dict)  # attachment name -> content
+
+
+def is_zip(path: Path) -> bool:
+    """Whether a fetched document starts as a zip does: a crate, not a workflow document."""
+    with open(path, "rb") as handle:
+        return handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
 
 
 def read_crate(path: str, *, max_bytes: int) -> CrateRun:

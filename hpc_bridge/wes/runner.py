@@ -36,6 +36,7 @@ import yaml
 
 from hpc_bridge import __version__
 from hpc_bridge.lifecycle import TERMINAL
+from hpc_bridge.wes import CRATE_OUTPUT
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WES = "/ga4gh/wes/v1"
@@ -418,7 +419,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         sys.stderr.write(f"hpc-bridge-cwl-runner: run {run_id} ended {state}\n")
         text = stderr + "\n".join(log["run_log"].get("system_logs") or [])
         return EXIT_UNSUPPORTED if any(m in text for m in UNSUPPORTED_MARKERS) else EXIT_FAILED
-    outputs = Outputs(client, run_id, args.outdir).relocate(log.get("outputs") or {})
+    workflow_outputs = {k: v for k, v in (log.get("outputs") or {}).items() if k != CRATE_OUTPUT}
+    outputs = Outputs(client, run_id, args.outdir).relocate(workflow_outputs)
     sys.stdout.write(json.dumps(outputs, indent=4) + "\n")
     sys.stdout.flush()
     return 0

@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,7 +24,11 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from hpc_bridge import jsonlimit
+from hpc_bridge.c4gh.keys import Crypt4ghKeyError, parse_recipients, required_root
 from hpc_bridge.config import SiteConfig
+from hpc_bridge.containers.digest import SIF_DIGESTS, SifDigest
+from hpc_bridge.containers.images import ImageError, resolve_image
+from hpc_bridge.cwl.encrypt import PARAMETER as ENCRYPT_PARAMETER
 from hpc_bridge.cwl.fetch import FetchPolicy
 from hpc_bridge.cwl.objects import file_objects
 from hpc_bridge.errors import BadRequest, Conflict, NotFound, ServiceError, TooManyRequests
@@ -39,7 +44,7 @@ from hpc_bridge.store.runs import (
     encode_token,
 )
 from hpc_bridge.tes.models import State
-from hpc_bridge.wes import crate, fromcrate
+from hpc_bridge.wes import CRATE_OUTPUT, crate, fromcrate
 from hpc_bridge.wes.attachments import AttachmentError, Attachments, open_beneath
 from hpc_bridge.wes.models import (
     CWL_VERSIONS,
@@ -65,6 +70,7 @@ FORM_FIELDS = ("workflow_params", "workflow_type", "workflow_type_version", "tag
                "workflow_engine_version", "workflow_engine_parameters", "workflow_url")
 ATTACHMENT_FIELD = "workflow_attachment"
 STREAMS = ("stdout", "stderr")
+CHUNK = 1 << 20
 
 
 class ServiceUnavailable(ServiceError):
@@ -101,6 +107,11 @@ class Links:
 
     def tes_task(self, task_id: str) -> str:
         return f"{self.tes}/tasks/{task_id}"
+
+    def crate(self, run_id: str) -> dict[str, str]:
+        """How an ended run lists its Provenance Run Crate among its outputs."""
+        return {"url": f"{self.wes}/runs/{run_id}/ro-crate", "encodingFormat": "application/zip",
+                "conformsTo": crate.PROVENANCE_PROFILE}
 
 
 @dataclass
@@ -162,6 +173,23 @@ class RunService:
 
     # -- creating a run ------------------------------------------------------------------------
 
+    def _check_crypt4gh(self, engine_params: dict[str, str]) -> None:
+        """Recipients of the run's encrypted outputs, checked now; a run whose directory lies under
+        one of `crypt4gh.required_roots` must name some."""
+        name = f"workflow_engine_parameters.{ENCRYPT_PARAMETER}"
+        text = engine_params.get(ENCRYPT_PARAMETER)
+        if text is None:
+            if self.root is not None and (root := required_root(self.root, self._config.crypt4gh)):
+                raise BadRequest(f"{name}: required here (runs live under {root}, whose outputs must be "
+                                 "encrypted): base64 Crypt4GH public keys of the outputs' readers")
+            return
+        if not self._config.crypt4gh.enabled:
+            raise BadRequest(f"{name}: this site does not offer Crypt4GH (crypt4gh.enabled is off)")
+        try:
+            parse_recipients(text)
+        except Crypt4ghKeyError as exc:
+            raise BadRequest(f"{name}: {exc}") from None
+
     def create(self, submission: Submission, owner: str, *, run_as: str | None = None) -> str:
         """Validate and record a run; `run_as` is the Unix user its tasks run as (None: the
         service account)."""
@@ -181,7 +209,7 @@ class RunService:
             attachments.create()
             self._attach(attachments, submission.attachments)
             url, params = request.workflow_url, request.workflow_params
-            if (from_crate := self._from_crate(url, attachments)) is not None:  # the request's params win
+            if (from_crate := self._from_crate(url, attachments, run_dir)) is not None:  # the request's params win
                 url, params = from_crate.workflow, {**from_crate.params, **params}
             workflow = self._workflow(url, attachments, run_dir, owner)
             params = self._resolve_params(params, attachments, owner)
@@ -246,6 +274,7 @@ class RunService:
         engine_params = _string_map(fields.get("workflow_engine_parameters"),
                                     "workflow_engine_parameters", scalars=True)
         check_engine_parameters(engine_params)
+        self._check_crypt4gh(engine_params)
         url = (text.get("workflow_url") or "").strip()
         if not url:
             raise BadRequest("workflow_url: required (an attached file's name, file:// in a data "
@@ -279,14 +308,14 @@ class RunService:
             except AttachmentError as exc:
                 raise BadRequest(str(exc)) from None
 
-    def _from_crate(self, url: str, attachments: Attachments) -> fromcrate.CrateRun | None:
-        """A run from an attached Workflow (Run) RO-Crate zip: its files the run needs attached
-        under crate/; None when `workflow_url` names no attached .zip."""
-        if not url.lower().endswith(".zip") or "://" in url or url.startswith("/"):
+    def _from_crate(self, url: str, attachments: Attachments, run_dir: Path) -> fromcrate.CrateRun | None:
+        """A run from a Workflow (Run) RO-Crate zip: its files the run needs attached under crate/;
+        None when `workflow_url` names no crate."""
+        path = self._crate_zip(url, attachments, run_dir)
+        if path is None:
             return None
         try:
-            real, _ = attachments.resolve(unquote(url), what="workflow_url")
-            crate_run = fromcrate.read_crate(real, max_bytes=self._settings.max_attachment_bytes)
+            crate_run = fromcrate.read_crate(path, max_bytes=self._settings.max_attachment_bytes)
             for name, data in crate_run.members.items():
                 attachments.add(name, io.BytesIO(data), max_bytes=self._settings.max_attachment_bytes,
                                 max_total=self._settings.max_attachments_bytes)
@@ -295,6 +324,20 @@ class RunService:
         except fromcrate.CrateError as exc:
             raise BadRequest(f"workflow_url: {url!r}: {exc}") from None
         return crate_run
+
+    def _crate_zip(self, url: str, attachments: Attachments, run_dir: Path) -> str | None:
+        """The crate zip `workflow_url` names: an attached .zip, or an https document that is a zip
+        (it starts as one, or its URL's path ends in .zip); None for a workflow document."""
+        if urlsplit(url).scheme.lower() == "https":
+            fetched = self._fetch(url, run_dir)
+            zipped = fromcrate.is_zip(fetched) or urlsplit(url).path.lower().endswith(".zip")
+            return str(fetched) if zipped else None
+        if not url.lower().endswith(".zip") or "://" in url or url.startswith("/"):
+            return None
+        try:
+            return attachments.resolve(unquote(url), what="workflow_url")[0]
+        except AttachmentError as exc:
+            raise BadRequest(str(exc)) from None
 
     def _workflow(self, url: str, attachments: Attachments, run_dir: Path, owner: str) -> str:
         """The main document as an absolute file:// URL the engine can read (fragment kept)."""
@@ -318,29 +361,34 @@ class RunService:
                 raise BadRequest(f"workflow_url: {exc}") from None
             return Path(source.source).as_uri() + suffix
         if scheme == "https":
-            return self._fetch(url, base, run_dir) + suffix
+            return self._fetch(url, run_dir).as_uri() + suffix
         raise BadRequest(f"workflow_url: {url!r}: use the name of an attached file, a file:// URL "
                          "inside a data root, or an https:// URL")
 
-    def _fetch(self, url: str, base: str, run_dir: Path) -> str:
+    def _fetch(self, url: str, run_dir: Path) -> Path:
+        """An https workflow_url's document in the run's remote/, fetched once: the crate check and
+        the workflow read the same bytes."""
         settings = self._config.storage.http
         if not (self._settings.https_workflows and settings.enabled):
             raise BadRequest(f"workflow_url: {url!r}: https workflows are disabled on this service; "
                              "attach the workflow instead")
+        base = url.partition("#")[0]
         name = os.path.basename(urlsplit(base).path) or "workflow.cwl"
         if name in (".", "..") or not name.replace(".", "").replace("-", "").replace("_", "").isalnum():
             name = "workflow.cwl"
-        remote = run_dir / "remote"
-        remote.mkdir(mode=0o750)
+        dest = run_dir / "remote" / name
+        if dest.exists():  # the service's own directory until the engine starts
+            return dest
+        dest.parent.mkdir(mode=0o750)
         settings = settings.model_copy(update={
             "timeout": min(settings.timeout, self._settings.https_timeout),
             "max_bytes": min(settings.max_bytes, self._settings.max_attachment_bytes)})
         try:
-            http.download(base, remote / name, settings)
+            http.download(base, dest, settings)
         except http.DownloadError as exc:
             raise BadRequest(f"workflow_url: {exc}") from None
-        os.chmod(remote / name, 0o640)
-        return (remote / name).as_uri()
+        os.chmod(dest, 0o640)
+        return dest
 
     def _resolve_params(self, params: dict[str, Any], attachments: Attachments, owner: str) -> dict[str, Any]:
         """A copy of the job object whose File/Directory locations are absolute: relative ones name
@@ -459,7 +507,7 @@ class RunService:
                 stderr=links.run_stream(row.id, "stderr"), exit_code=row.exit_code,
                 system_logs=row.system_logs),
             task_logs_url=links.tasks(row.id),
-            outputs=row.outputs or {},
+            outputs={**(row.outputs or {}), **({CRATE_OUTPUT: links.crate(row.id)} if row.state in RUN_FINAL else {})},
         ).to_json()
 
     def cancel(self, run_id: str, owner: str | None) -> dict[str, Any]:
@@ -506,15 +554,34 @@ class RunService:
             raise refused
         return fd, path
 
-    def crate(self, run_id: str, owner: str | None, links: Links, service_version: str) -> bytes:
-        """The run's Provenance Run Crate (zip), once the run has ended (wes/crate.py)."""
+    def crate(self, run_id: str, owner: str | None, links: Links, service_version: str) -> Iterator[bytes]:
+        """The run's Provenance Run Crate (zip), once the run has ended (wes/crate.py): built now into
+        an anonymous temporary file, which the response then streams (with its outputs inside, a
+        crate can be large)."""
         row = self.row(run_id, owner)
         if row.state not in RUN_FINAL:
             raise Conflict(f"workflow run {run_id!r} is {row.state}: its crate is made once it has ended")
         tasks = self.runs.tasks(row.id, owner)
+        include = self._settings.crate_outputs == "include"
         context = crate.CrateContext(service_name=self._config.service.name, service_version=service_version,
-                                     service_url=links.wes, agent=row.owner)
-        return crate.build(row, tasks, crate.read_records(row.run_dir), context)
+                                     service_url=links.wes, agent=row.owner, sif_digest=self._sif_digest,
+                                     include_max_bytes=self._settings.crate_include_max_bytes if include else None)
+        out = tempfile.TemporaryFile(prefix="hpcb-crate-")
+        try:
+            crate.write(row, tasks, crate.read_records(row.run_dir), context, out)
+            out.seek(0)
+        except BaseException:
+            out.close()
+            raise
+        return _chunks(out)
+
+    def _sif_digest(self, reference: str) -> SifDigest | None:
+        """The digest of the SIF an image reference resolves to with the site's settings now; None
+        when there is none (the image was removed, or the reference no longer resolves)."""
+        try:
+            return SIF_DIGESTS.of(resolve_image(reference, self._config.apptainer).sif)
+        except ImageError:
+            return None
 
     # -- the run's TES tasks -------------------------------------------------------------------
 
@@ -584,6 +651,13 @@ class RunService:
                   "max_attachment_bytes": str(self._settings.max_attachment_bytes),
                   "max_attachments_bytes": str(self._settings.max_attachments_bytes)},
         ).to_json()
+
+
+def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    """A file's content in chunks, closing it at the end (or when the response is closed early)."""
+    with handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
 
 
 def output_locations(value: Any) -> Iterable[tuple[str, str]]:

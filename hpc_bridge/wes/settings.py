@@ -11,11 +11,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MiB = 1024**2
+GiB = 1024**3
 
 
 class WesSettings(BaseModel):
@@ -23,7 +24,9 @@ class WesSettings(BaseModel):
     whole request is also capped by `limits.max_request_bytes`). `max_parallel_runs` engine
     processes run at once; further runs wait QUEUED. `https_workflows`: a `workflow_url` may be
     an https URL, fetched once at submission with the caps and address checks of `storage.http`
-    (the document must then be self-contained, e.g. `cwltool --pack`)."""
+    (the document must then be self-contained, e.g. `cwltool --pack`; a zip is run as a crate).
+    `crate_outputs`: a run's crate references its output files by URL, or (`include`) holds them,
+    up to `crate_include_max_bytes` in all (the rest stay referenced, and the crate says so)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,6 +38,8 @@ class WesSettings(BaseModel):
     max_parallel_runs: Annotated[int, Field(ge=1, le=256)] = 4
     https_workflows: bool = True
     https_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
+    crate_outputs: Literal["reference", "include"] = "reference"
+    crate_include_max_bytes: Annotated[int, Field(ge=0)] = GiB
     # Seconds between the supervisor's looks at the runs table (it is also woken by the API).
     poll_interval: Annotated[float, Field(gt=0)] = 1.0
     # After SIGTERM (cancel), how long the engine may take to cancel its tasks before SIGKILL.

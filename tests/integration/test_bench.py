@@ -132,3 +132,12 @@ def test_crate_build_tiny() -> None:
     seconds = figures(out, "crate build (median)")[0]
     assert seconds > 0 and figures(out, "roc-validator, REQUIRED")[0] > 0
     assert figures(out, "zip size")[1] > 3  # entities: at least one per task
+
+
+def test_crypt4gh_outputs_tiny(slurm: CliSlurmClient) -> None:
+    """One 8 MiB output collected plainly and encrypted (which the script decrypts and checks)."""
+    out = run_bench("crypt4gh_outputs.py", "--size-mib", "8", "--repeat", "1")
+    assert figures(out, "plain copy (collector)")[0] > 0
+    assert figures(out, "encrypted (collector)")[0] > 0
+    assert figures(out, "ratio encrypted / plain:")[0] > 0
+    assert figures(out, "crypt4gh.lib.encrypt (reference)")[0] > 0

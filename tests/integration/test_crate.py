@@ -1,20 +1,29 @@
 """A WES run's Provenance Run Crate through the real server, engine, Slurm and Apptainer: the crate of
 a 2-step run and of a failed run validate at provenance-run-crate-0.5 with no REQUIRED issue, its
-checksums are the files', each step is its TES task and Slurm job, a run from the crate gives the same
-output; an unfinished run has none yet.
+checksums are the files' (the images' those of the SIFs the steps ran), each step is its TES task and
+Slurm job, a run from the crate gives the same output; an unfinished run has none yet. A site that puts
+the outputs in the zip gives a crate that still validates, and a run from its https URL.
 (Another user's 404 is in test_tenancy.py, with the run's other URLs.)"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
-from ..crates import seeded_cache, unzip, validate
+from hpc_bridge.config import SiteConfig
+from hpc_bridge.containers.images import resolve_image
+
+from ..crates import DocumentServer, documents, seeded_cache, unzip, validate  # noqa: F401 - fixture
+from ..unit.test_http_download import LOOPBACK, cert_files  # noqa: F401 - fixture
 from .conftest import ServerProcess
 from .test_wes import ECHO, FAILING, SLEEPING, WES, post, wait_state
 
@@ -41,7 +50,8 @@ def _graph(directory: Path) -> dict[str, dict]:
     return {e["@id"]: e for e in json.loads((directory / "ro-crate-metadata.json").read_text())["@graph"]}
 
 
-def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> None:
+def _two_steps(server: ServerProcess) -> str:
+    """A finished 2-step run's id."""
     resp = post(server.url, {"wf.cwl": TWO_STEPS, "tools/echo.cwl": ECHO, "text.txt": "hello crate\n",
                              "extra.txt": "and more\n"},
                 workflow_url="wf.cwl", workflow_params={"text": {"class": "File", "location": "text.txt"},
@@ -49,7 +59,23 @@ def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> N
     assert resp.status_code == 200, resp.text
     run_id = resp.json()["run_id"]
     assert wait_state(server.url, run_id, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == "COMPLETE"
-    got = requests.get(f"{server.url}{WES}/runs/{run_id}/ro-crate", timeout=60)
+    return str(run_id)
+
+
+def _output(server: ServerProcess, run_id: str) -> tuple[str, bytes]:
+    """The location of the run's `result` and its content, as the service serves it."""
+    output = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()["outputs"]["result"]
+    served = requests.get(f"{server.url}{WES}/runs/{run_id}/outputs", params={"location": output["location"]},
+                          timeout=10)
+    assert served.status_code == 200, served.text
+    return output["location"], served.content
+
+
+def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path, dev_config: SiteConfig) -> None:
+    run_id = _two_steps(server)
+    listed = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()["outputs"]["hpc-bridge/ro-crate"]
+    assert listed["url"] == f"{server.url}{WES}/runs/{run_id}/ro-crate"  # the RunLog lists the crate
+    got = requests.get(listed["url"], timeout=60)
     assert got.status_code == 200 and got.headers["Content-Type"] == "application/zip"
     directory = unzip(got.content, tmp_path / "crate")
     issues = validate(directory, seeded_cache(tmp_path))
@@ -74,12 +100,11 @@ def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> N
     inputs = [graph[ref["@id"]] for ref in run["object"] if graph[ref["@id"]]["@type"] == "File"]
     assert sorted((e["sha256"], e["contentSize"]) for e in inputs) == sorted(
         (hashlib.sha256(text).hexdigest(), str(len(text))) for text in (b"hello crate\n", b"and more\n"))
-    output = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()["outputs"]["result"]
-    served = requests.get(f"{server.url}{WES}/runs/{run_id}/outputs", params={"location": output["location"]},
-                          timeout=10).content
+    location, served = _output(server, run_id)
     assert served == b"HELLO CRATE\nAND MORE\nand more\n"
     assert graph[run["result"]["@id"]]["sha256"] == hashlib.sha256(served).hexdigest()
-    # Each step is one of the run's TES tasks, with its Slurm job, image and control action.
+    # Each step is one of the run's TES tasks, with its Slurm job, image (the SHA-256 of the SIF it ran) and
+    # control action.
     tasks = requests.get(f"{server.url}{WES}/runs/{run_id}/tasks", timeout=10).json()["task_logs"]
     assert len(tasks) == 2
     for task in tasks:
@@ -88,7 +113,9 @@ def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> N
         tes = requests.get(task["tes_uri"], params={"view": "BASIC"}, timeout=10).json()
         assert ids == {"GA4GH TES task id": task["id"], "Slurm job id": tes["logs"][0]["metadata"]["slurm_job_id"]}
         assert action["actionStatus"] == "http://schema.org/CompletedActionStatus"
-        assert graph[action["containerImage"]["@id"]]["name"] == "busybox"
+        image = graph[action["containerImage"]["@id"]]
+        sif = resolve_image(tes["executors"][0]["image"], dev_config.apptainer).sif
+        assert image["name"] == "busybox" and image["sha256"] == hashlib.sha256(sif.read_bytes()).hexdigest()
         control = next(e for e in graph.values() if e.get("@type") == "ControlAction"
                        and e["object"] == {"@id": action["@id"]})
         assert graph[control["instrument"]["@id"]]["name"] == task["name"]
@@ -106,11 +133,43 @@ def test_the_crate_of_a_two_step_run(server: ServerProcess, tmp_path: Path) -> N
     assert again.status_code == 200, again.text
     rerun = again.json()["run_id"]
     assert wait_state(server.url, rerun, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == "COMPLETE"
-    result = requests.get(f"{server.url}{WES}/runs/{rerun}", timeout=10).json()["outputs"]["result"]
-    assert result["location"] != output["location"]
-    content = requests.get(f"{server.url}{WES}/runs/{rerun}/outputs", params={"location": result["location"]},
-                           timeout=10).content
+    again_location, content = _output(server, rerun)
+    assert again_location != location
     assert hashlib.sha256(content).hexdigest() == graph[run["result"]["@id"]]["sha256"]
+
+
+def test_a_crate_with_its_outputs_inside_run_again_from_its_https_url(
+        server_factory: Callable[..., ServerProcess], documents: DocumentServer, cert_files: tuple[Path, Path],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_files[0]))  # the server trusts the test's https server
+    server = server_factory(wes={"crate_outputs": "include"}, storage={"http": {"allowed_networks": LOOPBACK}})
+    run_id = _two_steps(server)
+    got = requests.get(f"{server.url}{WES}/runs/{run_id}/ro-crate", timeout=60)
+    assert got.status_code == 200 and got.headers["Content-Type"] == "application/zip"
+    directory = unzip(got.content, tmp_path / "crate")
+    issues = validate(directory, seeded_cache(tmp_path))
+    assert issues == [], [(i.identifier, i.message) for i in issues]
+    # The output file is in the zip, its checksum and size those of the bytes there: the file's, as served.
+    _, served = _output(server, run_id)
+    result = _graph(directory)[_graph(directory)[f"#run-{run_id}"]["result"]["@id"]]
+    with zipfile.ZipFile(io.BytesIO(got.content)) as archive:
+        assert [n for n in archive.namelist() if n.startswith("outputs/")] == [result["@id"]]
+        assert archive.read(result["@id"]) == served
+    assert (result["sha256"], result["contentSize"]) == (hashlib.sha256(served).hexdigest(), str(len(served)))
+
+    # Run again from the crate's https URL: its workflow, its recorded inputs, the same output.
+    url = documents.url("/crates/run.zip", host="localhost")
+    documents.documents["/crates/run.zip"] = got.content
+    again = post(server.url, {}, workflow_url=url)
+    assert again.status_code == 200, again.text
+    rerun = again.json()["run_id"]
+    assert wait_state(server.url, rerun, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == "COMPLETE"
+    assert _output(server, rerun)[1] == served
+    # A document that starts as a zip but is none is a 400 naming its URL.
+    bad = documents.url("/crates/bad", host="localhost")
+    documents.documents["/crates/bad"] = b"PK\x03\x04" + got.content[4:100]
+    refused = post(server.url, {}, workflow_url=bad)
+    assert refused.status_code == 400 and bad in refused.json()["msg"] and "zip" in refused.json()["msg"], refused.text
 
 
 def test_the_crate_of_a_failed_run_and_none_before_the_end(server: ServerProcess, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from hpc_bridge.c4gh.keys import Crypt4ghKeyError, SiteKey, load_site_key, parse
 from hpc_bridge.cli import main
 from hpc_bridge.config import Crypt4ghSettings, SiteConfig
 from hpc_bridge.jobside import decrypt as jobside_decrypt
-from hpc_bridge.jobside.collect import collect
+from hpc_bridge.jobside.collect import C4GH_BATCH, C4GH_SEGMENT, collect
 from hpc_bridge.slurm.script import DecryptStep, ExecutorScript, JobScript, render
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.tes.jobspec import InvalidTask, plan_job
@@ -172,19 +172,26 @@ def test_the_collector_writes_only_ciphertext_named_c4gh(tmp_path: Path) -> None
     (tmp_path / "data").mkdir()
     (bind / "a.txt").write_bytes(b"alpha")
     (bind / "sub/b.txt").write_bytes(b"beta" * 50_000)
+    # whole batches of whole segments; one segment more than a batch; none at all
+    whole, over, empty = os.urandom(2 * C4GH_BATCH * C4GH_SEGMENT), os.urandom(C4GH_BATCH * C4GH_SEGMENT + 100), b""
+    for name, content in (("whole", whole), ("over", over), ("empty", empty)):
+        (bind / name).write_bytes(content)
     events: list[dict] = []
     manifest = {"workdir": str(tmp_path / "work"), "roots": [str(tmp_path / "data")],
                 "recipients": [b64(alice_public), b64(bob_public)],
                 "outputs": [{"index": 0, "type": "DIRECTORY", "path": "/out", "bind_container": "/out",
                              "bind_host": str(bind), "url": f"file://{dest}", "dest": str(dest)}]}
     assert collect(manifest, events.append)
-    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == ["a.txt.c4gh", "sub/b.txt.c4gh"]
-    for secret in (alice, bob):
+    names = ["a.txt.c4gh", "empty.c4gh", "over.c4gh", "sub/b.txt.c4gh", "whole.c4gh"]
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == names
+    for secret in (alice, bob):  # crypt4gh's own decryption reads them
         assert decrypt((dest / "a.txt.c4gh").read_bytes(), secret) == b"alpha"
         assert decrypt((dest / "sub/b.txt.c4gh").read_bytes(), secret) == b"beta" * 50_000
+        assert decrypt((dest / "whole.c4gh").read_bytes(), secret) == whole
+        assert decrypt((dest / "over.c4gh").read_bytes(), secret) == over
+        assert decrypt((dest / "empty.c4gh").read_bytes(), secret) == empty
     assert {e["url"]: int(e["size_bytes"]) for e in events if e["event"] == "output"} == {
-        f"file://{dest}/a.txt.c4gh": (dest / "a.txt.c4gh").stat().st_size,
-        f"file://{dest}/sub/b.txt.c4gh": (dest / "sub/b.txt.c4gh").stat().st_size}
+        f"file://{dest}/{name}": (dest / name).stat().st_size for name in names}
 
 
 def test_the_script_removes_plaintext_whatever_the_end(tmp_path: Path) -> None:

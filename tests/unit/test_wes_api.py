@@ -551,7 +551,9 @@ def test_outputs_are_served_to_the_owner_only_when_listed(client: FlaskClient, s
     RunStore(store).update(run_id, state="COMPLETE", outputs=outputs, exit_code=0,
                            end_time="2026-01-01T00:00:00.000000Z")
     log = client.checked("get", f"{BASE}/runs/{run_id}").get_json()
-    assert log["outputs"] == outputs and log["run_log"]["exit_code"] == 0
+    crate = {"url": f"http://localhost{BASE}/runs/{run_id}/ro-crate", "encodingFormat": "application/zip",
+             "conformsTo": "https://w3id.org/ro/wfrun/provenance/0.5"}
+    assert log["outputs"] == {**outputs, "hpc-bridge/ro-crate": crate} and log["run_log"]["exit_code"] == 0
 
     def get(location: str, user: str = "alice"):
         return client.get(f"{BASE}/runs/{run_id}/outputs", query_string={"location": location},
