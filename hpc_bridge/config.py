@@ -298,6 +298,12 @@ class SharedArea(_Strict):
         return value
 
 
+def plain_path(value: Path) -> Path:
+    if not re.fullmatch(r"/[A-Za-z0-9_./-]*", str(value)):
+        raise ValueError("must be an absolute path of letters, digits and _ . / - only")
+    return value
+
+
 class StorageSettings(_Strict):
     """Where tasks read and write. `data_roots` bound inputs and outputs (checked after resolving
     symlinks); `work_root` holds one private work area per task, removed `work_retention_hours`
@@ -330,9 +336,7 @@ class StorageSettings(_Strict):
     @classmethod
     def _plain_work_root(cls, value: Path) -> Path:
         """Job paths end up on #SBATCH lines, which cannot quote: only plain characters."""
-        if not re.fullmatch(r"/[A-Za-z0-9_./-]+", str(value)):
-            raise ValueError("must be an absolute path of letters, digits and _ . / - only")
-        return value
+        return plain_path(value)
 
     @field_validator("owner_areas")
     @classmethod
@@ -369,9 +373,7 @@ class Crypt4ghSettings(_Strict):
     @classmethod
     def _plain_private_tmp(cls, value: Path) -> Path:
         """It ends up in the batch script and in Apptainer's bind list: plain characters only."""
-        if not re.fullmatch(r"/[A-Za-z0-9_./-]*", str(value)):
-            raise ValueError("must be an absolute path of letters, digits and _ . / - only")
-        return value
+        return plain_path(value)
 
     @model_validator(mode="after")
     def _unlock_needs_key(self) -> Crypt4ghSettings:

@@ -58,6 +58,17 @@ def job_dir(dev_config: SiteConfig) -> Iterator[Path]:
 
 
 @pytest.fixture()
+def data(dev_config: SiteConfig) -> Iterator[Path]:
+    """A fresh directory inside the data root, owned by the job user (outputs are written as it)."""
+    user = pwd.getpwnam(dev_config.slurm.submit_as or "root")
+    path = dev_config.storage.data_roots[0] / f"it-{uuid.uuid4().hex[:12]}"
+    path.mkdir(parents=True)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture()
 def wait_for_job(slurm: CliSlurmClient) -> Callable[[str, float], JobStatus]:
     def wait(job_id: str, timeout: float = 60.0) -> JobStatus:
         deadline = time.monotonic() + timeout

@@ -8,12 +8,10 @@ import base64
 import hashlib
 import io
 import os
-import pwd
-import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,10 +23,10 @@ from hpc_bridge.config import SiteConfig
 
 from .conftest import ServerProcess
 from .test_crate import TWO_STEPS
+from .test_staging import post, run_existing
 from .test_wes import ECHO, WES, wait_state
 from .test_wes import post as post_run
 
-FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 PLAIN_SIZE = 300_000  # several 64 KiB segments
 
 
@@ -57,16 +55,6 @@ def encrypt_to(public: bytes, data: bytes, path: Path) -> None:
 
 
 @pytest.fixture()
-def data(dev_config: SiteConfig) -> Iterator[Path]:
-    user = pwd.getpwnam(dev_config.slurm.submit_as or "root")
-    path = dev_config.storage.data_roots[0] / f"it-{uuid.uuid4().hex[:12]}"
-    path.mkdir(parents=True)
-    os.chown(path, user.pw_uid, user.pw_gid)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture()
 def keys(tmp_path: Path) -> dict[str, Keys]:
     directory = tmp_path / "keys"
     directory.mkdir(mode=0o700)
@@ -78,20 +66,6 @@ def server(server_factory: Callable[..., ServerProcess], keys: dict[str, Keys], 
     return server_factory(crypt4gh={"enabled": True, "secret_key": str(keys["site"].secret_path),
                                     "job_python": sys.executable,
                                     "required_roots": [str(data / "controlled")]})
-
-
-def post(server: ServerProcess, task: dict) -> requests.Response:
-    return requests.post(f"{server.url}/ga4gh/tes/v1/tasks", json=task, timeout=30)
-
-
-def wait(server: ServerProcess, task_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        task = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10).json()
-        if task["state"] in FINAL:
-            return task
-        time.sleep(0.3)
-    pytest.fail(f"task {task_id} not finished after {timeout}s")
 
 
 def sh(script: str) -> dict:
@@ -130,7 +104,7 @@ def test_outputs_are_encrypted_in_the_job_and_c4gh_inputs_decrypted_there(
     })
     assert resp.status_code == 200, resp.text
     task_id = resp.json()["id"]
-    task = wait(server, task_id)
+    task = run_existing(server, task_id)
     assert task["state"] == "COMPLETE", task["logs"][0]["system_logs"]
     log = task["logs"][0]
     # The job read the plaintext: its executor saw the input's digest decrypted
@@ -171,7 +145,7 @@ def test_no_plaintext_outlives_a_failed_or_cancelled_job(
             assert time.monotonic() < deadline, "the executor never wrote its output"
             time.sleep(0.3)
         requests.post(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}:cancel", timeout=10).raise_for_status()
-    task = wait(server, task_id)
+    task = run_existing(server, task_id)
     assert task["state"] == ("EXECUTOR_ERROR" if end == "fails" else "CANCELED")
     deadline = time.monotonic() + 30  # a cancelled job's script cleans up as Slurm stops it
     while (found := files_containing(plaintext_places(dev_config, task_id, data), marker)) and \
@@ -199,7 +173,7 @@ def test_an_input_not_encrypted_for_the_site_is_a_system_error_naming_it(
     resp = post(server, {"inputs": [{"url": f"file://{data}/other.c4gh", "path": "/in/x"}],
                          "executors": [sh("cat /in/x")]})
     assert resp.status_code == 200, resp.text
-    task = wait(server, resp.json()["id"])
+    task = run_existing(server, resp.json()["id"])
     assert task["state"] == "SYSTEM_ERROR"
     assert any("input 0" in line and "not encrypted for this site" in line
                for line in task["logs"][0]["system_logs"]), task["logs"][0]["system_logs"]
@@ -209,7 +183,7 @@ def test_decrypt_false_passes_the_file_as_it_is(server: ServerProcess, keys: dic
     encrypt_to(keys["site"].public, b"x\n", data / "keep.c4gh")
     resp = post(server, {"inputs": [{"url": f"file://{data}/keep.c4gh", "path": "/in/keep.c4gh"}],
                          "executors": [sh("head -c 8 /in/keep.c4gh")], "tags": {"crypt4gh_decrypt": "false"}})
-    task = wait(server, resp.json()["id"])
+    task = run_existing(server, resp.json()["id"])
     assert task["state"] == "COMPLETE" and task["logs"][0]["logs"][0]["stdout"] == "crypt4gh"
 
 

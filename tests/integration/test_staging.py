@@ -27,17 +27,6 @@ FINAL = {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"}
 
 
 @pytest.fixture()
-def data(dev_config: SiteConfig) -> Iterator[Path]:
-    """A fresh directory inside the data root, owned by the job user (outputs are written as it)."""
-    user = pwd.getpwnam(dev_config.slurm.submit_as or "root")
-    path = dev_config.storage.data_roots[0] / f"it-{uuid.uuid4().hex[:12]}"
-    path.mkdir(parents=True)
-    os.chown(path, user.pw_uid, user.pw_gid)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture()
 def secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A file outside every allowed root that the job user could read: nothing may copy it."""
     path = tmp_path_factory.mktemp("outside") / "secret.txt"
