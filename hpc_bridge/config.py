@@ -298,6 +298,35 @@ class SharedArea(_Strict):
         return value
 
 
+class DrsHost(_Strict):
+    """A DRS server task inputs may name (`drs://HOST/ID`); `forward_token`: the user's bearer token
+    goes with the lookups (only to servers that accept this service's users' tokens); `dataset`:
+    every object of this server needs a Passport visa (ControlledAccessGrants) for this dataset."""
+
+    host: str  # host[:port], as in the drs:// URI; looked up over https at /ga4gh/drs/v1/
+    forward_token: bool = False
+    dataset: str | None = None
+
+
+_DRS_PREFER: list[Literal["file", "https"]] = ["file", "https"]
+
+
+class DrsSettings(_Strict):
+    """`drs://` task inputs (and CWL File locations), resolved when the task is created: only the
+    `hosts` listed (any other is a 400), compact ids `drs://PREFIX:ACCESSION` through `prefixes`
+    (prefix -> host), and of an object's access methods the first kind in `prefer`: a `file` URL
+    inside the data roots becomes the same zero-copy bind as a path, `https` is downloaded under
+    `storage.http`'s rules and checked against the object's size and checksum."""
+
+    enabled: bool = False
+    hosts: list[DrsHost] = Field(default_factory=list)
+    prefixes: dict[str, str] = Field(default_factory=dict)
+    prefer: list[Literal["file", "https"]] = Field(default_factory=lambda: list(_DRS_PREFER))
+
+    def host(self, name: str) -> DrsHost | None:
+        return next((h for h in self.hosts if h.host.lower() == name.lower()), None)
+
+
 def plain_path(value: Path) -> Path:
     if not re.fullmatch(r"/[A-Za-z0-9_./-]*", str(value)):
         raise ValueError("must be an absolute path of letters, digits and _ . / - only")
@@ -327,6 +356,7 @@ class StorageSettings(_Strict):
     max_content_bytes: Annotated[int, Field(ge=0)] = 16 * 1024**2
     http: HttpInputSettings = HttpInputSettings()
     s3: S3Settings = S3Settings()
+    drs: DrsSettings = DrsSettings()
     # The Python 3.8+ that runs the output collector on the compute node (a bare name is looked up
     # on the job's PATH). The collector is one stdlib-only file, copied into each work area, so the
     # compute nodes need nothing of hpc-bridge's own install.

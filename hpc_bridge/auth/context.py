@@ -83,6 +83,14 @@ def check_run_may_create() -> None:
         raise Forbidden(f"workflow run {run_id} is being cancelled: no new task may start")
 
 
+def current_bearer() -> str | None:
+    """The caller's own bearer token (not a run credential), for a DRS server the site lets see it."""
+    if current_identity().run_id is not None:
+        return None
+    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
 def current_identity() -> Identity:
     identity: Identity = g.identity
     return identity

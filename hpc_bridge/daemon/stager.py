@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from hpc_bridge.containers.cache import ImageCache, PullError
 from hpc_bridge.containers.images import RegistryImage
 from hpc_bridge.daemon.context import Context
+from hpc_bridge.staging import drs
 from hpc_bridge.staging.schemes import Schemes, TransferError
 from hpc_bridge.staging.workarea import WorkArea, WorkAreaError
 from hpc_bridge.store import TaskRow
@@ -85,7 +86,11 @@ class Stager:
             area.create()
             for i, item in enumerate(downloads):
                 temp = private / str(i)
-                self._schemes.for_url(item.url).download(item.url, temp, item.type, row.owner, stop=self._ctx.stop)
+                if item.drs is not None:
+                    drs.download(item.drs, temp, self._ctx.config.storage.http)
+                else:
+                    self._schemes.for_url(item.url).download(item.url, temp, item.type, row.owner,
+                                                             stop=self._ctx.stop)
                 area.move_in(temp, area.relative(item.dest))
         finally:
             shutil.rmtree(private, ignore_errors=True)

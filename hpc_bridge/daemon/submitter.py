@@ -17,6 +17,7 @@ from hpc_bridge.daemon.stager import Stager
 from hpc_bridge.slurm import pack
 from hpc_bridge.slurm.client import SlurmError
 from hpc_bridge.slurm.script import render
+from hpc_bridge.staging.drs import Resolved
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store import TaskRow
 from hpc_bridge.tes.jobspec import DECRYPT_SPEC, InvalidTask, JobPlan, job_name, plan_job
@@ -96,7 +97,8 @@ class Submitter:
         try:
             plan = plan_job(Task.model_validate(row.task), task_id=row.id, workdir=str(workdir),
                             config=config, schemes=self._schemes, owner=row.owner,
-                            limits=config.limits.for_owner(row.owner))
+                            limits=config.limits.for_owner(row.owner),
+                            resolved={int(i): Resolved.from_json(r) for i, r in row.resolved.items()})
             plan.script = launcher.adapt(plan.script, row.id)
             script_text = render(plan.script, config.template_search_path)
         except (InvalidTask, UnsafeValue) as exc:  # valid at POST, not any more (site config changed)

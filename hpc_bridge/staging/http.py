@@ -63,11 +63,20 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class DownloadError(Exception):
     """A download that failed or was refused; the message is for the task's owner (system_logs):
-    it names the URL, without any credentials, and the reason."""
+    it names the URL, without any credentials, and the reason. `status`: the HTTP status of a
+    refusal by the server (a DRS server's 404 is the user's error, a 500 is not)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Failure(Exception):
     """The reason alone; `download` prefixes the URL."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --- address policy -------------------------------------------------------------------------------
@@ -459,9 +468,11 @@ def _connect(target: _Target, addresses: list[str], settings: HttpInputSettings,
     raise _Failure("cannot connect to " + "; ".join(errors))
 
 
-def _open(url: str, settings: HttpInputSettings,
-          watchdog: _Watchdog) -> tuple[HTTPConnection, HTTPResponse]:
-    """The final 2xx response, after the redirects (each hop checked like the first URL)."""
+def _open(url: str, settings: HttpInputSettings, watchdog: _Watchdog,
+          extra: dict[str, str] | None = None) -> tuple[HTTPConnection, HTTPResponse]:
+    """The final 2xx response, after the redirects (each hop checked like the first URL). The
+    `extra` headers (a DRS access URL's, a forwarded bearer token) go to the first URL's origin
+    only: a redirect elsewhere never carries them."""
     try:
         target = _parse(url, settings)
     except ValueError as exc:
@@ -472,12 +483,14 @@ def _open(url: str, settings: HttpInputSettings,
         "Accept-Encoding": "identity",
         "Connection": "close",
     }
+    origin = (target.scheme, target.host_header)
     for hop in range(settings.max_redirects + 1):
         addresses = _resolve(target, settings)
         conn = _connect(target, addresses, settings, watchdog)
+        sent = {**headers, **(extra or {})} if (target.scheme, target.host_header) == origin else headers
         try:
             conn.timeout = watchdog.remaining()
-            conn.request("GET", target.request_target, headers={**headers, "Host": target.host_header},
+            conn.request("GET", target.request_target, headers={**sent, "Host": target.host_header},
                          preload_content=False, decode_content=False, enforce_content_length=True)
             response = conn.getresponse()
         except _Failure:
@@ -491,7 +504,7 @@ def _open(url: str, settings: HttpInputSettings,
                 conn.close()
                 status = f"{response.status} {response.reason or ''}".strip()
                 where = "" if hop == 0 else f" (after redirect to {_display(target.url, query=False)})"
-                raise _Failure(f"the server answered HTTP {status}{where}")
+                raise _Failure(f"the server answered HTTP {status}{where}", response.status)
             return conn, response
         location = _header_text(response.headers.get("Location"))
         conn.close()
@@ -569,7 +582,7 @@ def _remove(path: str) -> None:
         pass
 
 
-def download(url: str, dest: Path, settings: HttpInputSettings) -> int:
+def download(url: str, dest: Path, settings: HttpInputSettings, headers: dict[str, str] | None = None) -> int:
     """Fetch `url` into `dest` and return the number of bytes written.
 
     The body goes to a private temporary file next to `dest`, is fsynced and renamed over
@@ -581,7 +594,7 @@ def download(url: str, dest: Path, settings: HttpInputSettings) -> int:
     dest = Path(dest)
     try:
         with _Watchdog(settings.timeout) as watchdog:
-            conn, response = _open(url, settings, watchdog)
+            conn, response = _open(url, settings, watchdog, headers)
             try:
                 temp, size = _save(response, dest.parent, settings, watchdog)
             finally:
@@ -595,10 +608,10 @@ def download(url: str, dest: Path, settings: HttpInputSettings) -> int:
         _fsync_dir(dest.parent)
         return size
     except (_Failure, ValueError) as exc:  # ValueError: a malformed allowed_networks entry
-        raise DownloadError(f"cannot download {shown}: {exc}") from None
+        raise DownloadError(f"cannot download {shown}: {exc}", getattr(exc, "status", None)) from None
 
 
-def fetch(url: str, settings: HttpInputSettings) -> bytes:
+def fetch(url: str, settings: HttpInputSettings, headers: dict[str, str] | None = None) -> bytes:
     """The body of `url` in memory, for documents the service reads itself (a CWL `run:` or
     `$include`) rather than a task input: the same address policy, pinning, redirects, size cap
     and total timeout as `download`. Raises DownloadError."""
@@ -607,14 +620,14 @@ def fetch(url: str, settings: HttpInputSettings) -> bytes:
     body = io.BytesIO()
     try:
         with _Watchdog(settings.timeout) as watchdog:
-            conn, response = _open(url, settings, watchdog)
+            conn, response = _open(url, settings, watchdog, headers)
             try:
                 _copy(response, body, settings, watchdog)
             finally:
                 watchdog.watch(None)
                 conn.close()
     except (_Failure, ValueError) as exc:  # ValueError: a malformed allowed_networks entry
-        raise DownloadError(f"cannot fetch {_display(url)}: {exc}") from None
+        raise DownloadError(f"cannot fetch {_display(url)}: {exc}", getattr(exc, "status", None)) from None
     return body.getvalue()
 
 

@@ -195,6 +195,8 @@ class Schemes:
     def __init__(self, config: SiteConfig, run_owner: RunOwner | None = None) -> None:
         self.areas = AreaPolicy(config, run_owner)
         self._by_name = load_schemes(config, self.areas)
+        drs = config.storage.drs
+        self._drs = [f"drs://{h.host}/" for h in drs.hosts] if drs.enabled else []  # resolved at creation
 
     def locations(self, owner: str | None = None) -> list[str]:
         """What service-info advertises: with owner areas, the caller's own and the shared ones
@@ -205,7 +207,7 @@ class Schemes:
                 seen.update(dict.fromkeys(Path(p).as_uri() for p in self.areas.readable(owner)))
             else:
                 seen.update(dict.fromkeys(handler.locations()))
-        return list(seen)
+        return [*seen, *self._drs]
 
     def for_url(self, url: str) -> Scheme:
         try:

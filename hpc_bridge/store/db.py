@@ -18,7 +18,7 @@ import sqlite_utils
 
 from hpc_bridge.store.tasks import TaskStore
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -108,8 +108,14 @@ def _v7(db: sqlite_utils.Database) -> None:
     db.table("runs").create_index(["owner", "seq"])
 
 
+def _v8(db: sqlite_utils.Database) -> None:
+    """What each `drs://` input of a task was resolved to when it was created (input index -> the
+    access URL, size, checksums): the daemon reads that, not the DRS server again."""
+    db.table("tasks").add_column("resolved", str, not_null_default="{}")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7}
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8}
 
 
 DB_MODE = 0o600

@@ -7,7 +7,7 @@ import builtins
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from hpc_bridge.store.db import Store
 
-_JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "outputs")
+_JSON_COLUMNS = ("task", "tags", "executor_logs", "system_logs", "streams", "outputs", "resolved")
 MAX_SEQ = 2**63 - 1  # SQLite's largest INTEGER
 
 
@@ -64,6 +64,7 @@ class TaskRow:
     cleaned_at: str | None
     run_as: str | None
     pack_id: str | None
+    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # input index -> staging/drs.Resolved
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> TaskRow:
@@ -106,7 +107,7 @@ class TaskStore:
 
     def create(self, *, id: str, owner: str, name: str | None, task: dict[str, Any],
                tags: dict[str, str], state: str = "QUEUED", run_as: str | None = None,
-               max_active: int | None = None) -> TaskRow:
+               max_active: int | None = None, resolved: dict[str, dict[str, Any]] | None = None) -> TaskRow:
         """`max_active` is checked in the same write transaction as the insert, so concurrent
         requests of one user cannot together exceed it."""
         stamp = now_iso()
@@ -120,7 +121,7 @@ class TaskStore:
             db.table("tasks").insert({
                 "id": id, "owner": owner, "name": name, "state": state, "created_at": stamp,
                 "updated_at": stamp, "task": json.dumps(task), "tags": json.dumps(tags),
-                "run_as": run_as,
+                "run_as": run_as, "resolved": json.dumps(resolved or {}),
             })
             db.table("events").insert({"task_id": id, "time": stamp, "state": state, "message": "created"})
         row = self.get(id)

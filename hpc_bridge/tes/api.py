@@ -8,6 +8,7 @@ from flask.typing import ResponseReturnValue
 from hpc_bridge import __version__
 from hpc_bridge.auth.context import (
     check_run_may_create,
+    current_bearer,
     current_identity,
     current_run,
     current_run_as,
@@ -51,7 +52,7 @@ def create_task() -> ResponseReturnValue:
         raise BadRequest("body: a JSON tesTask is required (Content-Type: application/json)")
     check_run_may_create()
     task_id = _service().create(body, current_identity().owner, run_as=current_run_as(),
-                                run_id=current_run())
+                                run_id=current_run(), token=current_bearer())
     return jsonify(CreateTaskResponse(id=task_id).to_json())
 
 

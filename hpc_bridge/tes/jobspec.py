@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from hpc_bridge.jobside.collect import C4GH_SUFFIX, Manifest, OutputSpec, manife
 from hpc_bridge.slurm.script import DecryptStep, ExecutorScript, InputCheck, JobScript, sbatch_value
 from hpc_bridge.slurm.timelimit import gpu_count, minutes, node_count
 from hpc_bridge.staging.areas import Area
+from hpc_bridge.staging.drs import Resolved, is_drs
 from hpc_bridge.staging.schemes import SchemeError, Schemes
 from hpc_bridge.tes.models import NAME_MAX, FileType, Output, Resources, Task
 
@@ -53,11 +56,13 @@ class InvalidTask(ValueError):
 
 @dataclass(frozen=True)
 class Download:
-    """An input the daemon fetches on the login node before submitting the job."""
+    """An input the daemon fetches on the login node before submitting the job; `drs`: the DRS
+    object it is (its access URL's headers, and the size and checksum the download must have)."""
 
     url: str
     dest: str
     type: str  # FILE or DIRECTORY
+    drs: Resolved | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,19 @@ def jobside_source(name: str) -> str:
     """A job-side program (the output collector, the Crypt4GH decryption): one file with no import
     of hpc-bridge, copied into the work area, so compute nodes need nothing of its install."""
     return resources.files("hpc_bridge.jobside").joinpath(name).read_text()
+
+
+def _same_size(path: str, drs: Resolved, where: str) -> None:
+    """A DRS object reached as a file in a data root (zero copy: never read here) must at least
+    have the size its DRS record gives."""
+    if drs.size is None:
+        return
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise InvalidTask(where, f"{drs.drs}: {path}: {exc.strerror}") from None
+    if size != drs.size:
+        raise InvalidTask(where, f"{drs.drs}: {path} has {size} bytes, the DRS object {drs.size}")
 
 
 def is_c4gh(url: str) -> bool:
@@ -306,10 +324,11 @@ def _glob_base(path: str) -> str:
 
 
 def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, schemes: Schemes,
-             owner: str, limits: UserLimits | None = None) -> JobPlan:
+             owner: str, limits: UserLimits | None = None, resolved: Mapping[int, Resolved] | None = None) -> JobPlan:
     """`owner`'s areas bound the task's files; `limits` are the owner's (`config.limits.for_owner`;
     default: the site's). The daemon plans again with the same limits at submission, so both see
-    the same time limit."""
+    the same time limit. `resolved`: what each `drs://` input was resolved to at creation (its
+    access URL then stands for it, under that URL's own rules)."""
     limits = limits or config.limits
     options, warnings, gpu = sbatch_options(task, config, limits)
     directories: list[str] = []
@@ -367,10 +386,17 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             continue
         if not item.url:
             raise InvalidTask(where, "an input needs a url or content")
+        drs = (resolved or {}).get(i)
+        if drs is None and is_drs(item.url):
+            raise InvalidTask(f"{where}.url", "a drs:// input that was not resolved when the task was created")
+        url = drs.url if drs is not None else item.url
         try:
-            source = schemes.for_url(item.url).input(item.url, item.type, owner)
+            source = schemes.for_url(url).input(url, item.type, owner)
         except SchemeError as exc:
-            raise InvalidTask(f"{where}.url", str(exc)) from None
+            what = f" (the DRS object {item.url} is at {url})" if drs is not None else ""
+            raise InvalidTask(f"{where}.url", f"{exc}{what}") from None
+        if drs is not None and source.how != "download":
+            _same_size(source.source, drs, f"{where}.url")
         input_types.append(source.type)
         if decrypting and source.type == FileType.FILE and is_c4gh(item.url):
             if config.run_as.enabled:
@@ -386,7 +412,7 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
             add_bind(plain, item.path, f"{where}.path", read_only=True)
             continue
         if source.how == "download":
-            downloads.append(Download(item.url, host, source.type))
+            downloads.append(Download(url, host, source.type, drs))
         else:
             checks.append(InputCheck(i, source.source, source.how,
                                      None if source.how == "bind" else host))

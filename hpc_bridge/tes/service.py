@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import BadRequest, NotFound, TooManyRequests
+from hpc_bridge.staging import drs
 from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store import Store, TaskFilter, TaskRow
 from hpc_bridge.store.runs import RunStore
@@ -60,11 +61,14 @@ class TaskService:
         self._config = config
         self._on_change = on_change
         self.schemes = Schemes(config, RunStore(store).owner_of)
+        self._drs = drs.Resolver(config.storage.drs, config.storage.http)
 
-    def create(self, body: Any, owner: str, *, run_as: str | None = None, run_id: str | None = None) -> str:
+    def create(self, body: Any, owner: str, *, run_as: str | None = None, run_id: str | None = None,
+               token: str | None = None) -> str:
         """Validate, plan (with the owner's limits) and record a task; `run_as` is the Unix user
         its job runs as (None: the service account); `run_id` the workflow run it belongs to
-        (its engine's credential: the run tag is the service's to set, not the engine's)."""
+        (its engine's credential: the run tag is the service's to set, not the engine's);
+        `token` the caller's bearer token, for the DRS servers the site forwards it to."""
         if not isinstance(body, dict):
             raise BadRequest("body: must be a JSON object (a tesTask)")
         try:  # JSON may carry lone surrogates (\ud800), which no file or argv can hold
@@ -81,13 +85,15 @@ class TaskService:
             raise BadRequest(problem)
         task_id = str(uuid.uuid4())
         limits = self._config.limits.for_owner(owner)
+        resolved = self.resolve_drs(task, token)
         try:  # the same planning the daemon does later, so bad values fail now, with a 400
             plan = plan_job(task, task_id=task_id, workdir=str(self._config.storage.work_root / task_id),
-                            config=self._config, schemes=self.schemes, owner=owner, limits=limits)
+                            config=self._config, schemes=self.schemes, owner=owner, limits=limits,
+                            resolved=resolved)
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
-        for item, resolved in zip(task.inputs or [], plan.input_types, strict=True):
-            item.type = FileType(resolved)
+        for item, kind in zip(task.inputs or [], plan.input_types, strict=True):
+            item.type = FileType(kind)
         if run_id is None:
             for tag in (RUN_TAG, JOB_KEY_TAG):
                 if tag in (task.tags or {}):
@@ -99,7 +105,8 @@ class TaskService:
         try:
             self._store.tasks.create(id=task_id, owner=owner, name=task.name, task=document,
                                      tags=task.tags or {}, run_as=run_as,
-                                     max_active=limits.max_active_tasks)
+                                     max_active=limits.max_active_tasks,
+                                     resolved={str(i): r.to_json() for i, r in resolved.items()})
         except ActiveLimitReached as exc:
             raise TooManyRequests(f"you already have {exc.limit} active tasks, the maximum here: "
                                   "wait for some to finish or cancel them") from None
@@ -109,6 +116,20 @@ class TaskService:
             # wake-up submitting the one or two that arrived so far.
             self._on_change()
         return task_id
+
+    def resolve_drs(self, task: Task, token: str | None) -> dict[int, drs.Resolved]:
+        """Each `drs://` input, looked up now: an id that cannot be read here is a 400 naming it."""
+        resolved: dict[int, drs.Resolved] = {}
+        for i, item in enumerate(task.inputs or []):
+            if item.content is not None or not item.url or not drs.is_drs(item.url):
+                continue
+            if not self._config.storage.drs.enabled:
+                raise BadRequest(f"inputs[{i}].url: drs:// inputs are not enabled here (storage.drs)")
+            try:
+                resolved[i] = self._drs.resolve(item.url, token)
+            except drs.DrsError as exc:
+                raise BadRequest(f"inputs[{i}].url: {exc}") from None
+        return resolved
 
     def get(self, task_id: str, owner: str | None, view: View, *, run_id: str | None = None) -> dict[str, Any]:
         return apply_view(self.document(self._row(task_id, owner, run_id)), view)
