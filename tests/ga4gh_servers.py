@@ -3,16 +3,18 @@
 
 The DRS server validates every object it sends against GA4GH's own JSON Schemas of DRS 1.2.0
 (tests/data/drs-1.2.0, from the GA4GH DRS compliance suite on PyPI), so the fixture cannot drift from
-the spec. The TRS server's answers are validated likewise against the TRS 2.0.1 schemas of its
-ToolVersion, ToolFile and FileWrapper (written down here from the spec's required fields and enums,
-no package ships them; see tests/data/README.md)."""
+the spec. The TRS server's answers are validated likewise, against the models trs-cli (PyPI) generated
+from the TRS OpenAPI document: no package ships that document itself (tests/data/README.md)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import ssl
+import sys
 import threading
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -179,3 +181,63 @@ class DrsServer(GA4GHServer):
                 return self._error(404, f"no access id {access}")
             return self._checked(200, self._access(object_id), "access_url.json")
         return self._checked(200, self.drs_object(object_id), "drs_object.json")
+
+
+# --- TRS ------------------------------------------------------------------------------------------
+
+def _trs_models() -> Any:
+    """The TRS models trs-cli (PyPI, in the test extras) generated from the TRS OpenAPI document with
+    datamodel-codegen. trs-cli is written for pydantic 1; its models module alone is loaded here
+    with pydantic's own v1 API (its package, whose client needs pydantic 1, is never imported)."""
+    spec = importlib.util.find_spec("trs_cli")
+    assert spec is not None and spec.submodule_search_locations, "trs-cli is not installed (make venv)"
+    path = Path(next(iter(spec.submodule_search_locations))) / "models.py"
+    module = sys.modules.setdefault("trs_cli_models", types.ModuleType("trs_cli_models"))
+    if not hasattr(module, "FileWrapper"):  # pydantic resolves the models' forward references there
+        source = path.read_text().replace("from pydantic import", "from pydantic.v1 import")
+        exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - a PyPI package's own models
+    return module
+
+
+@dataclass
+class TrsTool:
+    """One version of a CWL workflow: path -> content; the first path is the primary descriptor."""
+
+    files: dict[str, str]
+
+
+class TrsServer(GA4GHServer):
+    PREFIX = "/ga4gh/trs/v2/tools/"
+
+    def __init__(self, cert_files: tuple[Path, Path]) -> None:
+        super().__init__(cert_files)
+        self.tools: dict[tuple[str, str], TrsTool] = {}
+        self.models = _trs_models()
+
+    def _checked(self, status: int, value: Any, model: str) -> tuple[int, bytes, str]:
+        kind = getattr(self.models, model)
+        for item in value if isinstance(value, list) else [value]:
+            kind.parse_obj(item)  # extra fields are forbidden there: a drifting fixture fails here
+        return _json(status, value)
+
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        parts = path[len(self.PREFIX):].split("/") if path.startswith(self.PREFIX) else []
+        if len(parts) < 5 or parts[1] != "versions" or parts[3] not in ("CWL", "PLAIN_CWL"):
+            return self._checked(404, {"code": 404, "message": "no such endpoint"}, "Error")
+        tool = self.tools.get((unquote(parts[0]), unquote(parts[2])))
+        if tool is None:
+            return self._checked(404, {"code": 404, "message": "no such tool version"}, "Error")
+        primary = next(iter(tool.files))
+        if parts[4] == "files" and len(parts) == 5:
+            listing = [{"path": p, "file_type": "PRIMARY_DESCRIPTOR" if p == primary else "SECONDARY_DESCRIPTOR"}
+                       for p in tool.files]
+            return self._checked(200, listing, "ToolFile")
+        if parts[4] == "descriptor":
+            relative = unquote("/".join(parts[5:])) or primary
+            if relative not in tool.files:
+                return self._checked(404, {"code": 404, "message": f"no file {relative}"}, "Error")
+            content = tool.files[relative]
+            wrapper = {"content": content, "url": self.url(path),
+                       "checksum": [{"checksum": hashlib.sha256(content.encode()).hexdigest(), "type": "sha-256"}]}
+            return self._checked(200, wrapper, "FileWrapper")
+        return self._checked(404, {"code": 404, "message": "no such endpoint"}, "Error")

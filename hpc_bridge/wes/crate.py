@@ -45,6 +45,7 @@ from hpc_bridge.cwl.objects import file_locations
 from hpc_bridge.lifecycle import UNSUCCESSFUL
 from hpc_bridge.store import TaskRow
 from hpc_bridge.store.runs import RunRow
+from hpc_bridge.wes import trs
 from hpc_bridge.wes.attachments import open_beneath
 
 PROVENANCE_PROFILE = "https://w3id.org/ro/wfrun/provenance/0.5"  # the richest of the profiles it meets
@@ -256,6 +257,8 @@ def _crate(run: RunRow, tasks: Sequence[TaskRow], records: RunRecords, ctx: Crat
     workflow = crate.add_workflow(str(main_doc), dest_path="packed.cwl", main=True, lang="cwl", properties={
         "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
         "name": str(request.get("workflow_url") or "workflow"), "encodingFormat": "application/json"})
+    if (origin := _trs_origin(crate, str(request.get("workflow_url") or ""))) is not None:
+        workflow["isBasedOn"] = origin
     main = graph.get("#main") or next(iter(graph.values()), {})
     params = _Params(crate)
     workflow["input"] = params.declare("main", main.get("inputs"))
@@ -492,6 +495,19 @@ def _image(crate: ROCrate, reference: str, sha256: str | None, images: dict[tupl
         props["sha256"] = sha256
     images[reference, sha256] = crate.add(ContextEntity(crate, f"#image-{len(images)}", properties=props))
     return images[reference, sha256]
+
+
+def _trs_origin(crate: ROCrate, url: str) -> Entity | None:
+    """The registered tool version a run from TRS ran: its TRS id and version, at its TRS URL."""
+    try:
+        ref = trs.parse(url)
+    except trs.TrsError:
+        return None
+    if ref is None:
+        return None
+    return crate.add(ContextEntity(crate, ref.version_url, properties={
+        "@type": "SoftwareSourceCode", "name": f"{ref.tool_id} {ref.version}", "identifier": ref.uri,
+        "version": ref.version, "url": ref.version_url}))
 
 
 def _processes(packed: str | None) -> dict[str, dict[str, Any]]:

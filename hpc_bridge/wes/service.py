@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from hpc_bridge import jsonlimit
 from hpc_bridge.c4gh.keys import Crypt4ghKeyError, parse_recipients, required_root
@@ -44,7 +44,7 @@ from hpc_bridge.store.runs import (
     encode_token,
 )
 from hpc_bridge.tes.models import State
-from hpc_bridge.wes import CRATE_OUTPUT, crate, fromcrate
+from hpc_bridge.wes import CRATE_OUTPUT, crate, fromcrate, trs
 from hpc_bridge.wes.attachments import AttachmentError, Attachments, open_beneath
 from hpc_bridge.wes.models import (
     CWL_VERSIONS,
@@ -209,7 +209,9 @@ class RunService:
             attachments.create()
             self._attach(attachments, submission.attachments)
             url, params = request.workflow_url, request.workflow_params
-            if (from_crate := self._from_crate(url, attachments, run_dir)) is not None:  # the request's params win
+            if (from_trs := self._from_trs(url, attachments)) is not None:
+                url = from_trs
+            elif (from_crate := self._from_crate(url, attachments, run_dir)) is not None:  # the request's params win
                 url, params = from_crate.workflow, {**from_crate.params, **params}
             workflow = self._workflow(url, attachments, run_dir, owner)
             params = self._resolve_params(params, attachments, owner)
@@ -324,6 +326,23 @@ class RunService:
         except fromcrate.CrateError as exc:
             raise BadRequest(f"workflow_url: {url!r}: {exc}") from None
         return crate_run
+
+    def _from_trs(self, url: str, attachments: Attachments) -> str | None:
+        """A workflow from a TRS registry: its descriptors attached under trs/; the primary one's
+        name, or None when `workflow_url` is no TRS URL."""
+        try:
+            ref = trs.parse(url)
+            if ref is None:
+                return None
+            files = trs.fetch(ref, self._settings.trs_hosts, self._config.storage.http,
+                              self._settings.max_attachment_bytes)
+            for item in files:
+                attachments.add(trs.PREFIX + item.path, io.BytesIO(item.content),
+                                max_bytes=self._settings.max_attachment_bytes,
+                                max_total=self._settings.max_attachments_bytes)
+        except (trs.TrsError, AttachmentError) as exc:
+            raise BadRequest(f"workflow_url: {exc}") from None
+        return quote(trs.PREFIX + files[0].path)
 
     def _crate_zip(self, url: str, attachments: Attachments, run_dir: Path) -> str | None:
         """The crate zip `workflow_url` names: an attached .zip, or an https document that is a zip

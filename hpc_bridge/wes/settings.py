@@ -38,6 +38,7 @@ class WesSettings(BaseModel):
     max_parallel_runs: Annotated[int, Field(ge=1, le=256)] = 4
     https_workflows: bool = True
     https_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
+    trs_hosts: list[str] = Field(default_factory=list)  # TRS registries workflow_url may name (host[:port])
     crate_outputs: Literal["reference", "include"] = "reference"
     crate_include_max_bytes: Annotated[int, Field(ge=0)] = GiB
     # Seconds between the supervisor's looks at the runs table (it is also woken by the API).
