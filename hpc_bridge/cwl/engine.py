@@ -45,6 +45,7 @@ from hpc_bridge.cwl import (
 from hpc_bridge.cwl.client import RunClient
 from hpc_bridge.cwl.executor import TesExecutor
 from hpc_bridge.cwl.fetch import FetchPolicy, fetcher_constructor
+from hpc_bridge.cwl.remote import RemoteFsAccess
 from hpc_bridge.cwl.state import EngineState
 from hpc_bridge.cwl.tasks import TaskRunner
 from hpc_bridge.cwl.tool import StablePathMapper, TesRuntimeContext, make_tool
@@ -183,6 +184,7 @@ def _run(request: dict[str, Any], params: dict[str, Any], policy: FetchPolicy, r
     runtime.docker_stagedir = CONTAINER_STAGEDIR
     runtime.default_container = state.default_image
     runtime.path_mapper = StablePathMapper
+    runtime.make_fs_access = RemoteFsAccess
     runtime.select_resources = executor.select_resources
     loading = LoadingContext(vars(args))
     loading.construct_tool_object = make_tool

@@ -24,6 +24,7 @@ from typing import Any
 from schema_salad.ref_resolver import file_uri
 
 from hpc_bridge.containers.apptainer import UnsafeValue, check_bind_path
+from hpc_bridge.cwl.remote import is_remote
 
 STAGE_ROOT = "/var/lib/cwl/.hpc-bridge"  # container dir of indirect binds (never a stg* name)
 OCI_RUNSCRIPT = "/.singularity.d/runscript"
@@ -135,6 +136,13 @@ class _Stager:
     def add(self, entry: Entry, has_children: bool) -> None:
         kind, target = entry.type, entry.target
         writable = kind in WRITABLE_TYPES
+        if is_remote(entry.resolved):  # a TES input by its URL: the service fetches it, never the engine
+            if writable or not safe(target):
+                raise Unsupported(f"{entry.resolved}: a remote input is staged read-only at a plain path only "
+                                  f"(not {target!r}{', writable' if writable else ''})")
+            self.inputs.append({"url": entry.resolved, "path": target,
+                                "type": "DIRECTORY" if kind.endswith("Directory") else "FILE"})
+            return
         if kind in ("CreateFile", "CreateWritableFile"):
             host, ftype = self.literal(entry.resolved), "FILE"
         elif entry.resolved.startswith("_:"):  # a directory literal: its entries create it ...

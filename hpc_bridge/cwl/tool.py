@@ -24,12 +24,13 @@ from cwltool.command_line_tool import CommandLineTool
 from cwltool.context import LoadingContext, RuntimeContext
 from cwltool.errors import UnsupportedRequirement, WorkflowException
 from cwltool.job import JobBase, relink_initialworkdir
-from cwltool.pathmapper import PathMapper
+from cwltool.pathmapper import MapperEnt, PathMapper
 from cwltool.process import Process
 from cwltool.utils import bytes2str_in_dicts
 from cwltool.workflow import default_make_tool
 from ruamel.yaml.comments import CommentedMap
 
+from hpc_bridge.cwl.remote import is_remote
 from hpc_bridge.cwl.tasks import RunCanceled, url_path
 from hpc_bridge.cwl.taskspec import (
     Entry,
@@ -66,6 +67,19 @@ class StablePathMapper(PathMapper):
             if self.separateDirs:
                 stagedir = os.path.join(self.stagedir, "stg" + _identity(fob)[:24])
             self.visit(fob, stagedir, basedir, copy=bool(fob.get("writable", False)), staged=True)
+
+    def visit(self, obj: Any, stagedir: str, basedir: str, copy: bool = False, staged: bool = False) -> None:
+        """A remote File keeps its URL (cwl/remote.py): cwltool would download an http(s) one here,
+        on the login node, outside the site's policy."""
+        location = obj["location"]
+        if obj.get("class") != "File" or not is_remote(location):
+            super().visit(obj, stagedir, basedir, copy=copy, staged=staged)
+            return
+        if location in self._pathmap:
+            return
+        target = os.path.join(obj.get("dirname") or stagedir, obj["basename"])
+        self._pathmap[location] = MapperEnt(location, target, "WritableFile" if copy else "File", staged)
+        self.visitlisting(obj.get("secondaryFiles", []), stagedir, basedir, copy=copy, staged=staged)
 
 
 def _identity(fob: Any) -> str:
@@ -113,6 +127,19 @@ class TesJob(JobBase):
 
     def _required_env(self) -> dict[str, str]:
         return {"HOME": self.builder.outdir, "TMPDIR": self.builder.tmpdir}
+
+    def _setup(self, runtimeContext: RuntimeContext) -> None:
+        """cwltool's set-up, whose check that every staged input is a local file skips the remote
+        ones (they are TES inputs by URL)."""
+        remote = [(key, entry) for key, entry in self.pathmapper.items()
+                  if entry.staged and is_remote(entry.resolved)]
+        for key, entry in remote:
+            self.pathmapper.update(key, entry.resolved, entry.target, entry.type, False)
+        try:
+            super()._setup(runtimeContext)
+        finally:
+            for key, entry in remote:
+                self.pathmapper.update(key, *entry)
 
     def run(self, runtimeContext: RuntimeContext, tmpdir_lock: threading.Lock | None = None) -> None:
         engine = cast("EngineState", getattr(runtimeContext, "hpcb", None))

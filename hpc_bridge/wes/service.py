@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import posixpath
 import shutil
 import stat
 import tempfile
@@ -33,7 +34,7 @@ from hpc_bridge.cwl.fetch import FetchPolicy
 from hpc_bridge.cwl.objects import file_objects
 from hpc_bridge.errors import BadRequest, Conflict, NotFound, ServiceError, TooManyRequests
 from hpc_bridge.lifecycle import RUN_FINAL
-from hpc_bridge.staging import http
+from hpc_bridge.staging import drs, http
 from hpc_bridge.staging.schemes import FileScheme, SchemeError, Schemes
 from hpc_bridge.store import Store, TaskRow
 from hpc_bridge.store.runs import (
@@ -170,6 +171,7 @@ class RunService:
         self.on_change = on_change
         self.schemes = schemes or Schemes(config, self.runs.owner_of)
         self.root = config.wes.root(config.storage.data_roots)
+        self._drs = drs.Resolver(config.storage.drs, config.storage.http)
 
     # -- creating a run ------------------------------------------------------------------------
 
@@ -447,6 +449,9 @@ class RunService:
                                  f"but the object is a {cls}")
             obj["location"] = Path(real).as_uri()
             return
+        if drs.is_drs(location):
+            self._drs_location(obj, location, field, cls)
+            return
         declared = "DIRECTORY" if cls == "Directory" else "FILE"
         try:
             self.schemes.for_url(location).input(location, declared, owner)
@@ -458,6 +463,23 @@ class RunService:
             obj["location"] = Path(attachments.resolve(name, what=field)[0]).as_uri()
             return
         obj["location"] = Path(location).as_uri() if location.startswith("/") else location
+
+    def _drs_location(self, obj: dict[str, Any], location: str, field: str, cls: str) -> None:
+        """A DRS id stays one (each task resolves it again, as a TES input); looked up now so an
+        unknown id is a 400, and for the name and size cwltool wants of a File it cannot read."""
+        if cls != "File":
+            raise BadRequest(f"{field}: a DRS id names a File here, not a {cls}")
+        if not self._config.storage.drs.enabled:
+            raise BadRequest(f"{field}: drs:// inputs are not enabled here (storage.drs)")
+        try:
+            found = self._drs.resolve(location, None)
+        except drs.DrsError as exc:
+            raise BadRequest(f"{field}: {exc}") from None
+        obj["location"] = location
+        name = posixpath.basename(found.name or "") or posixpath.basename(urlsplit(location).path) or "object"
+        obj.setdefault("basename", name)
+        if found.size is not None:
+            obj.setdefault("size", found.size)
 
     @staticmethod
     def _client_path(location: str, attachments: Attachments, directory: bool) -> str | None:
