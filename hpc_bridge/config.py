@@ -327,6 +327,14 @@ class DrsSettings(_Strict):
         return next((h for h in self.hosts if h.host.lower() == name.lower()), None)
 
 
+class PassportArea(_Strict):
+    """A directory of a data root whose files are the controlled-access `dataset`: a task or run
+    reads them only with a GA4GH Passport visa (ControlledAccessGrants) for it."""
+
+    path: Path
+    dataset: str
+
+
 def plain_path(value: Path) -> Path:
     if not re.fullmatch(r"/[A-Za-z0-9_./-]*", str(value)):
         raise ValueError("must be an absolute path of letters, digits and _ . / - only")
@@ -357,6 +365,7 @@ class StorageSettings(_Strict):
     http: HttpInputSettings = HttpInputSettings()
     s3: S3Settings = S3Settings()
     drs: DrsSettings = DrsSettings()
+    passport_areas: list[PassportArea] = Field(default_factory=list)
     # The Python 3.8+ that runs the output collector on the compute node (a bare name is looked up
     # on the job's PATH). The collector is one stdlib-only file, copied into each work area, so the
     # compute nodes need nothing of hpc-bridge's own install.
@@ -469,7 +478,11 @@ class SiteConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _encrypted_roots_inside_data(self) -> SiteConfig:
+    def _policy_dirs_inside_data(self) -> SiteConfig:
+        for area in self.storage.passport_areas:
+            if not any(os.path.commonpath([os.path.realpath(area.path), os.path.realpath(r)]) == os.path.realpath(r)
+                       for r in self.storage.data_roots):
+                raise ValueError(f"storage.passport_areas: {area.path} is not inside any of storage.data_roots")
         for root in self.crypt4gh.required_roots:
             real = os.path.realpath(root)
             if not any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r)

@@ -148,6 +148,9 @@ class AuthSettings(_Frozen):
     auth_instructions_url: str | None = None
     # HTTP Basic service accounts, name -> hash; none (the default): Basic is refused.
     basic_users: dict[str, BasicUser] = Field(default_factory=dict)
+    # GA4GH Passports: the visa issuers whose ControlledAccessGrants this site trusts (their keys as
+    # for `issuers`); a token's `ga4gh_passport_v1` visas from anyone else count for nothing.
+    visa_issuers: list[IssuerSettings] = Field(default_factory=list)
 
     @field_validator("basic_users")
     @classmethod

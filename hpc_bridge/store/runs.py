@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpc_bridge.lifecycle import RUN_FINAL, next_state
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from hpc_bridge.store.db import Store
 
-_JSON_COLUMNS = ("request", "tags", "outputs", "system_logs")
+_JSON_COLUMNS = ("request", "tags", "outputs", "system_logs", "grants")
 _TASK_RUN_ID = "json_extract(tags, '$.wes_run_id')"
 
 
@@ -46,6 +46,7 @@ class RunRow:
     system_logs: list[str]
     run_as: str | None = None
     engine_token: str | None = None
+    grants: list[str] = field(default_factory=list)  # datasets its submission's Passport visas granted
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> RunRow:
@@ -80,7 +81,7 @@ class RunStore:
 
     def create(self, *, id: str, owner: str, request: dict[str, Any], tags: dict[str, str],
                run_dir: str, workflow: str, run_as: str | None = None,
-               max_active: int | None = None) -> RunRow:
+               max_active: int | None = None, grants: list[str] | None = None) -> RunRow:
         """`max_active` is checked in the insert's own write transaction (no race between two
         submissions of one owner)."""
         stamp = now_iso()
@@ -94,7 +95,7 @@ class RunStore:
             db.table("runs").insert({
                 "id": id, "owner": owner, "state": "QUEUED", "created_at": stamp, "updated_at": stamp,
                 "request": json.dumps(request), "tags": json.dumps(tags), "run_dir": run_dir,
-                "workflow": workflow, "run_as": run_as,
+                "workflow": workflow, "run_as": run_as, "grants": json.dumps(grants or []),
             })
             db.table("run_events").insert({"run_id": id, "time": stamp, "state": "QUEUED",
                                            "message": "created"})

@@ -52,7 +52,7 @@ def create_task() -> ResponseReturnValue:
         raise BadRequest("body: a JSON tesTask is required (Content-Type: application/json)")
     check_run_may_create()
     task_id = _service().create(body, current_identity().owner, run_as=current_run_as(),
-                                run_id=current_run(), token=current_bearer())
+                                run_id=current_run(), token=current_bearer(), identity=current_identity())
     return jsonify(CreateTaskResponse(id=task_id).to_json())
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hpc_bridge.auth.passport import Passports, area_dataset
+from hpc_bridge.auth.verifier import Identity
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import BadRequest, NotFound, TooManyRequests
 from hpc_bridge.staging import drs
@@ -18,7 +20,7 @@ from hpc_bridge.staging.schemes import Schemes
 from hpc_bridge.store import Store, TaskFilter, TaskRow
 from hpc_bridge.store.runs import RunStore
 from hpc_bridge.store.tasks import ActiveLimitReached, decode_token, encode_token
-from hpc_bridge.tes.jobspec import InvalidTask, plan_job
+from hpc_bridge.tes.jobspec import InvalidTask, JobPlan, plan_job
 from hpc_bridge.tes.models import (
     ExecutorLog,
     FileType,
@@ -62,13 +64,16 @@ class TaskService:
         self._on_change = on_change
         self.schemes = Schemes(config, RunStore(store).owner_of)
         self._drs = drs.Resolver(config.storage.drs, config.storage.http)
+        self._passports = Passports(config.auth)
+        self._runs = RunStore(store)
 
     def create(self, body: Any, owner: str, *, run_as: str | None = None, run_id: str | None = None,
-               token: str | None = None) -> str:
+               token: str | None = None, identity: Identity | None = None) -> str:
         """Validate, plan (with the owner's limits) and record a task; `run_as` is the Unix user
         its job runs as (None: the service account); `run_id` the workflow run it belongs to
         (its engine's credential: the run tag is the service's to set, not the engine's);
-        `token` the caller's bearer token, for the DRS servers the site forwards it to."""
+        `token` the caller's bearer token, for the DRS servers the site forwards it to; `identity`
+        the caller, whose Passport visas may be needed (a run's tasks: what the run was granted)."""
         if not isinstance(body, dict):
             raise BadRequest("body: must be a JSON object (a tesTask)")
         try:  # JSON may carry lone surrogates (\ud800), which no file or argv can hold
@@ -92,6 +97,7 @@ class TaskService:
                             resolved=resolved)
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
+        self._check_passports(plan, resolved, identity, run_id)
         for item, kind in zip(task.inputs or [], plan.input_types, strict=True):
             item.type = FileType(kind)
         if run_id is None:
@@ -116,6 +122,26 @@ class TaskService:
             # wake-up submitting the one or two that arrived so far.
             self._on_change()
         return task_id
+
+    def _check_passports(self, plan: JobPlan, resolved: dict[int, drs.Resolved], identity: Identity | None,
+                         run_id: str | None) -> None:
+        """Inputs in a controlled-access dataset need a visa for it (403 naming the dataset)."""
+        areas = self._config.storage.passport_areas
+        needed: dict[str, str] = {}
+        for check in plan.script.inputs:
+            if (dataset := area_dataset(check.source, areas)) is not None:
+                needed.setdefault(dataset, f"inputs[{check.index}]")
+        for i, found in resolved.items():
+            if found.dataset is not None:
+                needed.setdefault(found.dataset, f"inputs[{i}].url")
+        if not needed:
+            return
+        if run_id is not None:
+            run = self._runs.get(run_id)
+            granted = set(run.grants) if run is not None else set()
+        else:
+            granted = self._passports.datasets(identity) if identity is not None else set()
+        self._passports.check(needed, granted)
 
     def resolve_drs(self, task: Task, token: str | None) -> dict[int, drs.Resolved]:
         """Each `drs://` input, looked up now: an id that cannot be read here is a 400 naming it."""

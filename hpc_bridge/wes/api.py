@@ -92,7 +92,8 @@ def _submission() -> Submission:
 
 @bp.post("/runs")
 def run_workflow() -> ResponseReturnValue:
-    run_id = _service().create(_submission(), current_identity().owner, run_as=current_run_as())
+    run_id = _service().create(_submission(), current_identity().owner, run_as=current_run_as(),
+                               identity=current_identity())
     return jsonify({"run_id": run_id})
 
 

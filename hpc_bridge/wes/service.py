@@ -25,6 +25,8 @@ from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from hpc_bridge import jsonlimit
+from hpc_bridge.auth.passport import Passports, area_dataset
+from hpc_bridge.auth.verifier import Identity
 from hpc_bridge.c4gh.keys import Crypt4ghKeyError, parse_recipients, required_root
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.containers.digest import SIF_DIGESTS, SifDigest
@@ -172,6 +174,7 @@ class RunService:
         self.schemes = schemes or Schemes(config, self.runs.owner_of)
         self.root = config.wes.root(config.storage.data_roots)
         self._drs = drs.Resolver(config.storage.drs, config.storage.http)
+        self._passports = Passports(config.auth)
 
     # -- creating a run ------------------------------------------------------------------------
 
@@ -192,9 +195,10 @@ class RunService:
         except Crypt4ghKeyError as exc:
             raise BadRequest(f"{name}: {exc}") from None
 
-    def create(self, submission: Submission, owner: str, *, run_as: str | None = None) -> str:
+    def create(self, submission: Submission, owner: str, *, run_as: str | None = None,
+               identity: Identity | None = None) -> str:
         """Validate and record a run; `run_as` is the Unix user its tasks run as (None: the
-        service account)."""
+        service account); `identity` the caller's, whose Passport visas may be needed."""
         request = self._parse(submission.fields)
         if self.root is None:
             raise ServiceUnavailable("workflow runs are not available: this site has no data root "
@@ -216,7 +220,10 @@ class RunService:
             elif (from_crate := self._from_crate(url, attachments, run_dir)) is not None:  # the request's params win
                 url, params = from_crate.workflow, {**from_crate.params, **params}
             workflow = self._workflow(url, attachments, run_dir, owner)
-            params = self._resolve_params(params, attachments, owner)
+            needed: dict[str, str] = {}  # controlled-access dataset -> the parameter reading it
+            params = self._resolve_params(params, attachments, owner, needed)
+            granted = self._passports.datasets(identity) if needed and identity is not None else set()
+            self._passports.check(needed, granted)
             policy = FetchPolicy.for_run(self._config, run_dir, self.schemes.areas.readable(owner))
             self._check(workflow, params, policy)
             engine_request = {"run_id": run_id, "owner": owner, "workflow": workflow, "params": params,
@@ -228,7 +235,8 @@ class RunService:
             try:
                 self.runs.create(id=run_id, owner=owner, request=request.to_json(), tags=request.tags,
                                  run_dir=str(run_dir), workflow=workflow, run_as=run_as,
-                                 max_active=self._config.limits.for_owner(owner).max_active_tasks)
+                                 max_active=self._config.limits.for_owner(owner).max_active_tasks,
+                                 grants=sorted(granted))
             except ActiveRunsLimit as exc:
                 raise TooManyRequests(f"you already have {exc.limit} active workflow runs, the maximum "
                                       "here: wait for some to finish or cancel them") from None
@@ -411,7 +419,8 @@ class RunService:
         os.chmod(dest, 0o640)
         return dest
 
-    def _resolve_params(self, params: dict[str, Any], attachments: Attachments, owner: str) -> dict[str, Any]:
+    def _resolve_params(self, params: dict[str, Any], attachments: Attachments, owner: str,
+                        needed: dict[str, str]) -> dict[str, Any]:
         """A copy of the job object whose File/Directory locations are absolute: relative ones name
         attachments (file:// URLs into the run directory); absolute ones must be allowed by the TES
         schemes (data roots, http(s)) since the workflow's tasks will read them."""
@@ -423,13 +432,15 @@ class RunService:
                 return value
             result = {key: visit(item, f"{where}.{key}") for key, item in value.items()}
             if value.get("class") in ("File", "Directory"):
-                self._resolve_location(result, where, attachments, owner)
+                self._resolve_location(result, where, attachments, owner, needed)
             return result
 
         resolved: dict[str, Any] = visit(params, "")
         return resolved
 
-    def _resolve_location(self, obj: dict[str, Any], where: str, attachments: Attachments, owner: str) -> None:
+    def _resolve_location(self, obj: dict[str, Any], where: str, attachments: Attachments, owner: str,
+                          needed: dict[str, str]) -> None:
+        """`needed` gains the controlled-access dataset the location belongs to, if any."""
         cls = obj["class"]
         key = "location" if "location" in obj else "path" if "path" in obj else None
         if key is None:
@@ -450,11 +461,12 @@ class RunService:
             obj["location"] = Path(real).as_uri()
             return
         if drs.is_drs(location):
-            self._drs_location(obj, location, field, cls)
+            if (dataset := self._drs_location(obj, location, field, cls)) is not None:
+                needed.setdefault(dataset, field)
             return
         declared = "DIRECTORY" if cls == "Directory" else "FILE"
         try:
-            self.schemes.for_url(location).input(location, declared, owner)
+            source = self.schemes.for_url(location).input(location, declared, owner)
         except SchemeError as exc:
             # Not a path of this site: maybe the client's own path of a file it attached.
             name = self._client_path(location, attachments, cls == "Directory")
@@ -462,9 +474,12 @@ class RunService:
                 raise BadRequest(f"{field}: {exc}") from None
             obj["location"] = Path(attachments.resolve(name, what=field)[0]).as_uri()
             return
+        if source.how != "download" and \
+                (dataset := area_dataset(source.source, self._config.storage.passport_areas)) is not None:
+            needed.setdefault(dataset, field)
         obj["location"] = Path(location).as_uri() if location.startswith("/") else location
 
-    def _drs_location(self, obj: dict[str, Any], location: str, field: str, cls: str) -> None:
+    def _drs_location(self, obj: dict[str, Any], location: str, field: str, cls: str) -> str | None:
         """A DRS id stays one (each task resolves it again, as a TES input); looked up now so an
         unknown id is a 400, and for the name and size cwltool wants of a File it cannot read."""
         if cls != "File":
@@ -480,6 +495,9 @@ class RunService:
         obj.setdefault("basename", name)
         if found.size is not None:
             obj.setdefault("size", found.size)
+        if found.dataset is None and urlsplit(found.url).scheme == "file":
+            return area_dataset(FileScheme.host_path(found.url), self._config.storage.passport_areas)
+        return found.dataset
 
     @staticmethod
     def _client_path(location: str, attachments: Attachments, directory: bool) -> str | None:

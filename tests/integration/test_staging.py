@@ -278,10 +278,12 @@ def test_a_missing_registry_image_is_a_system_error_naming_it(
     assert "127.0.0.1:5000/hpc-bridge/nope:9" in message and "docker://127.0.0.1:5000/hpc-bridge/nope:9" in message
 
 
-def run_existing(server: ServerProcess, task_id: str, timeout: float = 180) -> dict:
+def run_existing(server: ServerProcess, task_id: str, timeout: float = 180,
+                 headers: dict[str, str] | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10).json()
+        body = requests.get(f"{server.url}/ga4gh/tes/v1/tasks/{task_id}?view=FULL", timeout=10,
+                            headers=headers).json()
         if body["state"] in FINAL:
             return body
         time.sleep(0.3)
