@@ -321,6 +321,8 @@ class DrsSettings(_Strict):
     enabled: bool = False
     hosts: list[DrsHost] = Field(default_factory=list)
     prefixes: dict[str, str] = Field(default_factory=dict)
+    max_ids: Annotated[int, Field(ge=1, le=10000)] = 100  # DRS ids one task or run may name
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0  # per DRS lookup
     prefer: list[Literal["file", "https"]] = Field(default_factory=lambda: list(_DRS_PREFER))
 
     def host(self, name: str) -> DrsHost | None:

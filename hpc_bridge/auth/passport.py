@@ -19,14 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from hpc_bridge.auth.settings import AuthSettings
-from hpc_bridge.auth.verifier import AuthError, Identity, TokenVerifier
+from hpc_bridge.auth.verifier import VISA_CLAIM, AuthError, Identity, TokenVerifier
 from hpc_bridge.config import PassportArea
 from hpc_bridge.errors import Forbidden
 
 log = logging.getLogger(__name__)
 
 PASSPORT_CLAIM = "ga4gh_passport_v1"
-VISA_CLAIM = "ga4gh_visa_v1"
 GRANT = "ControlledAccessGrants"
 MAX_VISAS = 200
 
@@ -34,7 +33,7 @@ MAX_VISAS = 200
 class Passports:
     def __init__(self, settings: AuthSettings) -> None:
         self._verifier = TokenVerifier(settings.model_copy(update={
-            "mode": "jwt", "issuers": settings.visa_issuers, "admin_claim": None, "basic_users": {}}))
+            "mode": "jwt", "issuers": settings.visa_issuers, "admin_claim": None, "basic_users": {}}), visas=True)
         self._trusted = bool(settings.visa_issuers)
 
     def datasets(self, identity: Identity) -> set[str]:
@@ -71,11 +70,13 @@ def _grant(body: dict[str, Any], now: float) -> bool:
             and not body.get("conditions"))
 
 
-def area_dataset(path: str, areas: list[PassportArea]) -> str | None:
-    """The dataset a host path belongs to, if it lies in a passport area."""
+def area_datasets(path: str, areas: list[PassportArea]) -> list[str]:
+    """The datasets a host path reaches: the passport area it lies in, and every one inside it (a
+    directory input holding a controlled directory reads it too). Compared after resolving links."""
     real = os.path.realpath(path)
+    found = []
     for area in areas:
         base = os.path.realpath(area.path)
-        if os.path.commonpath([real, base]) == base:
-            return area.dataset
-    return None
+        if os.path.commonpath([real, base]) in (base, real):
+            found.append(area.dataset)
+    return found

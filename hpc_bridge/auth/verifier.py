@@ -58,6 +58,9 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _KEYS_UNAVAILABLE = "cannot verify token: issuer keys unavailable"
 
 
+VISA_CLAIM = "ga4gh_visa_v1"
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who made a request. `owner` is the key the task store files resources under."""
@@ -348,8 +351,11 @@ class TokenVerifier:
     """Turns an Authorization header into an Identity or raises AuthError. Safe to share between
     threads; build one per process (it holds the key caches)."""
 
-    def __init__(self, settings: AuthSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: AuthSettings, *, clock: Callable[[], float] = time.monotonic,
+                 visas: bool = False) -> None:
+        """`visas`: verify GA4GH visas (auth/passport.py) rather than access tokens; each refuses the other."""
         self.settings = settings
+        self.visas = visas
         self._sources: dict[str, _RemoteKeys | _StaticKeys] = {}
         for issuer in settings.issuers if settings.mode == "jwt" else []:
             if urlsplit(issuer.issuer).scheme != "https":
@@ -395,6 +401,8 @@ class TokenVerifier:
         if key is None:
             raise AuthError("token key does not fit its algorithm")
         claims = self._decode(token, key, alg, issuer)
+        if (VISA_CLAIM in claims) != self.visas:  # a broker may sign both with one key and no audience
+            raise AuthError("a GA4GH visa is not an access token" if not self.visas else "not a GA4GH visa")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise AuthError(_SUB_MESSAGE)

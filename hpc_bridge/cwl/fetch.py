@@ -77,7 +77,8 @@ class FetchPolicy:
     @classmethod
     def for_run(cls, config: SiteConfig, run_dir: Path, readable: Sequence[str]) -> FetchPolicy:
         """The run's attachments and remote document, what its owner may read of the data roots
-        (`readable`: their areas, or every data root without owner areas), never the runs root;
+        (`readable`: their areas, or every data root without owner areas), never the runs root nor a
+        controlled-access dataset (`storage.passport_areas`: a document is read by the service);
         http(s) as `storage.http`, with the timeout and size of a submitted document
         (`wes.https_timeout`, `wes.max_attachment_bytes`) when those are smaller."""
         runs_root = config.wes.root(config.storage.data_roots)
@@ -85,8 +86,11 @@ class FetchPolicy:
         capped = settings.model_copy(update={
             "timeout": min(settings.timeout, config.wes.https_timeout),
             "max_bytes": min(settings.max_bytes, config.wes.max_attachment_bytes)})
+        excluded = [str(area.path) for area in config.storage.passport_areas]
+        if runs_root is not None:
+            excluded.append(str(runs_root))
         return cls(roots=(str(run_dir / "attachments"), str(run_dir / "remote"), *readable),
-                   exclude=(str(runs_root),) if runs_root is not None else (), http=capped)
+                   exclude=tuple(excluded), http=capped)
 
     def to_json(self) -> dict[str, Any]:
         return {"roots": list(self.roots), "exclude": list(self.exclude),

@@ -13,12 +13,12 @@ site lists, and carry the user's bearer token only to those the site marks `forw
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from hpc_bridge import jsonlimit
 from hpc_bridge.config import DrsHost, DrsSettings, HttpInputSettings
 from hpc_bridge.staging import http
 from hpc_bridge.staging.schemes import TransferError
@@ -100,7 +100,8 @@ def parse(uri: str, settings: DrsSettings) -> DrsRef:
 class Resolver:
     def __init__(self, settings: DrsSettings, http_settings: HttpInputSettings) -> None:
         self._settings = settings
-        self._http = http_settings.model_copy(update={"max_bytes": min(http_settings.max_bytes, MAX_DOCUMENT_BYTES)})
+        self._http = http_settings.model_copy(update={"max_bytes": min(http_settings.max_bytes, MAX_DOCUMENT_BYTES),
+                                                      "timeout": min(http_settings.timeout, settings.timeout)})
 
     def resolve(self, uri: str, token: str | None) -> Resolved:
         ref = parse(uri, self._settings)
@@ -114,8 +115,8 @@ class Resolver:
             raise DrsError(f"{uri}: a DRS bundle (a collection of objects); name its objects one by one")
         size = obj.get("size")
         checksums = {str(c.get("type", "")).lower(): str(c.get("checksum", ""))
-                     for c in obj.get("checksums") or [] if isinstance(c, dict)}
-        methods = [m for m in obj.get("access_methods") or [] if isinstance(m, dict)]
+                     for c in _list(obj.get("checksums")) if isinstance(c, dict)}
+        methods = [m for m in _list(obj.get("access_methods")) if isinstance(m, dict)]
         for kind in self._settings.prefer:
             for method in methods:
                 if str(method.get("type", "")).lower() != kind:
@@ -146,9 +147,13 @@ class Resolver:
                 raise DrsError(f"{uri}: {what} (HTTP {exc.status})") from None
             raise DrsError(f"{uri}: the DRS server could not be asked: {exc}") from None
         try:
-            return json.loads(body)
-        except ValueError:
-            raise DrsError(f"{uri}: the DRS server's answer is not JSON") from None
+            return jsonlimit.loads(body)
+        except ValueError:  # TooDeep is one too
+            raise DrsError(f"{uri}: the DRS server's answer is not JSON (or is nested too deep)") from None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _headers(value: Any) -> dict[str, str]:
@@ -166,8 +171,8 @@ def download(resolved: Resolved, dest: Path, settings: HttpInputSettings) -> Non
     must then have its size and checksum; TransferError names the object otherwise."""
     try:
         http.download(resolved.url, dest, settings, resolved.headers)
-    except http.DownloadError as exc:
-        raise TransferError(f"{resolved.drs}: {exc}") from None
+    except http.DownloadError as exc:  # its access URL is never shown: it may be presigned
+        raise TransferError(f"{resolved.drs}: the download from its https access URL failed: {exc.reason}") from None
     if (problem := verify(dest, resolved)) is not None:
         dest.unlink()
         raise TransferError(problem)

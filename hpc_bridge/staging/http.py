@@ -66,9 +66,10 @@ class DownloadError(Exception):
     it names the URL, without any credentials, and the reason. `status`: the HTTP status of a
     refusal by the server (a DRS server's 404 is the user's error, a 500 is not)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason or message  # without the URL (which may carry a credential)
 
 
 class _Failure(Exception):
@@ -484,10 +485,11 @@ def _open(url: str, settings: HttpInputSettings, watchdog: _Watchdog,
         "Connection": "close",
     }
     origin = (target.scheme, target.host_header)
+    extra = {k: v for k, v in (extra or {}).items() if k.lower() not in _OWN_HEADERS}
     for hop in range(settings.max_redirects + 1):
         addresses = _resolve(target, settings)
         conn = _connect(target, addresses, settings, watchdog)
-        sent = {**headers, **(extra or {})} if (target.scheme, target.host_header) == origin else headers
+        sent = {**headers, **extra} if (target.scheme, target.host_header) == origin else headers
         try:
             conn.timeout = watchdog.remaining()
             conn.request("GET", target.request_target, headers={**sent, "Host": target.host_header},
@@ -517,6 +519,11 @@ def _open(url: str, settings: HttpInputSettings, watchdog: _Watchdog,
         except ValueError as exc:
             raise _Failure(f"redirect to {_shown_location(target.url, location)} refused: {exc}") from None
     raise _Failure(f"too many redirects (more than {settings.max_redirects}, storage.http.max_redirects)")
+
+
+# Headers only this client sets: a DRS access URL's own headers never replace them.
+_OWN_HEADERS = frozenset({"host", "connection", "content-length", "transfer-encoding", "accept-encoding", "te",
+                          "upgrade", "proxy-authorization"})
 
 
 def _header_text(value: str | None) -> str | None:
@@ -608,7 +615,7 @@ def download(url: str, dest: Path, settings: HttpInputSettings, headers: dict[st
         _fsync_dir(dest.parent)
         return size
     except (_Failure, ValueError) as exc:  # ValueError: a malformed allowed_networks entry
-        raise DownloadError(f"cannot download {shown}: {exc}", getattr(exc, "status", None)) from None
+        raise DownloadError(f"cannot download {shown}: {exc}", getattr(exc, "status", None), str(exc)) from None
 
 
 def fetch(url: str, settings: HttpInputSettings, headers: dict[str, str] | None = None) -> bytes:
@@ -627,7 +634,7 @@ def fetch(url: str, settings: HttpInputSettings, headers: dict[str, str] | None 
                 watchdog.watch(None)
                 conn.close()
     except (_Failure, ValueError) as exc:  # ValueError: a malformed allowed_networks entry
-        raise DownloadError(f"cannot fetch {_display(url)}: {exc}", getattr(exc, "status", None)) from None
+        raise DownloadError(f"cannot fetch {_display(url)}: {exc}", getattr(exc, "status", None), str(exc)) from None
     return body.getvalue()
 
 

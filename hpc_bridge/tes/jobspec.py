@@ -393,18 +393,20 @@ def plan_job(task: Task, *, task_id: str, workdir: str, config: SiteConfig, sche
         try:
             source = schemes.for_url(url).input(url, item.type, owner)
         except SchemeError as exc:
-            what = f" (the DRS object {item.url} is at {url})" if drs is not None else ""
-            raise InvalidTask(f"{where}.url", f"{exc}{what}") from None
+            if drs is not None:  # its access URL may be a credential: never shown
+                raise InvalidTask(f"{where}.url", f"{item.url}: its {urlsplit(url).scheme} access is not one "
+                                  "this task may read (outside your areas, or not a FILE)") from None
+            raise InvalidTask(f"{where}.url", str(exc)) from None
         if drs is not None and source.how != "download":
             _same_size(source.source, drs, f"{where}.url")
         input_types.append(source.type)
-        if decrypting and source.type == FileType.FILE and is_c4gh(item.url):
+        if decrypting and source.type == FileType.FILE and is_c4gh(url):
             if config.run_as.enabled:
                 raise InvalidTask(f"{where}.url", "this site decrypts Crypt4GH inputs only when jobs run as "
                                   f"its service account (run_as.mode service); tag {DECRYPT_TAG}: false "
                                   "passes the file encrypted")
             if source.how == "download":
-                downloads.append(Download(item.url, host, source.type))
+                downloads.append(Download(url, host, source.type, drs))
             else:
                 checks.append(InputCheck(i, source.source))
             plain = f"{private}/{i}"

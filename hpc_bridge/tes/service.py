@@ -3,6 +3,7 @@ the daemon does the side effects; this layer validates, records and reads."""
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hpc_bridge.auth.passport import Passports, area_dataset
+from hpc_bridge.auth.passport import Passports, area_datasets
 from hpc_bridge.auth.verifier import Identity
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.errors import BadRequest, NotFound, TooManyRequests
@@ -90,6 +91,11 @@ class TaskService:
             raise BadRequest(problem)
         task_id = str(uuid.uuid4())
         limits = self._config.limits.for_owner(owner)
+        granted = functools.cache(lambda: self._granted(identity, run_id))
+        # A controlled DRS server's objects are not even looked up without the visa: an access URL
+        # is often a credential of its own (a presigned URL).
+        if drs_needed := self._drs_datasets(task):
+            self._passports.check(drs_needed, set(granted()))
         resolved = self.resolve_drs(task, token)
         try:  # the same planning the daemon does later, so bad values fail now, with a 400
             plan = plan_job(task, task_id=task_id, workdir=str(self._config.storage.work_root / task_id),
@@ -97,7 +103,8 @@ class TaskService:
                             resolved=resolved)
         except InvalidTask as exc:
             raise BadRequest(str(exc)) from None
-        self._check_passports(plan, resolved, identity, run_id)
+        if needed := self._area_datasets(plan):
+            self._passports.check(needed, set(granted()))
         for item, kind in zip(task.inputs or [], plan.input_types, strict=True):
             item.type = FileType(kind)
         if run_id is None:
@@ -123,36 +130,48 @@ class TaskService:
             self._on_change()
         return task_id
 
-    def _check_passports(self, plan: JobPlan, resolved: dict[int, drs.Resolved], identity: Identity | None,
-                         run_id: str | None) -> None:
-        """Inputs in a controlled-access dataset need a visa for it (403 naming the dataset)."""
-        areas = self._config.storage.passport_areas
+    def _drs_datasets(self, task: Task) -> dict[str, str]:
+        """Controlled-access datasets of the DRS servers the task's inputs name -> the input."""
+        needed: dict[str, str] = {}
+        for i, item in enumerate(task.inputs or []):
+            if item.content is None and item.url and drs.is_drs(item.url):
+                try:
+                    dataset = drs.parse(item.url, self._config.storage.drs).host.dataset
+                except drs.DrsError:
+                    continue  # refused, naming it, when it is resolved
+                if dataset is not None:
+                    needed.setdefault(dataset, f"inputs[{i}].url")
+        return needed
+
+    def _area_datasets(self, plan: JobPlan) -> dict[str, str]:
+        """Controlled-access datasets the task's files (and directories) reach -> the input."""
         needed: dict[str, str] = {}
         for check in plan.script.inputs:
-            if (dataset := area_dataset(check.source, areas)) is not None:
+            for dataset in area_datasets(check.source, self._config.storage.passport_areas):
                 needed.setdefault(dataset, f"inputs[{check.index}]")
-        for i, found in resolved.items():
-            if found.dataset is not None:
-                needed.setdefault(found.dataset, f"inputs[{i}].url")
-        if not needed:
-            return
+        return needed
+
+    def _granted(self, identity: Identity | None, run_id: str | None) -> frozenset[str]:
+        """What the caller's visas grant; a run's tasks: what the run's submission was granted."""
         if run_id is not None:
             run = self._runs.get(run_id)
-            granted = set(run.grants) if run is not None else set()
-        else:
-            granted = self._passports.datasets(identity) if identity is not None else set()
-        self._passports.check(needed, granted)
+            return frozenset(run.grants if run is not None else ())
+        return frozenset(self._passports.datasets(identity) if identity is not None else ())
 
     def resolve_drs(self, task: Task, token: str | None) -> dict[int, drs.Resolved]:
         """Each `drs://` input, looked up now: an id that cannot be read here is a 400 naming it."""
         resolved: dict[int, drs.Resolved] = {}
-        for i, item in enumerate(task.inputs or []):
-            if item.content is not None or not item.url or not drs.is_drs(item.url):
-                continue
-            if not self._config.storage.drs.enabled:
-                raise BadRequest(f"inputs[{i}].url: drs:// inputs are not enabled here (storage.drs)")
+        ids = [(i, item.url) for i, item in enumerate(task.inputs or [])
+               if item.content is None and item.url and drs.is_drs(item.url)]
+        settings = self._config.storage.drs
+        if ids and not settings.enabled:
+            raise BadRequest(f"inputs[{ids[0][0]}].url: drs:// inputs are not enabled here (storage.drs)")
+        if len({url for _, url in ids}) > settings.max_ids:
+            raise BadRequest(f"inputs: more than {settings.max_ids} DRS ids in one task (storage.drs.max_ids)")
+        seen: dict[str, drs.Resolved] = {}
+        for i, url in ids:
             try:
-                resolved[i] = self._drs.resolve(item.url, token)
+                resolved[i] = seen[url] if url in seen else seen.setdefault(url, self._drs.resolve(url, token))
             except drs.DrsError as exc:
                 raise BadRequest(f"inputs[{i}].url: {exc}") from None
         return resolved

@@ -25,7 +25,7 @@ from typing import IO, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from hpc_bridge import jsonlimit
-from hpc_bridge.auth.passport import Passports, area_dataset
+from hpc_bridge.auth.passport import Passports, area_datasets
 from hpc_bridge.auth.verifier import Identity
 from hpc_bridge.c4gh.keys import Crypt4ghKeyError, parse_recipients, required_root
 from hpc_bridge.config import SiteConfig
@@ -221,6 +221,10 @@ class RunService:
                 url, params = from_crate.workflow, {**from_crate.params, **params}
             workflow = self._workflow(url, attachments, run_dir, owner)
             needed: dict[str, str] = {}  # controlled-access dataset -> the parameter reading it
+            ids = {obj.get("location") for obj in file_objects(params) if drs.is_drs(str(obj.get("location")))}
+            if len(ids) > self._config.storage.drs.max_ids:
+                raise BadRequest(f"workflow_params: more than {self._config.storage.drs.max_ids} DRS ids in one "
+                                 "run (storage.drs.max_ids)")
             params = self._resolve_params(params, attachments, owner, needed)
             granted = self._passports.datasets(identity) if needed and identity is not None else set()
             self._passports.check(needed, granted)
@@ -236,7 +240,7 @@ class RunService:
                 self.runs.create(id=run_id, owner=owner, request=request.to_json(), tags=request.tags,
                                  run_dir=str(run_dir), workflow=workflow, run_as=run_as,
                                  max_active=self._config.limits.for_owner(owner).max_active_tasks,
-                                 grants=sorted(granted))
+                                 grants=sorted(granted & set(needed)))
             except ActiveRunsLimit as exc:
                 raise TooManyRequests(f"you already have {exc.limit} active workflow runs, the maximum "
                                       "here: wait for some to finish or cancel them") from None
@@ -344,8 +348,12 @@ class RunService:
             ref = trs.parse(url)
             if ref is None:
                 return None
-            files = trs.fetch(ref, self._settings.trs_hosts, self._config.storage.http,
-                              self._settings.max_attachment_bytes)
+            if not self._settings.https_workflows:
+                raise trs.TrsError(f"{ref}: workflows from the network are disabled here (wes.https_workflows)")
+            settings = self._config.storage.http.model_copy(update={
+                "timeout": min(self._config.storage.http.timeout, self._settings.https_timeout)})
+            files = trs.fetch(ref, self._settings.trs_hosts, settings, self._settings.max_attachment_bytes,
+                              self._settings.max_attachments_bytes)
             for item in files:
                 attachments.add(trs.PREFIX + item.path, io.BytesIO(item.content),
                                 max_bytes=self._settings.max_attachment_bytes,
@@ -461,7 +469,7 @@ class RunService:
             obj["location"] = Path(real).as_uri()
             return
         if drs.is_drs(location):
-            if (dataset := self._drs_location(obj, location, field, cls)) is not None:
+            for dataset in self._drs_location(obj, location, field, cls):
                 needed.setdefault(dataset, field)
             return
         declared = "DIRECTORY" if cls == "Directory" else "FILE"
@@ -474,14 +482,15 @@ class RunService:
                 raise BadRequest(f"{field}: {exc}") from None
             obj["location"] = Path(attachments.resolve(name, what=field)[0]).as_uri()
             return
-        if source.how != "download" and \
-                (dataset := area_dataset(source.source, self._config.storage.passport_areas)) is not None:
-            needed.setdefault(dataset, field)
+        if source.how != "download":
+            for dataset in area_datasets(source.source, self._config.storage.passport_areas):
+                needed.setdefault(dataset, field)
         obj["location"] = Path(location).as_uri() if location.startswith("/") else location
 
-    def _drs_location(self, obj: dict[str, Any], location: str, field: str, cls: str) -> str | None:
+    def _drs_location(self, obj: dict[str, Any], location: str, field: str, cls: str) -> list[str]:
         """A DRS id stays one (each task resolves it again, as a TES input); looked up now so an
-        unknown id is a 400, and for the name and size cwltool wants of a File it cannot read."""
+        unknown id is a 400, and for the name and size cwltool wants of a File it cannot read.
+        Returns the controlled-access datasets it belongs to."""
         if cls != "File":
             raise BadRequest(f"{field}: a DRS id names a File here, not a {cls}")
         if not self._config.storage.drs.enabled:
@@ -491,13 +500,14 @@ class RunService:
         except drs.DrsError as exc:
             raise BadRequest(f"{field}: {exc}") from None
         obj["location"] = location
+        datasets = [found.dataset] if found.dataset else []
+        if urlsplit(found.url).scheme == "file":
+            datasets += area_datasets(unquote(urlsplit(found.url).path), self._config.storage.passport_areas)
         name = posixpath.basename(found.name or "") or posixpath.basename(urlsplit(location).path) or "object"
         obj.setdefault("basename", name)
         if found.size is not None:
             obj.setdefault("size", found.size)
-        if found.dataset is None and urlsplit(found.url).scheme == "file":
-            return area_dataset(FileScheme.host_path(found.url), self._config.storage.passport_areas)
-        return found.dataset
+        return datasets
 
     @staticmethod
     def _client_path(location: str, attachments: Attachments, directory: bool) -> str | None:

@@ -13,18 +13,19 @@ address policy, caps and timeouts as any other fetch (staging/http.py).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from hpc_bridge import jsonlimit
 from hpc_bridge.config import HttpInputSettings
 from hpc_bridge.staging import http
 
 API = "/ga4gh/trs/v2"
 DESCRIPTORS = ("PRIMARY_DESCRIPTOR", "SECONDARY_DESCRIPTOR")
 PREFIX = "trs/"  # where a TRS workflow's files are attached
+MAX_FILES = 500
 _DESCRIPTOR_URL = re.compile(rf"^{API}/tools/([^/]+)/versions/([^/]+)/(CWL|PLAIN_CWL)/descriptor(/.*)?$")
 _CHECKSUMS = {"sha-256": "sha256", "sha256": "sha256", "sha-512": "sha512", "sha-1": "sha1", "sha1": "sha1"}
 
@@ -73,8 +74,10 @@ def parse(url: str) -> TrsRef | None:
     return None
 
 
-def fetch(ref: TrsRef, hosts: list[str], settings: HttpInputSettings, max_bytes: int) -> list[TrsFile]:
-    """The version's CWL descriptors, the primary one first."""
+def fetch(ref: TrsRef, hosts: list[str], settings: HttpInputSettings, max_bytes: int,
+          max_total: int = 1 << 62) -> list[TrsFile]:
+    """The version's CWL descriptors, the primary one first: each at most `max_bytes`, all together
+    `max_total`, and at most MAX_FILES of them."""
     if ref.host.lower() not in (h.lower() for h in hosts):
         raise TrsError(f"{ref}: TRS host {ref.host!r} is not one this site allows (wes.trs_hosts: "
                        f"{', '.join(hosts) or 'none'})")
@@ -82,7 +85,10 @@ def fetch(ref: TrsRef, hosts: list[str], settings: HttpInputSettings, max_bytes:
     listing = _get(f"{ref.version_url}/CWL/files", ref, limited)
     if not isinstance(listing, list):
         raise TrsError(f"{ref}: the registry's file list is not a list of ToolFiles")
-    files = []
+    if len(listing) > MAX_FILES:
+        raise TrsError(f"{ref}: {len(listing)} files, more than the {MAX_FILES} a run may take from a registry")
+    files: list[TrsFile] = []
+    total = 0
     for entry in listing:
         if not isinstance(entry, dict) or entry.get("file_type") not in DESCRIPTORS:
             continue
@@ -91,6 +97,9 @@ def fetch(ref: TrsRef, hosts: list[str], settings: HttpInputSettings, max_bytes:
             raise TrsError(f"{ref}: a descriptor without a path in the registry's file list")
         wrapper = _get(f"{ref.version_url}/CWL/descriptor/{quote(path)}", ref, limited)
         files.append(TrsFile(path, _content(wrapper, path, ref, limited), entry["file_type"] == DESCRIPTORS[0]))
+        total += len(files[-1].content)
+        if total > max_total:
+            raise TrsError(f"{ref}: its descriptors are more than {max_total} bytes together")
     primary = [f for f in files if f.primary]
     if len(primary) != 1:
         raise TrsError(f"{ref}: {len(primary)} primary CWL descriptors, not one")
@@ -110,7 +119,8 @@ def _content(wrapper: Any, path: str, ref: TrsRef, settings: HttpInputSettings) 
             raise TrsError(f"{ref}: descriptor {path!r}: {exc}") from None
     else:
         raise TrsError(f"{ref}: descriptor {path!r} has neither content nor url")
-    for checksum in wrapper.get("checksum") or []:
+    checksums = wrapper.get("checksum")
+    for checksum in checksums if isinstance(checksums, list) else []:
         name = _CHECKSUMS.get(str(checksum.get("type", "")).lower()) if isinstance(checksum, dict) else None
         if name and hashlib.new(name, content).hexdigest() != str(checksum.get("checksum", "")).lower():
             raise TrsError(f"{ref}: descriptor {path!r} does not match its {checksum['type']} checksum")
@@ -125,6 +135,6 @@ def _get(url: str, ref: TrsRef, settings: HttpInputSettings) -> Any:
             raise TrsError(f"{ref}: no such tool or version in the registry (HTTP 404)") from None
         raise TrsError(f"{ref}: {exc}") from None
     try:
-        return json.loads(body)
-    except ValueError:
-        raise TrsError(f"{ref}: the registry's answer at {url} is not JSON") from None
+        return jsonlimit.loads(body)
+    except ValueError:  # TooDeep is one too
+        raise TrsError(f"{ref}: the registry's answer at {url} is not JSON (or is nested too deep)") from None

@@ -15,7 +15,9 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..ga4gh_servers import DrsEntry, DrsServer
 from ..oidc import Issuer, claims, jwk, token
+from ..unit.test_http_download import LOOPBACK, cert_files  # noqa: F401 - fixture
 from .conftest import ServerProcess
 from .test_staging import run_existing
 from .test_wes import WES
@@ -40,15 +42,23 @@ def issuers(keys: dict[str, rsa.RSAPrivateKey]) -> Iterator[dict[str, Issuer]]:
         issuer.close()
 
 
+@pytest.fixture()
+def drs(cert_files: tuple[Path, Path]) -> Iterator[DrsServer]:  # noqa: F811
+    yield from DrsServer(cert_files).serve()
+
+
 @pytest.fixture
-def server(server_factory: Callable[..., ServerProcess], issuers: dict[str, Issuer], data: Path) -> ServerProcess:
+def server(server_factory: Callable[..., ServerProcess], issuers: dict[str, Issuer], data: Path, drs: DrsServer,
+           cert_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> ServerProcess:  # noqa: F811
     (data / "controlled").mkdir()
     (data / "controlled" / "genotypes.vcf").write_text("##fileformat=VCFv4.3\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_files[0]))  # the service trusts the DRS server
     return server_factory(
         auth={"mode": "jwt", "issuers": [{"issuer": issuers["login"].issuer}],
               "visa_issuers": [{"issuer": issuers["visas"].issuer}]},
-        storage={"one_shared_space": True,
-                 "passport_areas": [{"path": str(data / "controlled"), "dataset": DATASET}]})
+        storage={"one_shared_space": True, "http": {"allowed_networks": LOOPBACK},
+                 "passport_areas": [{"path": str(data / "controlled"), "dataset": DATASET}],
+                 "drs": {"enabled": True, "hosts": [{"host": drs.host, "dataset": DATASET}]}})
 
 
 def visa(issuers: dict[str, Issuer], keys: dict[str, rsa.RSAPrivateKey], signer: str = "visas",
@@ -59,17 +69,18 @@ def visa(issuers: dict[str, Issuer], keys: dict[str, rsa.RSAPrivateKey], signer:
 
 
 def post(server: ServerProcess, issuers: dict[str, Issuer], keys: dict[str, rsa.RSAPrivateKey], data: Path,
-         visas: list[str] | None) -> requests.Response:
+         visas: list[str] | None, inputs: list[dict] | None = None) -> requests.Response:
     bearer = token(keys["login"], claims(issuers["login"], sub="alice", **(
         {"ga4gh_passport_v1": visas} if visas is not None else {})), kid="login")
-    task = {"inputs": [{"url": (data / "controlled" / "genotypes.vcf").as_uri(), "path": "/in/g.vcf"}],
+    task = {"inputs": inputs or [{"url": (data / "controlled" / "genotypes.vcf").as_uri(), "path": "/in/g.vcf"}],
             "executors": [{"image": "busybox", "command": ["head", "-n1", "/in/g.vcf"]}]}
     return requests.post(f"{server.url}/ga4gh/tes/v1/tasks", json=task, timeout=30,
                          headers={"Authorization": f"Bearer {bearer}"})
 
 
 def test_a_controlled_dataset_needs_a_trusted_visa(server: ServerProcess, issuers: dict[str, Issuer],
-                                                   keys: dict[str, rsa.RSAPrivateKey], data: Path) -> None:
+                                                   keys: dict[str, rsa.RSAPrivateKey], data: Path,
+                                                   drs: DrsServer) -> None:
     refused = {
         "no passport": None,
         "a visa for another dataset": [visa(issuers, keys, value="https://ega.example.org/datasets/OTHER")],
@@ -85,6 +96,16 @@ def test_a_controlled_dataset_needs_a_trusted_visa(server: ServerProcess, issuer
         resp = post(server, issuers, keys, data, visas)
         assert resp.status_code == 403, (why, resp.text)
         assert DATASET in resp.json()["msg"] and "inputs[0]" in resp.json()["msg"], (why, resp.text)
+    # A directory holding the dataset reads it too; a controlled DRS server is not even asked.
+    holder = post(server, issuers, keys, data, None, [{"url": data.as_uri(), "path": "/in", "type": "DIRECTORY"}])
+    assert holder.status_code == 403 and DATASET in holder.json()["msg"], holder.text
+    drs.objects["obj"] = DrsEntry(data=b"x")
+    remote = post(server, issuers, keys, data, None, [{"url": f"drs://{drs.host}/obj", "path": "/in/g.vcf"}])
+    assert remote.status_code == 403 and DATASET in remote.json()["msg"] and drs.requests == [], remote.text
+    # A visa is no access token, even one signed by the login issuer.
+    as_login = requests.get(f"{server.url}/ga4gh/tes/v1/tasks", timeout=10,
+                            headers={"Authorization": f"Bearer {visa(issuers, keys, signer='login')}"})
+    assert as_login.status_code == 401 and "visa is not an access token" in as_login.text, as_login.text
     granted = post(server, issuers, keys, data, [visa(issuers, keys, value="x"), visa(issuers, keys)])
     assert granted.status_code == 200, granted.text
     bearer = token(keys["login"], claims(issuers["login"], sub="alice"), kid="login")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc_bridge.auth.passport import _grant, area_dataset
+from hpc_bridge.auth.passport import _grant, area_datasets
 from hpc_bridge.config import DrsSettings, PassportArea
 from hpc_bridge.staging import drs
 from hpc_bridge.wes import trs
@@ -87,5 +87,6 @@ def test_only_asserted_unconditional_controlled_access_grants_count(tmp_path: Pa
     (tmp_path / "ds" / "sub").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "ds" / "sub")
     areas = [PassportArea(path=tmp_path / "ds", dataset="ds")]
-    assert area_dataset(str(tmp_path / "link" / "f"), areas) == "ds"  # reached through a symlink too
-    assert area_dataset(str(tmp_path / "ds2" / "f"), areas) is None
+    assert area_datasets(str(tmp_path / "link" / "f"), areas) == ["ds"]  # reached through a symlink too
+    assert area_datasets(str(tmp_path), areas) == ["ds"]  # a directory holding the dataset reads it too
+    assert area_datasets(str(tmp_path / "ds2" / "f"), areas) == []
