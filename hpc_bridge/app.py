@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
@@ -18,6 +19,8 @@ from hpc_bridge.auth.basic import BasicAuthenticator
 from hpc_bridge.auth.context import authenticate, current_identity, is_public
 from hpc_bridge.config import DEFAULT_MAX_REQUEST_BYTES, SiteConfig
 from hpc_bridge.errors import BadRequest, ServiceError, TooManyRequests
+from hpc_bridge.metrics import Check, Metrics, database_writable
+from hpc_bridge.ops import bp as ops_bp
 from hpc_bridge.ratelimit import RateLimiter
 from hpc_bridge.store import Store
 from hpc_bridge.tes.api import bp as tes_bp
@@ -80,13 +83,29 @@ def _admit() -> None:
     request.max_content_length = limits.max_request_bytes or DEFAULT_MAX_REQUEST_BYTES
 
 
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    """Latency per route (its rule, never the path: ids would make the labels unbounded)."""
+    if (started := g.get("started")) is not None:
+        route = request.url_rule.rule if request.url_rule is not None else "(no route)"
+        current_app.extensions["hpc_bridge.metrics"].requests.labels(
+            request.method, route, str(response.status_code)).observe(time.perf_counter() - started)
+    return response
+
+
 def create_app(config: SiteConfig, *, store: Store | None = None,
                on_change: Callable[[], None] = lambda: None,
                on_run_change: Callable[[], None] = lambda: None,
-               verifier: TokenVerifier | None = None) -> Flask:
+               verifier: TokenVerifier | None = None, metrics: Metrics | None = None,
+               ready: list[tuple[str, Check]] | None = None) -> Flask:
     """`on_change` wakes the daemon when a task is created or cancelled, `on_run_change` the WES
     supervisor when a run is (both in the same process: `bridge.Bridge` wires them).
-    `verifier` holds the issuers' key caches: one per process, built here unless passed in."""
+    `verifier` holds the issuers' key caches: one per process, built here unless passed in;
+    `metrics` the process's metrics (the daemon counts there too), `ready` what /readyz checks
+    (default: the database)."""
     app = Flask("hpc_bridge")
     app.config["SITE"] = config
     app.config["STARTED_AT"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -102,9 +121,16 @@ def create_app(config: SiteConfig, *, store: Store | None = None,
     app.extensions["hpc_bridge.ratelimit"] = RateLimiter()
     app.extensions["hpc_bridge.tasks"] = TaskService(store, config, on_change)
     app.extensions["hpc_bridge.runs"] = RunService(store, config, on_change=on_run_change)
+    app.extensions["hpc_bridge.metrics"] = metrics or Metrics(store)
+    app.extensions["hpc_bridge.ready"] = ready if ready is not None else [("database", database_writable(store))]
+    token_file = config.server.metrics_token_file
+    app.config["METRICS_TOKEN"] = token_file.read_text().strip() if token_file is not None else None
+    app.before_request(_start_clock)
+    app.after_request(_observe)
     app.before_request(_admit)
     app.register_blueprint(tes_bp)
     app.register_blueprint(wes_bp)
+    app.register_blueprint(ops_bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(AuthError, _auth_error)

@@ -16,6 +16,7 @@ from flask import Flask
 from hpc_bridge.app import create_app
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.daemon import Daemon, DaemonLock
+from hpc_bridge.metrics import Metrics, database_writable, lock_held, slurm_answers
 from hpc_bridge.slurm.client import CliSlurmClient, SlurmClient
 from hpc_bridge.store import Store
 from hpc_bridge.tes.service import TaskService
@@ -42,11 +43,17 @@ class Bridge:
 
     def start(self) -> Flask:
         """Take the lock if free and start the daemon and supervisor threads; returns the app."""
-        if self.lock.acquire():
+        metrics = Metrics(self.store)
+        held = self.lock.acquire()
+        ready = [("database", database_writable(self.store)), ("daemon lock", lock_held(lambda: held))]
+        if held:
             slurm = self._slurm or CliSlurmClient(bin_dir=self.config.slurm.bin_dir,
                                                   submit_as=self.config.slurm.submit_as,
                                                   timeout=self.config.slurm.command_timeout)
-            self.daemon = Daemon(self.config, self.store, slurm)
+            if isinstance(slurm, CliSlurmClient):
+                slurm.observer = metrics.slurm_call
+            ready.append(("slurm", slurm_answers(metrics, within=10 * self.config.monitor.idle_interval)))
+            self.daemon = Daemon(self.config, self.store, slurm, metrics)
             self.supervisor = Supervisor(self.config, self.store,
                                          TaskService(self.store, self.config, self.daemon.wake),
                                          tes_url=self._tes_url)
@@ -57,7 +64,8 @@ class Bridge:
         nothing: Callable[[], None] = lambda: None  # noqa: E731
         return create_app(self.config, store=self.store,
                           on_change=self.daemon.wake if self.daemon else nothing,
-                          on_run_change=self.supervisor.wake if self.supervisor else nothing)
+                          on_run_change=self.supervisor.wake if self.supervisor else nothing,
+                          metrics=metrics, ready=ready)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

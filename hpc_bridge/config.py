@@ -59,9 +59,20 @@ class ServiceSettings(_Strict):
 
 
 class ServerSettings(_Strict):
+    """`metrics`: who may scrape /metrics: loopback callers (a reverse proxy in front must then not
+    pass /metrics on), holders of the bearer token in `metrics_token_file`, or nobody."""
+
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     threads: Annotated[int, Field(ge=1, le=256)] = 8
+    metrics: Literal["loopback", "token", "off"] = "loopback"
+    metrics_token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _token_for_metrics(self) -> ServerSettings:
+        if self.metrics == "token" and self.metrics_token_file is None:
+            raise ValueError("server.metrics: token needs server.metrics_token_file")
+        return self
 
 
 class PreemptibleSettings(_Strict):
@@ -610,6 +621,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 _PATH_KEYS = {
+    "server": ("metrics_token_file",),
     "slurm": ("bin_dir", "template_dirs"),
     "apptainer": ("binary", "image_dirs", "cache_dir"),
     "storage": ("work_root", "data_roots", "job_python"),

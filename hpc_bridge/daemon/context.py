@@ -13,6 +13,7 @@ from hpc_bridge.c4gh.keys import SiteKey
 from hpc_bridge.config import SiteConfig
 from hpc_bridge.daemon.jobfiles import JobFileRefused, read_record
 from hpc_bridge.daemon.launcher import Launchers
+from hpc_bridge.metrics import Metrics
 from hpc_bridge.slurm import pack
 from hpc_bridge.slurm.client import SlurmClient
 from hpc_bridge.slurm.record import JobRecord
@@ -37,6 +38,7 @@ class Context:
     # restart the count starts again, which at worst costs a task one more hand-back.
     handed_back: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     site_key: SiteKey | None = None  # Crypt4GH: opens the headers of `.c4gh` inputs, in this process alone
+    metrics: Metrics | None = None
 
     def fail(self, row: TaskRow, message: str) -> None:
         """SYSTEM_ERROR, unless the user already asked to cancel: then the task is simply CANCELED."""

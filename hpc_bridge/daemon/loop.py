@@ -27,6 +27,7 @@ from hpc_bridge.daemon.stager import Stager
 from hpc_bridge.daemon.submitter import Submitter
 from hpc_bridge.daemon.uploader import Uploader
 from hpc_bridge.lifecycle import ACTIVE
+from hpc_bridge.metrics import Metrics
 from hpc_bridge.slurm import pack
 from hpc_bridge.slurm.client import JobStatus, SlurmClient, SlurmError
 from hpc_bridge.staging.schemes import Schemes
@@ -54,13 +55,13 @@ class Snapshot:
 
 
 class Daemon:
-    def __init__(self, config: SiteConfig, store: Store, slurm: SlurmClient) -> None:
+    def __init__(self, config: SiteConfig, store: Store, slurm: SlurmClient, metrics: Metrics | None = None) -> None:
         _check_run_as(config)
         pool = ThreadPoolExecutor(config.monitor.submit_parallelism, "hpc-bridge-submit")
         cancel_sent: set[str] = set()
         self._ctx = ctx = Context(config, store, slurm, pool, Launchers(config, slurm, pool, cancel_sent),
                                   threading.Event(), threading.Event(), cancel_sent,
-                                  site_key=_site_key(config))
+                                  site_key=_site_key(config), metrics=metrics)
         schemes = Schemes(config, RunStore(store).owner_of)
         self.stager = Stager(ctx, schemes)
         self.submitter = Submitter(ctx, self.stager, schemes)
@@ -92,7 +93,10 @@ class Daemon:
         log.info("daemon started (cycle %.1fs..%.1fs)", mon.min_interval, mon.idle_interval)
         while not ctx.stop.is_set():
             try:
+                started = time.monotonic()
                 busy = self.cycle()
+                if ctx.metrics is not None:
+                    ctx.metrics.cycles.observe(time.monotonic() - started)
                 if time.monotonic() - self._last_cleanup >= mon.cleanup_interval:
                     self._last_cleanup = time.monotonic()
                     self.janitor.clean_work_areas()

@@ -72,8 +72,16 @@ class Stager:
 
     def _stage(self, row: TaskRow, area: WorkArea, pulls: list[RegistryImage],
                downloads: list[Download]) -> None:
+        metrics = self._ctx.metrics
         for image in pulls:
-            self.images.ensure(image)
+            try:
+                self.images.ensure(image)
+            except PullError:
+                if metrics is not None:
+                    metrics.image_pulls.labels("error").inc()
+                raise
+            if metrics is not None:
+                metrics.image_pulls.labels("ok").inc()
         if not downloads:
             return
         # Downloaded into a directory only the daemon can reach, then renamed into the work area.
@@ -91,6 +99,15 @@ class Stager:
                 else:
                     self._schemes.for_url(item.url).download(item.url, temp, item.type, row.owner,
                                                              stop=self._ctx.stop)
+                if metrics is not None:
+                    metrics.staged_bytes.inc(_size(temp))
                 area.move_in(temp, area.relative(item.dest))
         finally:
             shutil.rmtree(private, ignore_errors=True)
+
+
+def _size(path: os.PathLike[str]) -> int:
+    """A download's bytes: a file, or a directory's files (an s3 prefix)."""
+    if not os.path.isdir(path):
+        return os.lstat(path).st_size
+    return sum(os.lstat(os.path.join(root, name)).st_size for root, _, names in os.walk(path) for name in names)

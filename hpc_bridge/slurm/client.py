@@ -11,6 +11,7 @@ import os
 import pwd
 import re
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ class CliSlurmClient:
         self._submit_prefix = _submit_prefix(submit_as)
         self._user = submit_as or pwd.getpwuid(os.geteuid()).pw_name
         self.calls: Counter[str] = Counter()  # commands run, by name: what the benchmarks report
+        # Told of every command: (name, seconds, succeeded); metrics.Metrics.slurm_call in a service.
+        self.observer: Callable[[str, float, bool], None] | None = None
 
     def _cmd(self, name: str) -> str:
         return str(self._bin_dir / name) if self._bin_dir else name
@@ -120,19 +123,27 @@ class CliSlurmClient:
         if as_job_user:
             argv = [*self._submit_prefix, *argv]
             env = job_env(self._user)
+        started = time.monotonic()
         try:
             proc = self._run(argv, capture_output=True, text=True, timeout=self._timeout, check=False,
                              stdin=subprocess.DEVNULL, env=env)
         except FileNotFoundError as exc:
+            self._observe(name, started, False)
             raise SlurmError(f"command not found: {exc.filename or argv[0]}", unavailable=True) from exc
         except subprocess.TimeoutExpired as exc:
+            self._observe(name, started, False)
             raise SlurmError(f"{name} timed out after {self._timeout:g}s",
                              unavailable=True) from exc
+        self._observe(name, started, proc.returncode == 0)
         if proc.returncode != 0:
             stderr = proc.stderr.strip()
             raise SlurmError(f"{name} failed ({proc.returncode}): {stderr}",
                              unavailable=_is_unreachable(stderr))
         return proc.stdout
+
+    def _observe(self, name: str, started: float, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer(name, time.monotonic() - started, ok)
 
     def submit(self, script: Path, *, workdir: Path) -> str:
         """Submit a batch script; returns the job id. The script's own #SBATCH lines carry the options."""

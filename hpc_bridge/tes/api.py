@@ -53,6 +53,7 @@ def create_task() -> ResponseReturnValue:
     check_run_may_create()
     task_id = _service().create(body, current_identity().owner, run_as=current_run_as(),
                                 run_id=current_run(), token=current_bearer(), identity=current_identity())
+    current_app.extensions["hpc_bridge.metrics"].task_submissions.inc()
     return jsonify(CreateTaskResponse(id=task_id).to_json())
 
 

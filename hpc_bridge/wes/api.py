@@ -94,6 +94,7 @@ def _submission() -> Submission:
 def run_workflow() -> ResponseReturnValue:
     run_id = _service().create(_submission(), current_identity().owner, run_as=current_run_as(),
                                identity=current_identity())
+    current_app.extensions["hpc_bridge.metrics"].run_submissions.inc()
     return jsonify({"run_id": run_id})
 
 
