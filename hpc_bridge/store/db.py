@@ -112,9 +112,10 @@ def _v8(db: sqlite_utils.Database) -> None:
     """What each `drs://` input of a task was resolved to when it was created (input index -> the
     access URL, size, checksums): the daemon reads that, not the DRS server again. And the
     controlled-access datasets a run's Passport visas granted at its submission (its tasks'
-    credential carries no visas)."""
+    credential carries no visas), and when a run's directory was removed (wes.retention_hours)."""
     db.table("tasks").add_column("resolved", str, not_null_default="{}")
     db.table("runs").add_column("grants", str, not_null_default="[]")
+    db.table("runs").add_column("cleaned_at", str)  # when retention removed the run's directory
 
 
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {

@@ -47,6 +47,7 @@ class RunRow:
     run_as: str | None = None
     engine_token: str | None = None
     grants: list[str] = field(default_factory=list)  # datasets its submission's Passport visas granted
+    cleaned_at: str | None = None  # its directory removed by retention (wes/retention.py)
 
     @classmethod
     def from_db(cls, row: dict[str, Any]) -> RunRow:

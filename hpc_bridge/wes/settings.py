@@ -39,6 +39,8 @@ class WesSettings(BaseModel):
     https_workflows: bool = True
     https_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
     trs_hosts: list[str] = Field(default_factory=list)  # TRS registries workflow_url may name (host[:port])
+    # Run directories are removed this long after their run ended (the record stays); None keeps them.
+    retention_hours: Annotated[float, Field(ge=0)] | None = None
     crate_outputs: Literal["reference", "include"] = "reference"
     crate_include_max_bytes: Annotated[int, Field(ge=0)] = GiB
     # Seconds between the supervisor's looks at the runs table (it is also woken by the API).

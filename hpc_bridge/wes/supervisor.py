@@ -49,6 +49,7 @@ from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunRow, RunStore
 from hpc_bridge.store.tasks import now_iso
 from hpc_bridge.tes.service import TaskService
+from hpc_bridge.wes import retention
 from hpc_bridge.wes.attachments import open_beneath
 from hpc_bridge.wes.rundir import engine_launch_refusal, hand_over_run_dir
 
@@ -105,6 +106,7 @@ class Supervisor:
         self._engines: dict[str, _Engine] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._retained_at = float("-inf")
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -130,6 +132,16 @@ class Supervisor:
         self._cancel()
         self._progress()
         self._launch()
+        self._retain()
+
+    def _retain(self) -> None:
+        """Every monitor.cleanup_interval: remove run directories past wes.retention_hours."""
+        hours, root = self._settings.retention_hours, self._config.wes.root(self._config.storage.data_roots)
+        now = time.monotonic()
+        if hours is None or root is None or now - self._retained_at < self._config.monitor.cleanup_interval:
+            return
+        self._retained_at = now
+        retention.retire(self.runs, root, hours)
 
     @property
     def engines(self) -> dict[str, subprocess.Popen[bytes]]:

@@ -1,0 +1,58 @@
+"""WES run directories are removed `wes.retention_hours` after their run ended: the run's record (its
+request, state, logs, outputs object) stays, with a system log line saying the directory is gone.
+
+A run still live, or ended more recently, is never touched. The directory belongs to the run's Unix
+user once its engine started (run_as modes): the service removes only directories it owns itself
+(service mode); others are left to the site, and logged once. Removal never follows a symlink
+(shutil.rmtree on Linux works from directory descriptors), and the directory must still be the
+run's own entry under the runs root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hpc_bridge.lifecycle import RUN_FINAL
+from hpc_bridge.store.runs import RunRow, RunStore
+from hpc_bridge.store.tasks import now_iso
+
+log = logging.getLogger(__name__)
+
+
+def due(rows: list[RunRow], hours: float, now: datetime | None = None) -> list[RunRow]:
+    """Ended runs whose end lies more than `hours` back and whose directory was not removed yet (pure)."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(hours=hours)
+    return [row for row in rows if row.state in RUN_FINAL and row.end_time is not None and row.cleaned_at is None
+            and datetime.fromisoformat(row.end_time.replace("Z", "+00:00")) < cutoff]
+
+
+def retire(runs: RunStore, root: Path, hours: float) -> int:
+    """Remove the due run directories; the number removed."""
+    removed = 0
+    for row in due(runs.in_states(RUN_FINAL), hours):
+        path = Path(row.run_dir)
+        if path.parent != root:
+            log.warning("run %s: its directory %s is not under the runs root %s: left alone", row.id, path, root)
+            runs.update(row.id, cleaned_at=now_iso())
+            continue
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()):
+            log.warning("run %s: %s is not a directory of this service's (the run's user owns it): "
+                        "left for the site to remove", row.id, path)
+            runs.update(row.id, cleaned_at=now_iso())
+            continue
+        if st is not None:
+            shutil.rmtree(path)
+            removed += 1
+        runs.update(row.id, cleaned_at=now_iso())
+        runs.add_system_log(row.id, f"run directory removed {hours:g} hours after the run ended "
+                                    "(wes.retention_hours); this record stays")
+    return removed

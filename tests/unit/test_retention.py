@@ -1,0 +1,39 @@
+"""WES retention: which ended runs are due, and removing their directories while keeping the record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hpc_bridge.store import Store
+from hpc_bridge.store.runs import RunStore
+from hpc_bridge.wes import retention
+
+
+def _run(runs: RunStore, root: Path, run_id: str, state: str, end: str | None) -> Path:
+    path = root / run_id
+    (path / "outputs").mkdir(parents=True)
+    (path / "outputs" / "x.txt").write_text("x")
+    runs.create(id=run_id, owner="local", request={}, tags={}, run_dir=str(path), workflow="wf.cwl")
+    runs.update(run_id, state=state, end_time=end)
+    return path
+
+
+def test_only_runs_ended_long_enough_ago_lose_their_directory(tmp_path: Path) -> None:
+    runs, root = RunStore(Store(tmp_path / "db.sqlite")), tmp_path / "runs"
+    old = _run(runs, root, "old", "COMPLETE", "2026-12-01T00:00:00.000Z")
+    recent = _run(runs, root, "recent", "EXECUTOR_ERROR", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+    running = _run(runs, root, "running", "RUNNING", None)
+    assert [r.id for r in retention.due(runs.in_states(["COMPLETE", "EXECUTOR_ERROR", "RUNNING"]), 24)] == ["old"]
+    assert retention.retire(runs, root, 24) == 1
+    assert not old.exists() and recent.exists() and running.exists()
+    row = runs.get("old")
+    assert row is not None and row.cleaned_at is not None and row.state == "COMPLETE"
+    assert "run directory removed" in row.system_logs[-1]
+    assert retention.retire(runs, root, 24) == 0  # once
+
+
+def test_a_directory_the_service_does_not_own_or_outside_the_root_is_left(tmp_path: Path) -> None:
+    runs, root = RunStore(Store(tmp_path / "db.sqlite")), tmp_path / "runs"
+    elsewhere = _run(runs, tmp_path / "other", "x", "COMPLETE", "2026-12-01T00:00:00.000Z")
+    assert retention.retire(runs, root, 1) == 0 and elsewhere.exists()
