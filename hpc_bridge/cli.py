@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from rich.table import Table
 from tes.models import datetime_json_handler
 from tes.utils import UnmarshalError, unmarshal
 
+from hpc_bridge import logformat
 from hpc_bridge.config import ConfigError, SiteConfig, load_config
 from hpc_bridge.slurm.timelimit import SLURM_TIME
 from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient, error_message
@@ -260,8 +262,11 @@ def _wait(client: BridgeClient, task_id: str) -> tes.Task:
 @click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: server.port).")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve with auth mode none on a non-loopback address (never do this with real data).")
-def serve(config_path: Path, host: str | None, port: int | None, insecure_no_auth: bool) -> None:
-    """Run the API (waitress) and, if no other daemon holds this database, the daemon loop."""
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per log line (for journald and log systems).")
+def serve(config_path: Path, host: str | None, port: int | None, insecure_no_auth: bool, log_format: str) -> None:
+    """Run the API (waitress) and, if no other daemon holds this database, the daemon loop.
+    SIGTERM stops both; SIGHUP reloads the token and visa issuers' keys."""
     import waitress
 
     from hpc_bridge.bridge import Bridge
@@ -273,25 +278,53 @@ def serve(config_path: Path, host: str | None, port: int | None, insecure_no_aut
         _fail(f"refusing to serve without authentication (auth.mode: none) on {host}, which is not "
               "a loopback address: configure auth.issuers, listen on 127.0.0.1, or pass "
               "--insecure-no-auth", 2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(log_format)
     bridge = Bridge(config, tes_url=local_url(host, port))
     app = bridge.start()
+    _on_signals(app, config)
     # Everything loaded so far (Flask, pydantic's and cwltool's schemas) lives as long as the process:
     # out of the collector's sight, a full collection takes microseconds instead of about 30 ms, a
     # pause that any request could otherwise hit (it was the API's p99 at 100k stored tasks).
     gc.freeze()
+    say = logging.getLogger("hpc_bridge").info if log_format == "json" else \
+        lambda text: err.print(text, highlight=False, markup=False)
     if not bridge.runs_daemon:
-        err.print(f"another daemon holds {bridge.lock.path}: serving the API only", highlight=False)
-    err.print(f"hpc-bridge serving [bold]http://{host}:{port}/ga4gh/tes/v1[/bold] "
-              f"(config {config_path}, database {config.database})", highlight=False)
+        say(f"another daemon holds {bridge.lock.path}: serving the API only")
+    say(f"hpc-bridge serving http://{host}:{port}/ga4gh/tes/v1 (config {config_path}, database {config.database})")
     try:
         # Waitress reads (and spools to disk) a whole body before the app sees the request: a
         # larger one than the site accepts is refused there, before reading and authentication.
         # It refuses a body of exactly its maximum, the app one over its limit: hence the + 1.
         waitress.serve(app, host=host, port=port, threads=config.server.threads, ident="hpc-bridge",
                        max_request_body_size=config.server_request_bytes + 1)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C: a clean stop, exit status 0
+        pass
     finally:
         bridge.stop()
+        logging.getLogger("hpc_bridge").info("stopped")
+
+
+def _on_signals(app: Any, config: SiteConfig) -> None:
+    """SIGTERM: leave waitress's loop like Ctrl-C, so the daemon and the supervisor stop cleanly.
+    SIGHUP: new verifiers, so key files are read again and fetched key sets fetched again."""
+    from hpc_bridge.auth import TokenVerifier
+
+    def stop(signum: int, frame: object) -> None:
+        logging.getLogger("hpc_bridge").info("SIGTERM: stopping")
+        raise KeyboardInterrupt
+
+    def reload(signum: int, frame: object) -> None:
+        try:
+            app.extensions["hpc_bridge.verifier"] = TokenVerifier(config.auth)
+            for service in (app.extensions["hpc_bridge.tasks"], app.extensions["hpc_bridge.runs"]):
+                service.reload_keys()
+        except Exception:  # a broken key file must not kill the service: it keeps the old keys
+            logging.getLogger("hpc_bridge").exception("SIGHUP: keys not reloaded")
+            return
+        logging.getLogger("hpc_bridge").info("SIGHUP: issuer and visa issuer keys reloaded")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload)
 
 
 @main.group()

@@ -130,6 +130,10 @@ class TaskService:
             self._on_change()
         return task_id
 
+    def reload_keys(self) -> None:
+        """SIGHUP: the visa issuers' keys read (or fetched) again."""
+        self._passports = Passports(self._config.auth)
+
     def _drs_datasets(self, task: Task) -> dict[str, str]:
         """Controlled-access datasets of the DRS servers the task's inputs name -> the input."""
         needed: dict[str, str] = {}

@@ -178,6 +178,10 @@ class RunService:
 
     # -- creating a run ------------------------------------------------------------------------
 
+    def reload_keys(self) -> None:
+        """SIGHUP: the visa issuers' keys read (or fetched) again."""
+        self._passports = Passports(self._config.auth)
+
     def _check_crypt4gh(self, engine_params: dict[str, str]) -> None:
         """Recipients of the run's encrypted outputs, checked now; a run whose directory lies under
         one of `crypt4gh.required_roots` must name some."""
