@@ -332,6 +332,28 @@ def config() -> None:
     """Inspect the site configuration."""
 
 
+@config.command("init")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write it to this file (default: standard output); an existing file is kept.")
+def config_init(output: Path | None) -> None:
+    """Print a commented starting site config for this machine (its Slurm partitions, Apptainer)."""
+    from hpc_bridge import starter
+
+    machine = starter.probe()
+    text = starter.render(machine)
+    for problem in machine.problems:
+        err.print(f"[yellow]note:[/yellow] {escape(problem)}", soft_wrap=True)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "x") as f:
+            f.write(text)
+    except FileExistsError:
+        _fail(f"{output} exists: not replaced", EXIT_USAGE)
+    err.print(f"wrote {escape(str(output))}: adapt it, then hpc-bridge config check --config {escape(str(output))}")
+
+
 @config.command("check")
 @_CONFIG_OPTION
 def config_check(config_path: Path) -> None:
