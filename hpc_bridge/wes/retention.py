@@ -2,10 +2,10 @@
 request, state, logs, outputs object) stays, with a system log line saying the directory is gone.
 
 A run still live, or ended more recently, is never touched. The directory belongs to the run's Unix
-user once its engine started (run_as modes): the service removes only directories it owns itself
-(service mode); others are left to the site, and logged once. Removal never follows a symlink
-(shutil.rmtree on Linux works from directory descriptors), and the directory must still be the
-run's own entry under the runs root.
+user once its engine started: the service removes it when that is the service itself or its job
+account (`slurm.submit_as`, service mode); a per-user run's is left to the site, and logged once.
+Removal never follows a symlink (shutil.rmtree on Linux works from directory descriptors), and the
+directory must still be the run's own entry under the runs root.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def due(rows: list[RunRow], hours: float, now: datetime | None = None) -> list[R
             and datetime.fromisoformat(row.end_time.replace("Z", "+00:00")) < cutoff]
 
 
-def retire(runs: RunStore, root: Path, hours: float) -> int:
-    """Remove the due run directories; the number removed."""
+def retire(runs: RunStore, root: Path, hours: float, owners: set[int]) -> int:
+    """Remove the due run directories (those of `owners`' uids); the number removed."""
     removed = 0
     for row in due(runs.in_states(RUN_FINAL), hours):
         path = Path(row.run_dir)
@@ -44,7 +44,7 @@ def retire(runs: RunStore, root: Path, hours: float) -> int:
             st = os.lstat(path)
         except FileNotFoundError:
             st = None
-        if st is not None and (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()):
+        if st is not None and (not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners or row.run_as):
             log.warning("run %s: %s is not a directory of this service's (the run's user owns it): "
                         "left for the site to remove", row.id, path)
             runs.update(row.id, cleaned_at=now_iso())

@@ -141,7 +141,10 @@ class Supervisor:
         if hours is None or root is None or now - self._retained_at < self._config.monitor.cleanup_interval:
             return
         self._retained_at = now
-        retention.retire(self.runs, root, hours)
+        owners = {os.geteuid()}
+        if self._config.slurm.submit_as:
+            owners.add(pwd.getpwnam(self._config.slurm.submit_as).pw_uid)
+        retention.retire(self.runs, root, hours, owners)
 
     @property
     def engines(self) -> dict[str, subprocess.Popen[bytes]]:

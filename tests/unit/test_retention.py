@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,15 +26,15 @@ def test_only_runs_ended_long_enough_ago_lose_their_directory(tmp_path: Path) ->
     recent = _run(runs, root, "recent", "EXECUTOR_ERROR", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"))
     running = _run(runs, root, "running", "RUNNING", None)
     assert [r.id for r in retention.due(runs.in_states(["COMPLETE", "EXECUTOR_ERROR", "RUNNING"]), 24)] == ["old"]
-    assert retention.retire(runs, root, 24) == 1
+    assert retention.retire(runs, root, 24, {os.geteuid()}) == 1
     assert not old.exists() and recent.exists() and running.exists()
     row = runs.get("old")
     assert row is not None and row.cleaned_at is not None and row.state == "COMPLETE"
     assert "run directory removed" in row.system_logs[-1]
-    assert retention.retire(runs, root, 24) == 0  # once
+    assert retention.retire(runs, root, 24, {os.geteuid()}) == 0  # once
 
 
 def test_a_directory_the_service_does_not_own_or_outside_the_root_is_left(tmp_path: Path) -> None:
     runs, root = RunStore(Store(tmp_path / "db.sqlite")), tmp_path / "runs"
     elsewhere = _run(runs, tmp_path / "other", "x", "COMPLETE", "2026-12-01T00:00:00.000Z")
-    assert retention.retire(runs, root, 1) == 0 and elsewhere.exists()
+    assert retention.retire(runs, root, 1, {os.geteuid()}) == 0 and elsewhere.exists()
