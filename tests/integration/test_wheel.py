@@ -6,10 +6,14 @@ the installed package, never from the checkout."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 
 from hpc_bridge.config import SiteConfig
@@ -40,8 +44,19 @@ def run(argv: list[str], **kwargs: object) -> str:
     return str(done.stdout)
 
 
-def test_the_wheel_serves_tes_and_wes_without_the_checkout(dev_config: SiteConfig, tmp_path: Path) -> None:
-    dist, venv, site = tmp_path / "dist", tmp_path / "venv", tmp_path / "site"
+@pytest.fixture()
+def install_dir() -> Iterator[Path]:
+    """Where the venv goes: readable by the job user, who runs the WES engine from it (as a site's
+    /opt/hpc-bridge would be), unlike pytest's private tmp_path."""
+    path = Path(tempfile.mkdtemp(prefix="hpc-bridge-wheel-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_wheel_serves_tes_and_wes_without_the_checkout(dev_config: SiteConfig, tmp_path: Path,
+                                                           install_dir: Path) -> None:
+    dist, venv, site = tmp_path / "dist", install_dir / "venv", tmp_path / "site"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)],
         timeout=600)
     [wheel] = dist.glob("hpc_bridge-*.whl")
@@ -67,7 +82,8 @@ def test_the_wheel_serves_tes_and_wes_without_the_checkout(dev_config: SiteConfi
                                          "extra": {"class": "File", "location": "extra.txt"}})
         assert resp.status_code == 200, resp.text
         run_id = resp.json()["run_id"]
-        assert wait_state(server.url, run_id, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"}) == "COMPLETE"
+        state = wait_state(server.url, run_id, {"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR"})
+        assert state == "COMPLETE", requests.get(f"{server.url}{WES}/runs/{run_id}/stderr", timeout=10).text[-3000:]
         log = requests.get(f"{server.url}{WES}/runs/{run_id}", timeout=10).json()
         served = requests.get(f"{server.url}{WES}/runs/{run_id}/outputs",
                               params={"location": log["outputs"]["result"]["location"]}, timeout=10)
