@@ -13,7 +13,6 @@ import importlib.util
 import json
 import ssl
 import sys
-import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import jsonschema
 import referencing
+
+from .unit.test_http_download import _serve
 
 DRS_SCHEMAS = Path(__file__).parent / "data" / "drs-1.2.0"
 DRS_SHA256 = {
@@ -90,13 +91,7 @@ class GA4GHServer(ThreadingHTTPServer):
         raise NotImplementedError
 
     def serve(self) -> Iterator[GA4GHServer]:
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.shutdown()
-            self.server_close()
+        yield from _serve(self)  # type: ignore[arg-type, misc]  # the same thread and shutdown as the others
 
 
 def _json(status: int, value: Any) -> tuple[int, bytes, str]:

@@ -13,6 +13,8 @@ from hpc_bridge.config import DrsSettings, PassportArea
 from hpc_bridge.staging import drs
 from hpc_bridge.wes import trs
 
+from .test_http_download import cert_files  # noqa: F401 - fixture
+
 SETTINGS = DrsSettings(enabled=True, hosts=[{"host": "drs.example.org"}, {"host": "localhost:8443"}],
                        prefixes={"ex": "drs.example.org"})
 
@@ -90,3 +92,26 @@ def test_only_asserted_unconditional_controlled_access_grants_count(tmp_path: Pa
     assert area_datasets(str(tmp_path / "link" / "f"), areas) == ["ds"]  # reached through a symlink too
     assert area_datasets(str(tmp_path), areas) == ["ds"]  # a directory holding the dataset reads it too
     assert area_datasets(str(tmp_path / "ds2" / "f"), areas) == []
+
+
+def test_the_bearer_token_goes_only_to_hosts_the_site_marks(cert_files, monkeypatch) -> None:  # noqa: ANN001, F811
+    from hpc_bridge.config import HttpInputSettings
+
+    from ..ga4gh_servers import DrsEntry, DrsServer
+    from .test_http_download import LOOPBACK
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_files[0]))
+    for server in DrsServer(cert_files).serve():
+        server.objects["obj"] = DrsEntry(data=b"x", required_token="user-token")
+        http_settings = HttpInputSettings(allowed_networks=LOOPBACK)
+        for forward in (False, True):
+            settings = DrsSettings(enabled=True, hosts=[{"host": server.host, "forward_token": forward}])
+            server.requests.clear()
+            try:
+                found = drs.Resolver(settings, http_settings).resolve(f"drs://{server.host}/obj", "user-token")
+            except drs.DrsError as exc:
+                assert not forward and "access refused by the DRS server" in str(exc)
+            else:
+                assert forward and found.size == 1
+            sent = [h.get("Authorization") for _, h in server.requests]
+            assert sent == (["Bearer user-token"] if forward else [None])
