@@ -24,6 +24,7 @@ from pydantic import (
 from hpc_bridge.auth.settings import AuthSettings
 from hpc_bridge.runas.settings import RunAsSettings, existing_user
 from hpc_bridge.slurm.timelimit import minutes
+from hpc_bridge.staging.paths import resolve_inside
 from hpc_bridge.wes.settings import MiB, WesSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -492,15 +493,11 @@ class SiteConfig(_Strict):
 
     @model_validator(mode="after")
     def _policy_dirs_inside_data(self) -> SiteConfig:
-        for area in self.storage.passport_areas:
-            if not any(os.path.commonpath([os.path.realpath(area.path), os.path.realpath(r)]) == os.path.realpath(r)
-                       for r in self.storage.data_roots):
-                raise ValueError(f"storage.passport_areas: {area.path} is not inside any of storage.data_roots")
-        for root in self.crypt4gh.required_roots:
-            real = os.path.realpath(root)
-            if not any(os.path.commonpath([real, os.path.realpath(r)]) == os.path.realpath(r)
-                       for r in self.storage.data_roots):
-                raise ValueError(f"crypt4gh.required_roots: {root} is not inside any of storage.data_roots")
+        places = [*(("storage.passport_areas", a.path) for a in self.storage.passport_areas),
+                  *(("crypt4gh.required_roots", root) for root in self.crypt4gh.required_roots)]
+        for name, path in places:
+            if resolve_inside(str(path), self.storage.data_roots) is None:
+                raise ValueError(f"{name}: {path} is not inside any of storage.data_roots")
         return self
 
     @model_validator(mode="after")
@@ -565,17 +562,13 @@ def _overlap(a: str, b: str) -> bool:
 def check_areas(storage: StorageSettings, runs_root: Path | None) -> None:
     """Areas lie inside the data roots and apart from each other: a shared area over the owners'
     areas (or the WES runs) would hand everyone's files to everyone."""
-    def inside_data(path: str) -> bool:
-        real = os.path.realpath(path)
-        return any(os.path.commonpath([real, r]) == r for r in map(os.path.realpath, storage.data_roots))
-
     places: dict[str, str] = {}
     if storage.owner_areas is not None:
         places["storage.owner_areas"] = owner_area_base(storage.owner_areas)
     for i, area in enumerate(storage.shared_areas):
         places[f"storage.shared_areas[{i}]"] = str(area.path)
     for name, path in places.items():
-        if not inside_data(path):
+        if resolve_inside(path, storage.data_roots) is None:
             raise ValueError(f"{name} ({path}) must lie inside one of storage.data_roots")
     if runs_root is not None and storage.owner_areas is not None:
         places["wes.runs_root"] = str(runs_root)

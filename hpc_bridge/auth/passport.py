@@ -22,6 +22,7 @@ from hpc_bridge.auth.settings import AuthSettings
 from hpc_bridge.auth.verifier import VISA_CLAIM, AuthError, Identity, TokenVerifier
 from hpc_bridge.config import PassportArea
 from hpc_bridge.errors import Forbidden
+from hpc_bridge.staging.paths import within
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,5 @@ def area_datasets(path: str, areas: list[PassportArea]) -> list[str]:
     """The datasets a host path reaches: the passport area it lies in, and every one inside it (a
     directory input holding a controlled directory reads it too). Compared after resolving links."""
     real = os.path.realpath(path)
-    found = []
-    for area in areas:
-        base = os.path.realpath(area.path)
-        if os.path.commonpath([real, base]) in (base, real):
-            found.append(area.dataset)
-    return found
+    return [area.dataset for area in areas
+            if within(real, base := os.path.realpath(area.path)) or within(base, real)]

@@ -17,6 +17,7 @@ from crypt4gh.keys import get_private_key
 
 import hpc_bridge.c4gh  # noqa: F401  (quietens crypt4gh's logger before any key is touched)
 from hpc_bridge.config import Crypt4ghSettings, StorageSettings
+from hpc_bridge.staging.paths import within
 
 MAX_RECIPIENTS = 32
 _SEPARATORS = re.compile(r"[\s,]+")
@@ -105,11 +106,7 @@ def _private_file(path: Path, name: str) -> None:
 def required_root(path: str | Path, settings: Crypt4ghSettings) -> str | None:
     """The `crypt4gh.required_roots` entry a destination lies under (its outputs must be encrypted)."""
     real = os.path.realpath(path)
-    for root in settings.required_roots:
-        base = os.path.realpath(root)
-        if os.path.commonpath([real, base]) == base:
-            return str(root)
-    return None
+    return next((str(root) for root in settings.required_roots if within(real, os.path.realpath(root))), None)
 
 
 def job_python(settings: Crypt4ghSettings, storage: StorageSettings) -> Path:

@@ -63,6 +63,14 @@ def _deepest(real: str, dirs: tuple[str, ...]) -> str | None:
     return max(holding, key=len, default=None)
 
 
+def document_http(config: SiteConfig) -> HttpInputSettings:
+    """`storage.http` for a workflow document (an https workflow_url, a TRS descriptor, a `run:`):
+    with the timeout and size of a submitted document when those are smaller."""
+    settings = config.storage.http
+    return settings.model_copy(update={"timeout": min(settings.timeout, config.wes.https_timeout),
+                                       "max_bytes": min(settings.max_bytes, config.wes.max_attachment_bytes)})
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     """What one run's documents may name. `roots`: directories whose files they may read;
@@ -82,15 +90,11 @@ class FetchPolicy:
         http(s) as `storage.http`, with the timeout and size of a submitted document
         (`wes.https_timeout`, `wes.max_attachment_bytes`) when those are smaller."""
         runs_root = config.wes.root(config.storage.data_roots)
-        settings = config.storage.http
-        capped = settings.model_copy(update={
-            "timeout": min(settings.timeout, config.wes.https_timeout),
-            "max_bytes": min(settings.max_bytes, config.wes.max_attachment_bytes)})
         excluded = [str(area.path) for area in config.storage.passport_areas]
         if runs_root is not None:
             excluded.append(str(runs_root))
         return cls(roots=(str(run_dir / "attachments"), str(run_dir / "remote"), *readable),
-                   exclude=tuple(excluded), http=capped)
+                   exclude=tuple(excluded), http=document_http(config))
 
     def to_json(self) -> dict[str, Any]:
         return {"roots": list(self.roots), "exclude": list(self.exclude),

@@ -23,6 +23,7 @@ unusable.
 
 from __future__ import annotations
 
+import base64
 import errno
 import fnmatch
 import json
@@ -684,8 +685,6 @@ def _encrypt_data(src: int, dst: int, recipients: Sequence[str]) -> int:
     time: 3.9 GiB/s against 1.4 GiB/s for crypt4gh's own loop on this machine, the difference between
     encrypting at about the speed of a copy and at half of it (bench/crypt4gh_outputs.py). Imported
     here: only jobs that encrypt need them (the site's crypt4gh.job_python)."""
-    import base64
-
     try:
         from crypt4gh import header
         from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from hpc_bridge import jsonlimit
 from hpc_bridge.config import DrsHost, DrsSettings, HttpInputSettings
 from hpc_bridge.staging import http
 from hpc_bridge.staging.schemes import TransferError
@@ -105,7 +104,7 @@ class Resolver:
 
     def resolve(self, uri: str, token: str | None) -> Resolved:
         ref = parse(uri, self._settings)
-        headers = {"Accept": "application/json"}
+        headers = {}
         if token and ref.host.forward_token:
             headers["Authorization"] = f"Bearer {token}"
         obj = self._get(ref.base, headers, uri)
@@ -140,16 +139,12 @@ class Resolver:
 
     def _get(self, url: str, headers: dict[str, str], uri: str) -> Any:
         try:
-            body = http.fetch(url, self._http, headers)
+            return http.fetch_json(url, self._http, headers)
         except http.DownloadError as exc:
             if exc.status in (401, 403, 404):
                 what = "no such DRS object" if exc.status == 404 else "access refused by the DRS server"
                 raise DrsError(f"{uri}: {what} (HTTP {exc.status})") from None
             raise DrsError(f"{uri}: the DRS server could not be asked: {exc}") from None
-        try:
-            return jsonlimit.loads(body)
-        except ValueError:  # TooDeep is one too
-            raise DrsError(f"{uri}: the DRS server's answer is not JSON (or is nested too deep)") from None
 
 
 def _list(value: Any) -> list[Any]:

@@ -29,7 +29,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import urllib3
@@ -38,7 +38,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from urllib3.response import HTTPResponse
 from urllib3.util.ssl_match_hostname import CertificateError
 
-from hpc_bridge import __version__
+from hpc_bridge import __version__, jsonlimit
 from hpc_bridge.config import HttpInputSettings
 
 __all__ = ["MAX_URL_LENGTH", "DownloadError", "check_url", "download", "fetch", "is_allowed_address"]
@@ -650,3 +650,14 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fetch_json(url: str, settings: HttpInputSettings, headers: dict[str, str] | None = None) -> Any:
+    """A registry's JSON answer (DRS, TRS): `fetch` asking for JSON, parsed with the service's depth
+    limit. Raises DownloadError for both (a body that is no JSON has no status)."""
+    body = fetch(url, settings, {"Accept": "application/json", **(headers or {})})
+    try:
+        return jsonlimit.loads(body)
+    except ValueError:  # TooDeep is one too
+        reason = "the answer is not JSON (or is nested too deep)"
+        raise DownloadError(f"cannot fetch {_display(url)}: {reason}", None, reason) from None

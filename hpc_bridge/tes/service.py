@@ -172,12 +172,14 @@ class TaskService:
             raise BadRequest(f"inputs[{ids[0][0]}].url: drs:// inputs are not enabled here (storage.drs)")
         if len({url for _, url in ids}) > settings.max_ids:
             raise BadRequest(f"inputs: more than {settings.max_ids} DRS ids in one task (storage.drs.max_ids)")
-        seen: dict[str, drs.Resolved] = {}
+        seen: dict[str, drs.Resolved] = {}  # an id named twice is looked up once
         for i, url in ids:
-            try:
-                resolved[i] = seen[url] if url in seen else seen.setdefault(url, self._drs.resolve(url, token))
-            except drs.DrsError as exc:
-                raise BadRequest(f"inputs[{i}].url: {exc}") from None
+            if url not in seen:
+                try:
+                    seen[url] = self._drs.resolve(url, token)
+                except drs.DrsError as exc:
+                    raise BadRequest(f"inputs[{i}].url: {exc}") from None
+            resolved[i] = seen[url]
         return resolved
 
     def get(self, task_id: str, owner: str | None, view: View, *, run_id: str | None = None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from hpc_bridge.config import SiteConfig
 from hpc_bridge.containers.digest import SIF_DIGESTS, SifDigest
 from hpc_bridge.containers.images import ImageError, resolve_image
 from hpc_bridge.cwl.encrypt import PARAMETER as ENCRYPT_PARAMETER
-from hpc_bridge.cwl.fetch import FetchPolicy
+from hpc_bridge.cwl.fetch import FetchPolicy, document_http
 from hpc_bridge.cwl.objects import file_objects
 from hpc_bridge.errors import BadRequest, Conflict, NotFound, ServiceError, TooManyRequests
 from hpc_bridge.lifecycle import RUN_FINAL
@@ -354,10 +354,8 @@ class RunService:
                 return None
             if not self._settings.https_workflows:
                 raise trs.TrsError(f"{ref}: workflows from the network are disabled here (wes.https_workflows)")
-            settings = self._config.storage.http.model_copy(update={
-                "timeout": min(self._config.storage.http.timeout, self._settings.https_timeout)})
-            files = trs.fetch(ref, self._settings.trs_hosts, settings, self._settings.max_attachment_bytes,
-                              self._settings.max_attachments_bytes)
+            files = trs.fetch(ref, self._settings.trs_hosts, document_http(self._config),
+                              self._settings.max_attachment_bytes, self._settings.max_attachments_bytes)
             for item in files:
                 attachments.add(trs.PREFIX + item.path, io.BytesIO(item.content),
                                 max_bytes=self._settings.max_attachment_bytes,
@@ -409,7 +407,7 @@ class RunService:
     def _fetch(self, url: str, run_dir: Path) -> Path:
         """An https workflow_url's document in the run's remote/, fetched once: the crate check and
         the workflow read the same bytes."""
-        settings = self._config.storage.http
+        settings = document_http(self._config)
         if not (self._settings.https_workflows and settings.enabled):
             raise BadRequest(f"workflow_url: {url!r}: https workflows are disabled on this service; "
                              "attach the workflow instead")
@@ -421,9 +419,6 @@ class RunService:
         if dest.exists():  # the service's own directory until the engine starts
             return dest
         dest.parent.mkdir(mode=0o750)
-        settings = settings.model_copy(update={
-            "timeout": min(settings.timeout, self._settings.https_timeout),
-            "max_bytes": min(settings.max_bytes, self._settings.max_attachment_bytes)})
         try:
             http.download(base, dest, settings)
         except http.DownloadError as exc:

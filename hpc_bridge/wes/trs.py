@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from hpc_bridge import jsonlimit
 from hpc_bridge.config import HttpInputSettings
 from hpc_bridge.staging import http
 
@@ -129,12 +128,8 @@ def _content(wrapper: Any, path: str, ref: TrsRef, settings: HttpInputSettings) 
 
 def _get(url: str, ref: TrsRef, settings: HttpInputSettings) -> Any:
     try:
-        body = http.fetch(url, settings, {"Accept": "application/json"})
+        return http.fetch_json(url, settings)
     except http.DownloadError as exc:
         if exc.status == 404:
             raise TrsError(f"{ref}: no such tool or version in the registry (HTTP 404)") from None
         raise TrsError(f"{ref}: {exc}") from None
-    try:
-        return jsonlimit.loads(body)
-    except ValueError:  # TooDeep is one too
-        raise TrsError(f"{ref}: the registry's answer at {url} is not JSON (or is nested too deep)") from None
