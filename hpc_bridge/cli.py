@@ -1,4 +1,5 @@
-"""The `hpc-bridge` command: the server (`serve`, `config check`) and a TES client mirroring the API."""
+"""The `hpc-bridge` command: the server (`serve`, `config`) and a TES client mirroring the API; the
+workflow commands (`hpc-bridge run`) are in runcli.py."""
 
 from __future__ import annotations
 
@@ -6,48 +7,45 @@ import gc
 import ipaddress
 import json
 import logging
-import os
 import re
 import shlex
 import signal
 import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
-from time import monotonic, sleep
-from typing import Any, NoReturn
-from urllib.parse import quote
+from typing import Any
 
 import click
-import requests
 import tes
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from tes.models import datetime_json_handler
 from tes.utils import UnmarshalError, unmarshal
 
 from hpc_bridge import logformat
+from hpc_bridge.clicommon import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    JSON_OPTION,
+    URL_OPTION,
+    KeyValue,
+    connect,
+    err,
+    executor_logs,
+    fail,
+    last_log,
+    outcome,
+    stdout,
+    styled,
+    when,
+)
 from hpc_bridge.config import ConfigError, SiteConfig, load_config
+from hpc_bridge.liveview import Snapshot, follow
+from hpc_bridge.runcli import run_group
 from hpc_bridge.slurm.timelimit import SLURM_TIME
-from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient, error_message
+from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient
 from hpc_bridge.tes.models import State
-from hpc_bridge.wes.runner import Client, RunnerError
 
-err = Console(stderr=True, highlight=False)
-
-EXIT_SERVER = 1
-EXIT_USAGE = 2
-# `submit --wait` when the task ended without its commands' verdict (SYSTEM_ERROR, CANCELED,
-# PREEMPTED): 125, like `docker run` when the container itself failed, so it rarely collides
-# with a command's own small exit codes.
-EXIT_NOT_FINISHED = 125
-EXIT_INTERRUPTED = 130
-POLL_SECONDS = 1.0
-STATE_STYLES = {"COMPLETE": "green", "EXECUTOR_ERROR": "red", "SYSTEM_ERROR": "red", "CANCELED": "yellow",
-                "CANCELING": "yellow", "PREEMPTED": "yellow", "INITIALIZING": "cyan", "RUNNING": "cyan"}
 SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT])(?:I?B)?", re.IGNORECASE)
 GB_PER_UNIT = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}  # as the server: 1G = 1024M
 
@@ -56,18 +54,6 @@ _CONFIG_OPTION = click.option(
     envvar="HPC_BRIDGE_CONFIG", default="site_config/dev.yaml", show_default=True,
     help="Site configuration file (env: HPC_BRIDGE_CONFIG).",
 )
-_URL_OPTION = click.option(
-    "--url", metavar="URL", envvar="HPC_BRIDGE_URL", default=DEFAULT_URL, show_default=True,
-    help="The hpc-bridge server, with or without /ga4gh/tes/v1 (env: HPC_BRIDGE_URL; "
-         "bearer token: env HPC_BRIDGE_TOKEN).",
-)
-TOKEN_ENV = "HPC_BRIDGE_TOKEN"
-_JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-    sys.exit(code)
 
 
 def is_loopback(host: str) -> bool:
@@ -95,31 +81,13 @@ def _load(config_path: Path) -> SiteConfig:
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
 
 
 @click.group()
 @click.version_option(package_name="hpc-bridge")
 def main() -> None:
     """GA4GH TES/WES on Slurm, executors in Apptainer."""
-
-
-class KeyValue(click.ParamType[tuple[str, str], str | tuple[str, str]]):
-    """K=V on the command line; with `bare_key`, a lone K stands for (K, "") (a tag filter on the key)."""
-
-    name = "K=V"
-
-    def __init__(self, bare_key: bool = False) -> None:
-        self.bare_key = bare_key
-
-    def convert(self, value: str | tuple[str, str], param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[str, str]:
-        if isinstance(value, tuple):
-            return value
-        key, sep, val = value.partition("=")
-        if not key or not (sep or self.bare_key):
-            self.fail(f"{value!r}: expected KEY=VALUE", param, ctx)
-        return key, val
 
 
 class Size(click.ParamType[float, str | float]):
@@ -147,66 +115,6 @@ def _slurm_time(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
-@contextmanager
-def _connect(url: str) -> Iterator[BridgeClient]:
-    """A client whose failures end the command with a message: exit 2 if the server called the
-    request bad (HTTP 400), else 1 (not found, server error, no answer). The bearer token comes
-    from HPC_BRIDGE_TOKEN (an environment variable, so it stays out of shell history and `ps`)."""
-    try:
-        client = BridgeClient(url, token=os.environ.get(TOKEN_ENV) or None)
-    except ValueError as exc:  # py-tes validates the scheme
-        raise click.BadParameter(str(exc), param_hint="--url") from None
-    try:
-        yield client
-    except requests.RequestException as exc:
-        bad_request = exc.response is not None and exc.response.status_code == 400
-        _fail(error_message(exc, url), EXIT_USAGE if bad_request else EXIT_SERVER)
-    except UnmarshalError as exc:  # py-tes refused the answer: not (this version of) a TES server
-        _fail(f"unexpected answer from {url}: {str(exc).splitlines()[-1]}", EXIT_SERVER)
-
-
-def _stdout() -> Console:
-    """stdout for rich output: fitted to a terminal; piped, never wrapped or cropped, so scripts
-    and grep see whole ids and commands."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = 1_000_000
-    return console
-
-
-def _styled(state: str | None) -> str:
-    state = state or "UNKNOWN"
-    return f"[{STATE_STYLES[state]}]{state}[/]" if state in STATE_STYLES else state
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if moment else ""
-
-
-def _last_log(task: tes.Task) -> tes.TaskLog | None:
-    """The current attempt: TES appends one TaskLog per attempt."""
-    return task.logs[-1] if task.logs else None
-
-
-def _executor_logs(task: tes.Task) -> list[tes.ExecutorLog]:
-    log = _last_log(task)
-    return (log.logs or []) if log else []
-
-
-def outcome(task: tes.Task) -> tuple[int, str]:
-    """The exit code `submit --wait` ends with, and why. EXECUTOR_ERROR passes on the failing
-    executor's own code: the last non-zero one, since a job stops at its first unignored failure."""
-    if task.state == State.COMPLETE:
-        return 0, ""
-    if task.state == State.EXECUTOR_ERROR:
-        failed = [(i, e.exit_code) for i, e in enumerate(_executor_logs(task)) if e.exit_code]
-        if not failed:
-            return 1, "exit code unknown"
-        index, code = failed[-1]
-        return (code if 0 < code < 256 else 1), f"executor {index} exited with {code}"
-    return EXIT_NOT_FINISHED, ""
-
-
 def _build_task(image: str, command: tuple[str, ...], *, name: str | None = None, cpus: int | None = None,
                 mem: float | None = None, disk: float | None = None, time: str | None = None,
                 partition: str | None = None, env: tuple[tuple[str, str], ...] = (),
@@ -229,31 +137,22 @@ def _read_task(path: str) -> tes.Task:
         with click.open_file(path) as stream:
             data = json.load(stream)
     except OSError as exc:
-        _fail(f"{path}: {exc.strerror or exc}", EXIT_USAGE)
+        fail(f"{path}: {exc.strerror or exc}", EXIT_USAGE)
     except ValueError as exc:
-        _fail(f"{path}: not valid JSON: {exc}", EXIT_USAGE)
+        fail(f"{path}: not valid JSON: {exc}", EXIT_USAGE)
     if not isinstance(data, dict):
-        _fail(f"{path}: a tesTask must be a JSON object", EXIT_USAGE)
+        fail(f"{path}: a tesTask must be a JSON object", EXIT_USAGE)
     try:
         return unmarshal(data, tes.Task)
     except (UnmarshalError, TypeError) as exc:
-        _fail(f"{path}: not a tesTask: {str(exc).splitlines()[-1]}", EXIT_USAGE)
+        fail(f"{path}: not a tesTask: {str(exc).splitlines()[-1]}", EXIT_USAGE)
 
 
-def _wait(client: BridgeClient, task_id: str) -> tes.Task:
-    """Poll until the task ends: one line per state change, and a live status line on a terminal."""
-    started = monotonic()
-    state: str | None = None
-    with err.status(f"{task_id} submitted") as status:
-        while True:
-            current = client.get_task(task_id, view="MINIMAL").state
-            if current != state:
-                state = current
-                err.print(f"{datetime.now():%H:%M:%S} {task_id} {_styled(state)}")
-            if state and State(state).terminal:
-                return client.get_task(task_id, view="FULL")
-            status.update(f"{task_id} {_styled(state)} ({monotonic() - started:.0f}s)")
-            sleep(POLL_SECONDS)
+def _snapshot(client: BridgeClient, task_id: str) -> Snapshot:
+    task = client.get_task(task_id, view="BASIC")
+    log = last_log(task)
+    return Snapshot("task", task_id, task.state or "UNKNOWN",
+                    job=((log.metadata if log else None) or {}).get("slurm_job_id") or "")
 
 
 @main.command()
@@ -275,7 +174,7 @@ def serve(config_path: Path, host: str | None, port: int | None, insecure_no_aut
     host = host or config.server.host
     port = port or config.server.port
     if config.auth.mode == "none" and not is_loopback(host) and not insecure_no_auth:
-        _fail(f"refusing to serve without authentication (auth.mode: none) on {host}, which is not "
+        fail(f"refusing to serve without authentication (auth.mode: none) on {host}, which is not "
               "a loopback address: configure auth.issuers, listen on 127.0.0.1, or pass "
               "--insecure-no-auth", 2)
     logformat.configure(log_format)
@@ -350,7 +249,7 @@ def config_init(output: Path | None) -> None:
         with open(output, "x") as f:
             f.write(text)
     except FileExistsError:
-        _fail(f"{output} exists: not replaced", EXIT_USAGE)
+        fail(f"{output} exists: not replaced", EXIT_USAGE)
     err.print(f"wrote {escape(str(output))}: adapt it, then hpc-bridge config check --config {escape(str(output))}")
 
 
@@ -368,7 +267,7 @@ def config_check(config_path: Path) -> None:
             for line in check(cfg.crypt4gh, cfg.storage):
                 err.print(escape(line), soft_wrap=True)
         except Crypt4ghKeyError as exc:
-            _fail(str(exc), EXIT_USAGE)
+            fail(str(exc), EXIT_USAGE)
 
 
 @main.group()
@@ -387,7 +286,7 @@ def auth_hash_password() -> None:
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     if len(password) < 12:
-        _fail("the password must have at least 12 characters", EXIT_USAGE)
+        fail("the password must have at least 12 characters", EXIT_USAGE)
     click.echo(hash_password(password))
 
 
@@ -406,7 +305,7 @@ def auth_hash_password() -> None:
 @click.option("--volume", metavar="PATH", multiple=True,
               help="Container path shared by the executors (repeatable).")
 @click.option("--wait", is_flag=True, help="Follow the task and exit with its outcome.")
-@_URL_OPTION
+@URL_OPTION
 def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name: str | None,
            cpus: int | None, mem: float | None, disk: float | None, time: str | None, partition: str | None,
            env: tuple[tuple[str, str], ...], workdir: str | None, tag: tuple[tuple[str, str], ...],
@@ -431,22 +330,23 @@ def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name:
         if len(args) != 1:
             raise click.UsageError("give one TASK_FILE (- for stdin), or --image IMAGE -- COMMAND...")
         task = _read_task(args[0])
-    with _connect(url) as client:
+    with connect(url) as client:
         task_id = client.create_task(task)
         click.echo(task_id)
         if not wait:
             return
         try:
-            task = _wait(client, task_id)
+            follow(lambda: _snapshot(client, task_id), err)
+            task = client.get_task(task_id, view="FULL")
         except KeyboardInterrupt:
             hint = "" if url == DEFAULT_URL else f" --url {shlex.quote(url)}"
             err.print(f"\ninterrupted: task {task_id} keeps running; cancel it with "
                       f"[bold]hpc-bridge cancel{escape(hint)} {task_id}[/bold]", soft_wrap=True)
             sys.exit(EXIT_INTERRUPTED)
-    for line in (_last_log(task) or tes.TaskLog()).system_logs or []:
+    for line in (last_log(task) or tes.TaskLog()).system_logs or []:
         err.print(f"[dim]system log:[/dim] {escape(line)}", soft_wrap=True)
     code, why = outcome(task)
-    _stdout().print(f"{task_id} {_styled(task.state)}" + (f": {escape(why)}" if why else ""))
+    stdout().print(f"{task_id} {styled(task.state)}" + (f": {escape(why)}" if why else ""))
     sys.exit(code)
 
 
@@ -457,12 +357,12 @@ def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name:
 @click.option("--tag", type=KeyValue(bare_key=True), multiple=True,
               help="Only tasks with tag K=V, or with key K (repeatable; all must match).")
 @click.option("--all", "all_pages", is_flag=True, help="Follow every page, not only the first.")
-@_JSON_OPTION
-@_URL_OPTION
+@JSON_OPTION
+@URL_OPTION
 def list_tasks(state: str | None, name_prefix: str | None, tag: tuple[tuple[str, str], ...], all_pages: bool,
                as_json: bool, url: str) -> None:
     """List tasks, newest first."""
-    with _connect(url) as client:
+    with connect(url) as client:
         tasks, more = client.find_tasks(all_pages=all_pages, state=state, name_prefix=name_prefix,
                                         tags=dict(tag))
     if as_json:
@@ -474,8 +374,8 @@ def list_tasks(state: str | None, name_prefix: str | None, tag: tuple[tuple[str,
         table.add_column("state", no_wrap=True)
         table.add_column("created")
         for task in tasks:
-            table.add_row(task.id, escape(task.name or ""), _styled(task.state), _when(task.creation_time))
-        _stdout().print(table)
+            table.add_row(task.id, escape(task.name or ""), styled(task.state), when(task.creation_time))
+        stdout().print(table)
     else:
         err.print("no tasks")
     if more:
@@ -484,23 +384,23 @@ def list_tasks(state: str | None, name_prefix: str | None, tag: tuple[tuple[str,
 
 @main.command()
 @click.argument("task_id")
-@_JSON_OPTION
-@_URL_OPTION
+@JSON_OPTION
+@URL_OPTION
 def status(task_id: str, as_json: bool, url: str) -> None:
     """Show a task: state, Slurm job, times, system logs, executors' exit codes."""
-    with _connect(url) as client:
+    with connect(url) as client:
         task = client.get_task(task_id, view="FULL")
     if as_json:
         click.echo(task.as_json(indent=2))
         return
-    out = _stdout()
-    log = _last_log(task) or tes.TaskLog()
+    out = stdout()
+    log = last_log(task) or tes.TaskLog()
     info = Table.grid(padding=(0, 2))
     for key, value in (("id", escape(task.id or "")), ("name", escape(task.name or "")),
-                       ("state", _styled(task.state)),
+                       ("state", styled(task.state)),
                        ("slurm job", escape((log.metadata or {}).get("slurm_job_id", ""))),
-                       ("created", _when(task.creation_time)), ("started", _when(log.start_time)),
-                       ("ended", _when(log.end_time))):
+                       ("created", when(task.creation_time)), ("started", when(log.start_time)),
+                       ("ended", when(log.end_time))):
         info.add_row(f"[bold]{key}[/bold]", value)
     out.print(info)
     if log.system_logs:
@@ -508,12 +408,12 @@ def status(task_id: str, as_json: bool, url: str) -> None:
         for line in log.system_logs:
             out.print(f"  {escape(line)}", soft_wrap=True)
     executors = Table("#", "image", "command", "exit code", "started", "ended", box=None, pad_edge=False)
-    logs = _executor_logs(task)
+    logs = executor_logs(task)
     for i, executor in enumerate(task.executors or []):
         entry = logs[i] if i < len(logs) else tes.ExecutorLog()
         executors.add_row(str(i), escape(executor.image), escape(shlex.join(executor.command)),
                           "" if entry.exit_code is None else str(entry.exit_code),
-                          _when(entry.start_time), _when(entry.end_time))
+                          when(entry.start_time), when(entry.end_time))
     out.print(executors)
 
 
@@ -521,21 +421,21 @@ def status(task_id: str, as_json: bool, url: str) -> None:
 @click.argument("task_id")
 @click.option("--executor", type=click.IntRange(min=0), help="Only this executor (0-based); default: all.")
 @click.option("--stderr", is_flag=True, help="Print stderr, not stdout.")
-@_URL_OPTION
+@URL_OPTION
 def logs(task_id: str, executor: int | None, stderr: bool, url: str) -> None:
     """Print a task's executor stdout (or stderr), as the server keeps it."""
     stream = "stderr" if stderr else "stdout"
-    with _connect(url) as client:
+    with connect(url) as client:
         task = client.get_task(task_id, view="FULL")
     count = len(task.executors or [])
     if executor is not None and executor >= count:
         raise click.BadParameter(f"task {task_id} has {count} executor(s), numbered from 0",
                                  param_hint="--executor")
-    entries = list(enumerate(_executor_logs(task)))
+    entries = list(enumerate(executor_logs(task)))
     if executor is not None:
         entries = entries[executor:executor + 1]
     if not entries:
-        err.print(f"no {stream} yet: task {task_id} is {_styled(task.state)}")
+        err.print(f"no {stream} yet: task {task_id} is {styled(task.state)}")
     for i, entry in entries:
         if executor is None and count > 1:  # on stderr, so stdout stays exactly what the commands wrote
             err.print(f"[dim]== executor {i} {stream} ==[/dim]")
@@ -544,37 +444,13 @@ def logs(task_id: str, executor: int | None, stderr: bool, url: str) -> None:
 
 @main.command()
 @click.argument("task_id")
-@_URL_OPTION
+@URL_OPTION
 def cancel(task_id: str, url: str) -> None:
     """Cancel a task and print its state (a finished task is left as it is)."""
-    with _connect(url) as client:
+    with connect(url) as client:
         client.cancel_task(task_id)
         state = client.get_task(task_id, view="MINIMAL").state
-    _stdout().print(f"{task_id} {_styled(state)}")
+    stdout().print(f"{task_id} {styled(state)}")
 
 
-@main.group("run")
-def run_group() -> None:
-    """Workflow runs (GA4GH WES)."""
-
-
-@run_group.command("crate")
-@click.argument("run_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the zip (default: run-RUN_ID-ro-crate.zip here; - for stdout).")
-@_URL_OPTION
-def run_crate(run_id: str, output: Path | None, url: str) -> None:
-    """Download a finished run's Provenance Run Crate (a zip)."""
-    try:  # the WES client of hpc-bridge-cwl-runner: the same URL forms, token and error messages
-        resp = Client(url, os.environ.get(TOKEN_ENV) or None).call(
-            "GET", f"/ga4gh/wes/v1/runs/{quote(run_id, safe='')}/ro-crate", timeout=300)
-    except RunnerError as exc:
-        _fail(str(exc), EXIT_USAGE if exc.status == 400 else EXIT_SERVER)
-    if str(output) == "-":
-        sys.stdout.buffer.write(resp.content)
-        return
-    path = output or Path(f"run-{run_id}-ro-crate.zip")
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(resp.content)
-    partial.replace(path)  # never a half-written crate under the final name
-    err.print(f"{path} ({len(resp.content) / 1024:.1f} KiB): the Provenance Run Crate of run {run_id}")
+main.add_command(run_group)

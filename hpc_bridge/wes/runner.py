@@ -220,11 +220,20 @@ class Submission:
         return any(os.path.commonpath([real, root]) == root for root in self.data_roots)
 
     def prepare(self) -> None:
+        """Raises RunnerError (status None) for what is wrong on this side: a missing file, a job
+        that is not YAML or not an object."""
+        if not os.path.isfile(self.tool):
+            raise RunnerError(f"{self.tool}: no such file")
         self.files = workflow_files(self.tool)
         job: Any = {}
         if self.job_path:
-            with open(self.job_path) as f:
-                job = yaml.safe_load(f) or {}
+            try:
+                with open(self.job_path) as f:
+                    job = yaml.safe_load(f) or {}
+            except OSError as exc:
+                raise RunnerError(f"{self.job_path}: {exc.strerror or exc}") from None
+            except yaml.YAMLError as exc:
+                raise RunnerError(f"{self.job_path}: not YAML or JSON: {exc}") from None
             if not isinstance(job, dict):
                 raise RunnerError(f"{self.job_path}: the job must be an object")
         job.pop("cwl:tool", None)

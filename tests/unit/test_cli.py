@@ -14,7 +14,7 @@ import tes
 from click.testing import CliRunner, Result
 from werkzeug.serving import make_server
 
-from hpc_bridge import cli
+from hpc_bridge import cli, clicommon, liveview
 from hpc_bridge.app import create_app
 from hpc_bridge.cli import main
 from hpc_bridge.config import load_config
@@ -300,9 +300,9 @@ def test_cancel_prints_the_new_state(bridge: Bridge) -> None:
     ({"state": "EXECUTOR_ERROR", "executor_logs": [{"exit_code": 5}, {"exit_code": 7}]}, 7,
      "EXECUTOR_ERROR: executor 1 exited with 7"),
     ({"state": "EXECUTOR_ERROR"}, 1, "EXECUTOR_ERROR: exit code unknown"),
-    ({"state": "SYSTEM_ERROR", "system_logs": ["sbatch: invalid partition"]}, cli.EXIT_NOT_FINISHED,
+    ({"state": "SYSTEM_ERROR", "system_logs": ["sbatch: invalid partition"]}, clicommon.EXIT_NOT_FINISHED,
      "SYSTEM_ERROR"),
-    ({"state": "CANCELED"}, cli.EXIT_NOT_FINISHED, "CANCELED"),
+    ({"state": "CANCELED"}, clicommon.EXIT_NOT_FINISHED, "CANCELED"),
 ])
 def test_submit_wait_exits_with_the_tasks_outcome(bridge: Bridge, finish: dict[str, Any], code: int,
                                                   line: str) -> None:
@@ -321,9 +321,9 @@ def test_outcome_keeps_exit_codes_a_shell_can_carry() -> None:
         return tes.Task(state="EXECUTOR_ERROR",
                         logs=[tes.TaskLog(logs=[tes.ExecutorLog(exit_code=c) for c in codes])])
 
-    assert cli.outcome(task(0, 255)) == (255, "executor 1 exited with 255")
-    assert cli.outcome(task(300)) == (1, "executor 0 exited with 300")
-    assert cli.outcome(task(-9)) == (1, "executor 0 exited with -9")
+    assert clicommon.outcome(task(0, 255)) == (255, "executor 1 exited with 255")
+    assert clicommon.outcome(task(300)) == (1, "executor 0 exited with 300")
+    assert clicommon.outcome(task(-9)) == (1, "executor 0 exited with -9")
 
 
 def test_ctrl_c_while_waiting_leaves_the_task_running(bridge: Bridge,
@@ -331,10 +331,10 @@ def test_ctrl_c_while_waiting_leaves_the_task_running(bridge: Bridge,
     def interrupt(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "sleep", interrupt)
+    monkeypatch.setattr(liveview, "sleep", interrupt)
     result = bridge.run("submit", "--wait", "--image", "busybox", "--", "true")
     task_id = result.stdout.strip()
-    assert result.exit_code == cli.EXIT_INTERRUPTED
+    assert result.exit_code == clicommon.EXIT_INTERRUPTED
     assert f"task {task_id} keeps running" in result.stderr
     assert f"hpc-bridge cancel --url {bridge.url} {task_id}" in result.stderr
     row = bridge.store.tasks.get(task_id)
