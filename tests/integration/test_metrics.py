@@ -1,10 +1,12 @@
 """/metrics scraped during a burst of 200 tasks through the real server and Slurm: the submission and
 state counts move, Slurm commands and monitor cycles are timed; the names follow Prometheus'
-conventions; /readyz reports the database, the daemon lock and Slurm."""
+conventions (`promtool check metrics`, and the checks below); /readyz reports the database, the daemon lock and Slurm."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,11 +16,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import ServerProcess
 
 TASK = {"name": "burst", "executors": [{"image": "busybox", "command": ["true"]}]}
+# dev/cluster unpacks it from Debian's prometheus package
+PROMTOOL = os.path.join(os.environ.get("HPCB_DEV_PREFIX", "/opt/hpc-bridge-dev"), "prometheus", "promtool")
 
 
 def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     resp = requests.get(f"{server.url}/metrics", timeout=10)
     assert resp.status_code == 200, resp.text
+    lint = subprocess.run([PROMTOOL, "check", "metrics"], input=resp.text, capture_output=True, text=True,
+                          timeout=30)
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, ""), lint
     families = list(text_string_to_metric_families(resp.text))
     for family in families:  # Prometheus naming: one prefix, base units, counters end in _total
         assert re.fullmatch(r"hpcbridge_[a-z_]+", family.name), family.name
