@@ -57,8 +57,8 @@ class Metrics:
                                 buckets=SLURM_BUCKETS, registry=r)
         self.image_pulls = Counter("hpcbridge_image_pulls", "Registry images pulled into the SIF cache",
                                    ["outcome"], registry=r)
-        self.staged_bytes = Counter("hpcbridge_staged_bytes", "Bytes of task inputs downloaded by the daemon",
-                                    registry=r)
+        self.staged_bytes = Counter("hpcbridge_staged_bytes", "Bytes staged: in, task inputs the daemon "
+                                    "downloaded; out, the outputs of tasks that ended", ["direction"], registry=r)
         self.requests = Histogram("hpcbridge_http_request_duration_seconds", "API requests, by route",
                                   ["method", "route", "status"], buckets=REQUEST_BUCKETS, registry=r)
         self.squeue_ok: float | None = None  # monotonic times of the last squeue that answered, or failed

@@ -100,7 +100,7 @@ class Stager:
                     self._schemes.for_url(item.url).download(item.url, temp, item.type, row.owner,
                                                              stop=self._ctx.stop)
                 if metrics is not None:
-                    metrics.staged_bytes.inc(_size(temp))
+                    metrics.staged_bytes.labels("in").inc(_size(temp))
                 area.move_in(temp, area.relative(item.dest))
         finally:
             shutil.rmtree(private, ignore_errors=True)

@@ -1,6 +1,7 @@
 """/metrics scraped during a burst of 200 tasks through the real server and Slurm: the submission and
 state counts move, Slurm commands and monitor cycles are timed; the names follow Prometheus'
-conventions (`promtool check metrics`, and the checks below); /readyz reports the database, the daemon lock and Slurm."""
+conventions (`promtool check metrics`, and the checks below); /readyz reports the database, the daemon
+lock and Slurm."""
 
 from __future__ import annotations
 

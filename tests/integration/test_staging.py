@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from hpc_bridge.config import SiteConfig
 
@@ -123,6 +124,10 @@ def test_http_content_and_directory_inputs_with_wildcard_and_directory_outputs(
     assert (data / "res" / "deep" / "sub" / "b.txt").read_text() == "BB"
     assert (data / "reads.copy").read_text() == "@r1\nACGT\n+\nIIII\n"
     assert not (data / "txt" / "not-matched.log").exists()
+    staged = {s.labels["direction"]: s.value for f in text_string_to_metric_families(
+        requests.get(f"{server.url}/metrics", timeout=10).text) for s in f.samples
+        if s.name == "hpcbridge_staged_bytes_total"}
+    assert staged == {"in": 16, "out": 6 + 2 + 1 + 2 + 16}  # reads.fq downloaded; the outputs delivered
 
 
 def test_missing_output_fails_with_a_clear_system_log(server: ServerProcess, data: Path) -> None:
