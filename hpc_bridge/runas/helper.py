@@ -23,6 +23,9 @@ service account, read-only. What it does follows from that row, never from the c
   `<runs_root>/<run id>` over to the run's user (group the service account's, mode 2750), drop
   every privilege and exec the CWL engine (`engine_python -I -m hpc_bridge.cwl`) in it, so the
   workflow (the user's code) runs with the user's rights only
+- a WES run that ended more than run_retention_hours ago: as the owner of its run directory (the
+  run's user, or the service account if the engine never started) delete what is in it (but its
+  outputs/ with run_retention_keep_outputs), then remove the empty directory
 
 Before any of that the user is checked again (`check_user`, the same code the service runs at task
 creation): the task names one, it exists, it is neither root nor a denied account (the service
@@ -68,6 +71,7 @@ JOB_ID = re.compile(r"[0-9]{1,18}\Z")
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./-]+\Z")
 STATUS_DIR = ".status"
 TERMINAL_STATES = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED", "PREEMPTED"})
+RUN_FINAL_STATES = frozenset({"COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"})
 ENDED_JOB_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
                               "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"})
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -123,6 +127,8 @@ class Config:
     table: dict[str, str] = field(default_factory=dict)
     claim_issuers: tuple[str, ...] = ()
     work_retention_hours: float | None = None
+    run_retention_hours: float | None = None  # None: run directories are kept
+    run_retention_keep_outputs: bool = False  # True: a run directory's outputs/ stays
     runs_root: str | None = None  # WES run directories; with engine_python: engines may start
     engine_python: str | None = None
 
@@ -130,7 +136,8 @@ class Config:
 _REQUIRED = ("database", "work_root", "service_user", "mode", "min_uid", "sbatch", "squeue", "scancel")
 # Missing in a configuration written before they existed: the defaults above (max_uid, deny_*), and
 # no claim issuer at all (a claim-mode helper then refuses every task until it is reinstalled).
-_OPTIONAL = ("table", "users_group", "work_retention_hours", "runs_root", "engine_python",
+_OPTIONAL = ("table", "users_group", "work_retention_hours", "run_retention_hours", "run_retention_keep_outputs",
+             "runs_root", "engine_python",
              "max_uid", "deny_users", "deny_groups", "claim_issuers")
 
 
@@ -177,9 +184,10 @@ def parse_config(data: Any) -> Config:
         raise Refused("configuration: claim_issuers must be a list of issuers")
     if data["mode"] == "claim" and (group is None or not issuers):
         raise Refused("configuration: mode 'claim' needs users_group and claim_issuers")
-    hours = data.get("work_retention_hours")
-    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0):
-        raise Refused("configuration: work_retention_hours must be a number >= 0 or null")
+    hours, run_hours = _hours(data, "work_retention_hours"), _hours(data, "run_retention_hours")
+    keep_outputs = data.get("run_retention_keep_outputs", False)
+    if not isinstance(keep_outputs, bool):
+        raise Refused("configuration: run_retention_keep_outputs must be true or false")
     for key in ("runs_root", "engine_python"):
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not PLAIN_PATH.match(value)):
@@ -190,9 +198,17 @@ def parse_config(data: Any) -> Config:
     return Config(database=data["database"], work_root=data["work_root"].rstrip("/"), mode=data["mode"],
                   policy=policy, sbatch=data["sbatch"], squeue=data["squeue"], scancel=data["scancel"],
                   table=dict(table), claim_issuers=tuple(issuers),
-                  work_retention_hours=None if hours is None else float(hours),
+                  work_retention_hours=hours, run_retention_hours=run_hours,
+                  run_retention_keep_outputs=keep_outputs,
                   runs_root=(data.get("runs_root") or "").rstrip("/") or None,
                   engine_python=data.get("engine_python"))
+
+
+def _hours(data: dict[str, Any], key: str) -> float | None:
+    hours = data.get(key)
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0):
+        raise Refused(f"configuration: {key} must be a number >= 0 or null")
+    return None if hours is None else float(hours)
 
 
 def _trusted(st: os.stat_result, what: str, owners: tuple[int, ...] = (0,)) -> None:
@@ -301,6 +317,8 @@ class RunState:
     state: str
     run_as: str | None
     run_dir: str
+    end_time: str | None = None
+    cleaned_at: str | None = None
 
 
 ENGINE_STATES = frozenset({"INITIALIZING", "RUNNING", "PAUSED"})
@@ -319,8 +337,13 @@ def authorize(task: TaskState | RunState, config: Config, **lookups: Any) -> Any
 
 
 def decide(task: TaskState | RunState) -> str:
-    """What the task's own state calls for: 'submit', 'cancel' or 'clean'; 'engine' for a run."""
+    """What the task's own state calls for: 'submit', 'cancel' or 'clean'; for a run 'engine' or
+    'clean_run'."""
     if isinstance(task, RunState):
+        if task.state in RUN_FINAL_STATES:
+            if task.cleaned_at:
+                raise Refused(f"run {task.id}: its directory was already removed")
+            return "clean_run"
         if task.state not in ENGINE_STATES:
             raise Refused(f"run {task.id} is {task.state}: its engine is not due to start")
         return "engine"
@@ -421,11 +444,12 @@ def query_run(database: str, run_id: str) -> dict[str, Any] | None:
     conn = sqlite3.connect(uri, uri=True, timeout=30.0)
     try:
         conn.execute("PRAGMA query_only = 1")
-        row = conn.execute("SELECT id, owner, state, run_as, run_dir FROM runs WHERE id = ?",
+        row = conn.execute("SELECT id, owner, state, run_as, run_dir, end_time, cleaned_at FROM runs WHERE id = ?",
                            [run_id]).fetchone()
     finally:
         conn.close()
-    return None if row is None else dict(zip(("id", "owner", "state", "run_as", "run_dir"), row, strict=True))
+    keys = ("id", "owner", "state", "run_as", "run_dir", "end_time", "cleaned_at")
+    return None if row is None else dict(zip(keys, row, strict=True))
 
 
 def read_task(config: Config, service: Any, task_id: str) -> TaskState | RunState:
@@ -438,7 +462,8 @@ def read_task(config: Config, service: Any, task_id: str) -> TaskState | RunStat
         if run is None:
             raise Refused(f"no task or run {task_id} in {config.database}")
         return RunState(id=str(run["id"]), owner=str(run["owner"]), state=str(run["state"]),
-                        run_as=run["run_as"], run_dir=str(run["run_dir"]))
+                        run_as=run["run_as"], run_dir=str(run["run_dir"]), end_time=run["end_time"],
+                        cleaned_at=run["cleaned_at"])
     return TaskState(id=str(row["id"]), owner=str(row["owner"]), state=str(row["state"]),
                      run_as=row["run_as"], job_id=None if row["job_id"] is None else str(row["job_id"]),
                      cancel_requested=bool(row["cancel_requested"]), end_time=row["end_time"],
@@ -597,9 +622,10 @@ def cancel(config: Config, task: TaskState, user: Any, service: Any) -> int:
     os.execve(config.scancel, [config.scancel, str(task.job_id)], user_env(user))
 
 
-def _empty_dir(work_root: str, rel: str) -> None:
-    """As the user: delete everything inside work_root/rel (but not the directory itself, whose
-    entry is in a directory the user cannot write). A directory that is gone is fine."""
+def _empty_dir(work_root: str, rel: str, keep: str | None = None) -> None:
+    """As the user: delete everything inside work_root/rel but `keep` (and not the directory itself,
+    whose entry is in a directory the user cannot write). A directory that is gone is fine. The root
+    is the service's, so only the last component could be swapped, and it is opened with O_NOFOLLOW."""
     try:
         fd = os.open(f"{work_root}/{rel}", _DIR_FLAGS)
     except FileNotFoundError:
@@ -608,6 +634,8 @@ def _empty_dir(work_root: str, rel: str) -> None:
         with os.scandir(fd) as entries:
             names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
         for name, is_dir in names:
+            if name == keep:
+                continue
             if is_dir:
                 shutil.rmtree(name, dir_fd=fd)  # fd-based: never follows a symlink
             else:
@@ -625,13 +653,17 @@ def _parse_time(value: str | None) -> float | None:
         return None
 
 
+def _due(what: str, end_time: str | None, hours: float, now: float | None) -> None:
+    ended = _parse_time(end_time)
+    if ended is None or (time.time() if now is None else now) - ended < hours * 3600:
+        raise Refused(f"{what} ended less than {hours:g} h ago (at {end_time})")
+
+
 def clean(config: Config, task: TaskState, user: Any, service: Any, now: float | None = None) -> int:
     hours = config.work_retention_hours
     if hours is None:
         raise Refused("work areas are kept here (work_retention_hours is null)")
-    ended = _parse_time(task.end_time)
-    if ended is None or (time.time() if now is None else now) - ended < hours * 3600:
-        raise Refused(f"task {task.id} ended less than {hours:g} h ago (at {task.end_time})")
+    _due(f"task {task.id}", task.end_time, hours, now)
     root_fd = open_work_root(config, service)
     try:
         # The contents as the user (root never deletes by paths the user controls) ...
@@ -664,20 +696,60 @@ def _rmdir(name: str, dir_fd: int) -> None:
         pass
 
 
+def _open_runs_root(runs_root: str, run: RunState, service: Any) -> tuple[int, str]:
+    """The runs root (trusted: root's or the service's, writable by no one else) and the run's
+    directory under it, which must be the one the run's row names."""
+    run_dir = f"{runs_root}/{run.id}"
+    if run.run_dir.rstrip("/") != run_dir:
+        raise Refused(f"run {run.id}: its directory {run.run_dir} is not {run_dir}")
+    try:
+        root_fd = os.open(runs_root, _DIR_FLAGS)
+    except OSError as exc:
+        raise Refused(f"cannot open the runs root {runs_root}: {exc.strerror}") from None
+    try:
+        _trusted(os.fstat(root_fd), runs_root, (0, service.pw_uid))
+    except BaseException:
+        os.close(root_fd)
+        raise
+    return root_fd, run_dir
+
+
+def clean_run(config: Config, run: RunState, user: Any, service: Any, now: float | None = None) -> int:
+    """An ended run's directory, removed by whoever owns it: the run's user once its engine started,
+    the service account before. The outputs inside go with it (the record keeps the output object)."""
+    hours, runs_root = config.run_retention_hours, config.runs_root
+    if hours is None or not runs_root:
+        raise Refused("run directories are kept here (run_retention_hours or runs_root is null)")
+    _due(f"run {run.id}", run.end_time, hours, now)
+    root_fd, run_dir = _open_runs_root(runs_root, run, service)
+    try:
+        try:
+            os.lstat(run.id, dir_fd=root_fd)
+        except FileNotFoundError:
+            print(f"run {run.id}: no directory to remove")
+            return 0
+        run_fd = _open_child(run.id, root_fd, run_dir, _DIR_FLAGS)
+        owner = os.fstat(run_fd).st_uid
+        os.close(run_fd)
+        if owner not in (user.pw_uid, service.pw_uid):
+            raise Refused(f"{run_dir}: owned by uid {owner}, neither the service account nor {user.pw_name}")
+        keep = "outputs" if config.run_retention_keep_outputs else None
+        as_user(user if owner == user.pw_uid else service, lambda: _empty_dir(runs_root, run.id, keep))
+        if keep is None:
+            _rmdir(run.id, root_fd)
+    finally:
+        os.close(root_fd)
+    print(f"{'emptied all but outputs/ of' if keep else 'removed'} the run directory of run {run.id}")
+    return 0
+
+
 def start_engine(config: Config, run: RunState, user: Any, service: Any) -> NoReturn:
     """A WES run's engine (its user's code: CWL expressions run in it) as the run's user: the run
     directory the service made is handed over (owner the user, group the service account's, 2750,
     so the service reads logs and outputs), then the engine is exec'd in it without privileges."""
     if not config.runs_root or not config.engine_python:
         raise Refused("workflow engines are not enabled in this helper's configuration")
-    run_dir = f"{config.runs_root}/{run.id}"
-    if run.run_dir.rstrip("/") != run_dir:
-        raise Refused(f"run {run.id}: its directory {run.run_dir} is not {run_dir}")
-    try:
-        root_fd = os.open(config.runs_root, _DIR_FLAGS)
-    except OSError as exc:
-        raise Refused(f"cannot open the runs root {config.runs_root}: {exc.strerror}") from None
-    _trusted(os.fstat(root_fd), config.runs_root, (0, service.pw_uid))
+    root_fd, run_dir = _open_runs_root(config.runs_root, run, service)
     run_fd = _open_child(run.id, root_fd, run_dir, _DIR_FLAGS)
     owner = os.fstat(run_fd).st_uid
     if owner == service.pw_uid:
@@ -695,7 +767,7 @@ def start_engine(config: Config, run: RunState, user: Any, service: Any) -> NoRe
 
 
 ACTIONS: dict[str, Callable[..., int]] = {"submit": submit, "cancel": cancel, "clean": clean,
-                                          "engine": start_engine}
+                                          "engine": start_engine, "clean_run": clean_run}
 
 
 def _one_line(text: str) -> str:

@@ -87,6 +87,8 @@ def helper_config(config: SiteConfig) -> dict[str, Any]:
         "deny_users": list(settings.deny_users),
         "deny_groups": list(settings.deny_groups),
         "work_retention_hours": config.storage.work_retention_hours,
+        "run_retention_hours": config.wes.retention_hours,
+        "run_retention_keep_outputs": config.wes.retention_keep_outputs,
         "sbatch": _slurm_program(config, "sbatch"),
         "squeue": _slurm_program(config, "squeue"),
         "scancel": _slurm_program(config, "scancel"),

@@ -41,6 +41,7 @@ class WesSettings(BaseModel):
     trs_hosts: list[str] = Field(default_factory=list)  # TRS registries workflow_url may name (host[:port])
     # Run directories are removed this long after their run ended (the record stays); None keeps them.
     retention_hours: Annotated[float, Field(ge=0)] | None = None
+    retention_keep_outputs: bool = False  # True: retention leaves a run directory's outputs/
     crate_outputs: Literal["reference", "include"] = "reference"
     crate_include_max_bytes: Annotated[int, Field(ge=0)] = GiB
     # Seconds between the supervisor's looks at the runs table (it is also woken by the API).

@@ -59,6 +59,7 @@ EXIT_STATES = {0: "COMPLETE", 3: "EXECUTOR_ERROR", 4: "SYSTEM_ERROR", 5: "CANCEL
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4096
 ENGINE_MODULE = ["-I", "-m", "hpc_bridge.cwl"]
+HELPER_TIMEOUT = 600  # seconds for the root helper to empty one run directory
 # The engine's whole environment when the service starts it itself (the helper sets its own).
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -144,7 +145,17 @@ class Supervisor:
         owners = {os.geteuid()}
         if self._config.slurm.submit_as:
             owners.add(pwd.getpwnam(self._config.slurm.submit_as).pw_uid)
-        retention.retire(self.runs, root, hours, owners)
+        retention.retire(self.runs, root, hours, owners,
+                         self._remove_as_user if self._config.run_as.enabled else None,
+                         keep_outputs=self._settings.retention_keep_outputs)
+
+    def _remove_as_user(self, row: RunRow) -> None:
+        """The root helper removes an ended per-user run's directory as its owner (the run's user)."""
+        settings = self._config.run_as
+        done = subprocess.run([str(settings.sudo), "-n", str(settings.helper), row.id], capture_output=True,
+                              text=True, timeout=HELPER_TIMEOUT, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise RuntimeError((done.stderr or done.stdout).strip() or f"exit status {done.returncode}")
 
     @property
     def engines(self) -> dict[str, subprocess.Popen[bytes]]:

@@ -374,3 +374,52 @@ def test_a_workflow_engine_runs_as_the_mapped_user_through_the_helper(runas: Run
     st = os.stat(run_dir)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (alice.pw_uid, service.pw_gid, 0o2750)
     assert as_user("bob", "ls", str(run_dir)).returncode != 0
+
+
+SLEEPING = """cwlVersion: v1.2
+class: CommandLineTool
+requirements:
+  DockerRequirement: {dockerPull: busybox}
+baseCommand: [sleep, "300"]
+inputs: []
+outputs: []
+"""
+
+
+def test_an_ended_per_user_runs_directory_is_removed_as_its_user_and_a_live_one_kept(runas: RunAs) -> None:
+    """wes.retention_hours in a per-user mode: the helper (run_retention_hours in its own configuration)
+    empties the ended run's directory as alice and removes it; the record stays; a run still going
+    keeps its directory."""
+    if runas.helper.get("run_retention_hours") is None:
+        pytest.fail(f"{HELPER_CONFIG} has no run_retention_hours: run `dev/cluster install`")
+    server = runas.start(wes={"retention_hours": 0})
+    wes = f"{server.url}/ga4gh/wes/v1"
+
+    def submit(text: str) -> str:
+        response = requests.post(f"{wes}/runs", timeout=60,
+                                 files=[("workflow_attachment", ("wf.cwl", text.encode()))],
+                                 data={"workflow_type": "CWL", "workflow_type_version": "v1.2",
+                                       "workflow_url": "wf.cwl"})
+        assert response.status_code == 200, response.text
+        return response.json()["run_id"]
+
+    def run_log(run_id: str) -> dict[str, Any]:
+        return requests.get(f"{wes}/runs/{run_id}", timeout=10).json()
+
+    live, done = submit(SLEEPING), submit(ENGINE_UID)
+    live_dir, done_dir = (Path(runas.helper["runs_root"]) / r for r in (live, done))
+    deadline = time.monotonic() + 180
+    while not any("run directory removed" in line for line in run_log(done)["run_log"].get("system_logs") or []):
+        assert time.monotonic() < deadline, (run_log(done), server.log.read_text()[-3000:])
+        time.sleep(0.5)
+    log = run_log(done)
+    assert log["state"] == "COMPLETE" and log["outputs"]["engine_uid"] == pwd.getpwnam("alice").pw_uid
+    assert not done_dir.exists()
+    assert run_log(live)["state"] in ("INITIALIZING", "RUNNING")
+    st = os.stat(live_dir)
+    assert st.st_uid == pwd.getpwnam("alice").pw_uid and any(live_dir.iterdir())
+    requests.post(f"{wes}/runs/{live}/cancel", timeout=10)
+    deadline = time.monotonic() + 120
+    while run_log(live)["state"] not in TERMINAL:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 from hpc_bridge.store import Store
-from hpc_bridge.store.runs import RunStore
+from hpc_bridge.store.runs import RunRow, RunStore
 from hpc_bridge.wes import retention
 
 
@@ -38,3 +39,43 @@ def test_a_directory_the_service_does_not_own_or_outside_the_root_is_left(tmp_pa
     runs, root = RunStore(Store(tmp_path / "db.sqlite")), tmp_path / "runs"
     elsewhere = _run(runs, tmp_path / "other", "x", "COMPLETE", "2026-12-01T00:00:00.000Z")
     assert retention.retire(runs, root, 1, {os.geteuid()}) == 0 and elsewhere.exists()
+
+
+def test_a_per_user_runs_directory_goes_through_the_helper_and_a_failure_is_retried(tmp_path: Path) -> None:
+    runs, root = RunStore(Store(tmp_path / "db.sqlite")), tmp_path / "runs"
+    path = _run(runs, root, "mine", "COMPLETE", "2026-12-01T00:00:00.000Z")
+    runs.update("mine", run_as="alice")
+    asked: list[str] = []
+
+    def refuse(row: RunRow) -> None:
+        asked.append(row.id)
+        raise RuntimeError("submit-as: refused: run mine ended less than 24 h ago")
+
+    assert retention.retire(runs, root, 1, {os.geteuid()}, refuse) == 0
+    row = runs.get("mine")
+    assert asked == ["mine"] and path.exists() and row is not None and row.cleaned_at is None  # next sweep
+
+    def remove(row: RunRow) -> None:
+        asked.append(row.id)
+        shutil.rmtree(row.run_dir)
+
+    assert retention.retire(runs, root, 1, {os.geteuid()}, remove) == 1
+    row = runs.get("mine")
+    assert asked == ["mine", "mine"] and not path.exists() and row is not None and row.cleaned_at
+    assert "run directory removed" in row.system_logs[-1]
+    assert retention.retire(runs, root, 1, {os.geteuid()}, remove) == 0 and asked == ["mine", "mine"]
+
+
+def test_a_site_may_keep_the_outputs_of_ended_runs(tmp_path: Path) -> None:
+    runs, root = RunStore(Store(tmp_path / "db.sqlite")), tmp_path / "runs"
+    path = _run(runs, root, "old", "COMPLETE", "2026-12-01T00:00:00.000Z")
+    (path / "wf.cwl").write_text("cwlVersion: v1.2\n")
+    (path / "tmp" / "step").mkdir(parents=True)
+    (path / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.txt").write_text("not the run's")
+    assert retention.retire(runs, root, 1, {os.geteuid()}, keep_outputs=True) == 1
+    assert sorted(p.name for p in path.iterdir()) == ["outputs"] and (path / "outputs" / "x.txt").read_text() == "x"
+    assert (tmp_path / "elsewhere" / "keep.txt").exists()  # a link is removed, never followed
+    row = runs.get("old")
+    assert row is not None and "emptied but for its outputs/" in row.system_logs[-1]

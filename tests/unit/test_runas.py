@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -505,11 +506,68 @@ def test_a_run_due_for_an_engine_starts_one_and_nothing_else_does() -> None:
     assert decide(run) == "engine"
     assert decide(helper.RunState(**{**run.__dict__, "state": "INITIALIZING"})) == "engine"
     assert authorize(run, _cfg(), **LOOKUPS).pw_name == "alice"  # the same user checks as for tasks
-    for state in ("QUEUED", "CANCELING", "COMPLETE", "SYSTEM_ERROR"):
+    for state in ("QUEUED", "CANCELING"):
         with pytest.raises(Refused, match="not due to start"):
             decide(helper.RunState(**{**run.__dict__, "state": state}))
+    for state in ("COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"):  # ended: its directory may go
+        assert decide(helper.RunState(**{**run.__dict__, "state": state})) == "clean_run"
+    with pytest.raises(Refused, match="already removed"):
+        decide(helper.RunState(**{**run.__dict__, "state": "COMPLETE", "cleaned_at": "2024-01-02T00:00:00Z"}))
     with pytest.raises(Refused, match="does not map owner"):
         authorize(helper.RunState(**{**run.__dict__, "run_as": "bob"}), _cfg(), **LOOKUPS)
+
+
+def _ended_run(runs_root: Path, **changes: object) -> helper.RunState:
+    fields: dict[str, Any] = {"id": TASK, "owner": "local", "state": "COMPLETE", "run_as": "alice",
+                              "run_dir": str(runs_root / TASK), "end_time": "2024-01-01T00:00:00.000000Z"}
+    return helper.RunState(**{**fields, **changes})
+
+
+def test_a_run_directory_goes_only_after_the_helpers_own_retention_time(tmp_path: Path) -> None:
+    run = _ended_run(tmp_path / "runs")
+    day = helper._parse_time(run.end_time)
+    alice = USERS["alice"]
+    with pytest.raises(Refused, match="kept here"):  # no run_retention_hours in the helper's configuration
+        helper.clean_run(_cfg(runs_root=str(tmp_path / "runs")), run, alice, alice, now=day + 10**9)
+    cfg = _cfg(runs_root=str(tmp_path / "runs"), run_retention_hours=24)
+    with pytest.raises(Refused, match="ended less than 24 h ago"):
+        helper.clean_run(cfg, run, alice, alice, now=day + 3600)
+    with pytest.raises(Refused, match="is not " + re.escape(str(tmp_path / "runs"))):  # never a path the row names
+        helper.clean_run(cfg, _ended_run(tmp_path / "elsewhere"), alice, alice, now=day + 10**9)
+
+
+@as_root
+def test_a_run_directory_of_another_user_is_refused_and_a_missing_one_is_fine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs_root = tmp_path / "runs"
+    (runs_root / TASK).mkdir(parents=True)
+    os.chmod(runs_root, 0o755)
+    os.chown(runs_root / TASK, 4321, 4321)  # bob's, say: not the run's user's (alice) nor the service's
+    run = _ended_run(runs_root)
+    cfg = _cfg(runs_root=str(runs_root), run_retention_hours=0)
+    service = SimpleNamespace(pw_name="svc", pw_uid=ME, pw_gid=ME)
+    with pytest.raises(Refused, match="owned by uid 4321"):
+        helper.clean_run(cfg, run, USERS["alice"], service)
+    assert (runs_root / TASK).is_dir()
+    (runs_root / TASK).rmdir()
+    assert helper.clean_run(cfg, run, USERS["alice"], service) == 0
+    assert "no directory to remove" in capsys.readouterr().out
+
+
+def test_emptying_a_run_directory_may_keep_its_outputs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / TASK
+    (run_dir / "outputs" / "deep").mkdir(parents=True)
+    (run_dir / "outputs" / "deep" / "out.txt").write_text("result")
+    (run_dir / "tmp").mkdir()
+    (run_dir / "stderr.log").write_text("log")
+    helper._empty_dir(str(tmp_path / "runs"), TASK, keep="outputs")
+    assert [p.name for p in run_dir.iterdir()] == ["outputs"]
+    assert (run_dir / "outputs" / "deep" / "out.txt").read_text() == "result"
+    helper._empty_dir(str(tmp_path / "runs"), TASK)
+    assert list(run_dir.iterdir()) == []
+    assert _cfg(run_retention_keep_outputs=True).run_retention_keep_outputs
+    with pytest.raises(Refused, match="run_retention_keep_outputs must be true or false"):
+        _cfg(run_retention_keep_outputs="yes")
 
 
 def test_the_engine_action_needs_its_own_configuration_and_path(tmp_path: Path) -> None:
