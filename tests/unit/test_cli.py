@@ -87,9 +87,11 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
     images.mkdir()
     (images / "busybox.sif").write_bytes(b"")  # only looked up at POST time, never run here
     base = load_config(ROOT / "site_config/dev.yaml")
+    (tmp_path / "data").mkdir()
     config = base.model_copy(update={
         "database": tmp_path / "db.sqlite",
         "apptainer": base.apptainer.model_copy(update={"image_dirs": [images]}),
+        "storage": base.storage.model_copy(update={"data_roots": [tmp_path / "data"]}),  # WES runs go here
     })
     store = Store(config.database)
     holder = Bridge(url="", store=store)

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from hpc_bridge import liveview, runcli
 from hpc_bridge.cli import main
-from hpc_bridge.clicommon import EXIT_NOT_FINISHED, EXIT_USAGE
+from hpc_bridge.clicommon import EXIT_INTERRUPTED, EXIT_NOT_FINISHED, EXIT_USAGE
 from hpc_bridge.liveview import Snapshot, Step, changes, follow, render
 from hpc_bridge.store.runs import RunStore
 
@@ -209,3 +209,39 @@ def test_run_submit_refuses_what_it_cannot_read_before_sending(bridge: Bridge, t
     absent = hpcb(bridge, "run", "submit", str(workflow), str(tmp_path / "absent.yml"))
     assert absent.exit_code == EXIT_USAGE and "absent.yml" in absent.stderr
     assert hpcb(bridge, "run", "list").stdout == ""  # nothing was sent
+
+
+def test_run_submit_attaches_the_workflow_and_its_local_inputs(bridge: Bridge, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    workflow = tmp_path / "src" / "wf.cwl"
+    workflow.write_text("cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: cat\n"
+                        "inputs: {f: {type: File, inputBinding: {position: 1}}}\noutputs: []\n")
+    (tmp_path / "src" / "in.txt").write_text("x")
+    (tmp_path / "src" / "job.yml").write_text("f: {class: File, path: in.txt}\n")
+    result = hpcb(bridge, "run", "submit", "--tag", "project=p1", str(workflow), str(tmp_path / "src" / "job.yml"))
+    assert result.exit_code == 0, result.output
+    run_id = result.stdout.strip()
+    row = RunStore(bridge.store).get(run_id)
+    assert row is not None and row.tags == {"project": "p1"}
+    assert row.request["workflow_url"] == "wf.cwl"
+    assert row.request["workflow_params"] == {"f": {"class": "File", "location": "./in.txt"}}
+    attached = Path(row.run_dir) / "attachments"
+    assert sorted(p.name for p in attached.iterdir()) == ["in.txt", "wf.cwl"]
+
+
+def test_ctrl_c_while_a_run_is_followed_leaves_it_running(bridge: Bridge, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(liveview, "sleep", interrupt)
+    workflow = tmp_path / "wf.cwl"
+    workflow.write_text("cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: 'true'\ninputs: []\noutputs: []\n")
+    result = hpcb(bridge, "run", "submit", "--wait", str(workflow))
+    run_id = result.stdout.strip()
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    assert f"run {run_id} keeps running" in result.stderr
+    assert f"hpc-bridge run cancel --url {bridge.url} {run_id}" in result.stderr
+    assert f"run {run_id} QUEUED" in result.stderr  # what the view showed before Ctrl-C
+    row = RunStore(bridge.store).get(run_id)
+    assert row is not None and row.state == "QUEUED"
