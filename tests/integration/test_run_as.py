@@ -35,6 +35,7 @@ from hpc_bridge.config import SiteConfig
 
 from ..conftest import ROOT
 from .conftest import ServerProcess, free_port
+from .test_wes import SLEEPING
 
 HELPER = Path("/usr/local/libexec/hpc-bridge/submit-as")
 HELPER_CONFIG = Path("/etc/hpc-bridge/submit-as.json")
@@ -374,16 +375,6 @@ def test_a_workflow_engine_runs_as_the_mapped_user_through_the_helper(runas: Run
     st = os.stat(run_dir)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (alice.pw_uid, service.pw_gid, 0o2750)
     assert as_user("bob", "ls", str(run_dir)).returncode != 0
-
-
-SLEEPING = """cwlVersion: v1.2
-class: CommandLineTool
-requirements:
-  DockerRequirement: {dockerPull: busybox}
-baseCommand: [sleep, "300"]
-inputs: []
-outputs: []
-"""
 
 
 def test_an_ended_per_user_runs_directory_is_removed_as_its_user_and_a_live_one_kept(runas: RunAs) -> None:
