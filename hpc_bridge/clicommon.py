@@ -80,6 +80,8 @@ def connect(url: str) -> Iterator[BridgeClient]:
         raise click.BadParameter(str(exc), param_hint="--url") from None
     try:
         yield client
+    except requests.JSONDecodeError:
+        _not_json(url)
     except requests.RequestException as exc:
         bad_request = exc.response is not None and exc.response.status_code == 400
         fail(error_message(exc, url), EXIT_USAGE if bad_request else EXIT_SERVER)
@@ -94,6 +96,13 @@ def connect_wes(url: str) -> Iterator[Client]:
         yield Client(url, token())
     except RunnerError as exc:
         fail(str(exc), EXIT_USAGE if exc.status == 400 else EXIT_SERVER)
+    except requests.JSONDecodeError:
+        _not_json(url)
+
+
+def _not_json(url: str) -> NoReturn:
+    """An answer of 200 that is not JSON: not an hpc-bridge API at this URL."""
+    fail(f"unexpected answer from {url}: not JSON (is it an hpc-bridge server?)", EXIT_SERVER)
 
 
 def last_log(task: tes.Task) -> tes.TaskLog | None:

@@ -245,3 +245,28 @@ def test_ctrl_c_while_a_run_is_followed_leaves_it_running(bridge: Bridge, tmp_pa
     assert f"run {run_id} QUEUED" in result.stderr  # what the view showed before Ctrl-C
     row = RunStore(bridge.store).get(run_id)
     assert row is not None and row.state == "QUEUED"
+
+
+def test_a_server_that_is_not_hpc_bridge_gets_a_message_not_a_traceback(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>a web page</html>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = CliRunner().invoke(main, ["run", "status", "r1", "--json", "--url",
+                                           f"http://127.0.0.1:{server.server_address[1]}"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1, result.output
+    assert "not JSON" in result.stderr and "Traceback" not in result.output
