@@ -96,25 +96,36 @@ def _fitted(steps: tuple[Step, ...], rows: int) -> list[Step]:
 
 def follow(poll: Callable[[], Snapshot], console: Console, interval: float = POLL_SECONDS) -> Snapshot:
     """Poll until the task or run ends and return the last snapshot. Ctrl-C leaves it running: the
-    KeyboardInterrupt reaches the caller, with the view left as last drawn."""
+    KeyboardInterrupt reaches the caller, with the view left as last drawn. A poll that takes long
+    (a run of thousands of steps) spaces the next ones out: at most a third of the time is polling."""
     started = monotonic()
+    took = 0.0
+
+    def timed() -> Snapshot:
+        nonlocal took
+        begun = monotonic()
+        now = poll()
+        took = monotonic() - begun
+        return now
+
     if not console.is_terminal:
         before: Snapshot | None = None
         while True:
-            now = poll()
+            now = timed()
             for line in changes(before, now, f"{datetime.now():%H:%M:%S}"):
                 console.print(line, markup=False, highlight=False, soft_wrap=True)
             if now.ended:
                 return now
             before = now
-            sleep(interval)
+            sleep(max(interval, 2 * took))
+
     def view(now: Snapshot) -> RenderableType:
         return render(now, monotonic() - started, rows=max(console.height - 4, 3))
 
-    now = poll()
+    now = timed()
     with Live(view(now), console=console, auto_refresh=False) as live:
         while not now.ended:
-            sleep(interval)
-            now = poll()
+            sleep(max(interval, 2 * took))
+            now = timed()
             live.update(view(now), refresh=True)
     return now

@@ -270,3 +270,20 @@ def test_a_server_that_is_not_hpc_bridge_gets_a_message_not_a_traceback(tmp_path
         server.shutdown()
     assert result.exit_code == 1, result.output
     assert "not JSON" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_slow_poll_spaces_out_the_next_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    slept: list[float] = []
+    monkeypatch.setattr(liveview, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(liveview, "sleep", slept.append)
+
+    def slow(snapshot: Snapshot) -> Any:
+        def poll() -> Snapshot:
+            clock[0] += 3.0  # a listing of many steps
+            return snapshot
+        return poll
+
+    seen = iter([run_snapshot("RUNNING"), run_snapshot("COMPLETE")])
+    follow(lambda: slow(next(seen))(), Console(file=io.StringIO()))
+    assert slept == [6.0]
