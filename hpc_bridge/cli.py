@@ -24,7 +24,6 @@ from tes.utils import UnmarshalError, unmarshal
 
 from hpc_bridge import logformat
 from hpc_bridge.clicommon import (
-    EXIT_INTERRUPTED,
     EXIT_USAGE,
     JSON_OPTION,
     URL_OPTION,
@@ -33,8 +32,10 @@ from hpc_bridge.clicommon import (
     err,
     executor_logs,
     fail,
+    keeps_running,
     last_log,
     outcome,
+    slurm_job,
     stdout,
     styled,
     when,
@@ -43,7 +44,7 @@ from hpc_bridge.config import ConfigError, SiteConfig, load_config
 from hpc_bridge.liveview import Snapshot, follow
 from hpc_bridge.runcli import run_group
 from hpc_bridge.slurm.timelimit import SLURM_TIME
-from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient
+from hpc_bridge.tes.client import BridgeClient
 from hpc_bridge.tes.models import State
 
 SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([KMGT])(?:I?B)?", re.IGNORECASE)
@@ -150,9 +151,7 @@ def _read_task(path: str) -> tes.Task:
 
 def _snapshot(client: BridgeClient, task_id: str) -> Snapshot:
     task = client.get_task(task_id, view="BASIC")
-    log = last_log(task)
-    return Snapshot("task", task_id, task.state or "UNKNOWN",
-                    job=((log.metadata if log else None) or {}).get("slurm_job_id") or "")
+    return Snapshot("task", task_id, task.state or "UNKNOWN", job=slurm_job(task))
 
 
 @main.command()
@@ -335,14 +334,9 @@ def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name:
         click.echo(task_id)
         if not wait:
             return
-        try:
+        with keeps_running("task", task_id, "hpc-bridge cancel", url):
             follow(lambda: _snapshot(client, task_id), err)
             task = client.get_task(task_id, view="FULL")
-        except KeyboardInterrupt:
-            hint = "" if url == DEFAULT_URL else f" --url {shlex.quote(url)}"
-            err.print(f"\ninterrupted: task {task_id} keeps running; cancel it with "
-                      f"[bold]hpc-bridge cancel{escape(hint)} {task_id}[/bold]", soft_wrap=True)
-            sys.exit(EXIT_INTERRUPTED)
     for line in (last_log(task) or tes.TaskLog()).system_logs or []:
         err.print(f"[dim]system log:[/dim] {escape(line)}", soft_wrap=True)
     code, why = outcome(task)
@@ -390,6 +384,8 @@ def status(task_id: str, as_json: bool, url: str) -> None:
     """Show a task: state, Slurm job, times, system logs, executors' exit codes."""
     with connect(url) as client:
         task = client.get_task(task_id, view="FULL")
+        if not task.id:  # no answer of this API: connect ends the command with a message
+            raise KeyError("id")
     if as_json:
         click.echo(task.as_json(indent=2))
         return
@@ -398,7 +394,7 @@ def status(task_id: str, as_json: bool, url: str) -> None:
     info = Table.grid(padding=(0, 2))
     for key, value in (("id", escape(task.id or "")), ("name", escape(task.name or "")),
                        ("state", styled(task.state)),
-                       ("slurm job", escape((log.metadata or {}).get("slurm_job_id", ""))),
+                       ("slurm job", escape(slurm_job(task))),
                        ("created", when(task.creation_time)), ("started", when(log.start_time)),
                        ("ended", when(log.end_time))):
         info.add_row(f"[bold]{key}[/bold]", value)

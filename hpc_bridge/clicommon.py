@@ -4,6 +4,7 @@ and how a failed request ends the command."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ TOKEN_ENV = "HPC_BRIDGE_TOKEN"
 
 URL_OPTION = click.option(
     "--url", metavar="URL", envvar="HPC_BRIDGE_URL", default=DEFAULT_URL, show_default=True,
-    help="The hpc-bridge server, with or without /ga4gh/tes/v1 (env: HPC_BRIDGE_URL; "
+    help="The hpc-bridge server, with or without /ga4gh/tes/v1 or /ga4gh/wes/v1 (env: HPC_BRIDGE_URL; "
          "bearer token: env HPC_BRIDGE_TOKEN).",
 )
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -82,6 +83,8 @@ def connect(url: str) -> Iterator[BridgeClient]:
         yield client
     except requests.JSONDecodeError:
         _not_json(url)
+    except _WRONG_SHAPE as exc:
+        _wrong_shape(url, exc)
     except requests.RequestException as exc:
         bad_request = exc.response is not None and exc.response.status_code == 400
         fail(error_message(exc, url), EXIT_USAGE if bad_request else EXIT_SERVER)
@@ -98,6 +101,16 @@ def connect_wes(url: str) -> Iterator[Client]:
         fail(str(exc), EXIT_USAGE if exc.status == 400 else EXIT_SERVER)
     except requests.JSONDecodeError:
         _not_json(url)
+    except _WRONG_SHAPE as exc:
+        _wrong_shape(url, exc)
+
+
+# JSON, but not the objects the API answers with (a list, a field missing): another server at --url.
+_WRONG_SHAPE = (KeyError, TypeError, AttributeError)
+
+
+def _wrong_shape(url: str, exc: Exception) -> NoReturn:
+    fail(f"unexpected answer from {url}: not the hpc-bridge API ({type(exc).__name__}: {exc})", EXIT_SERVER)
 
 
 def _not_json(url: str) -> NoReturn:
@@ -113,6 +126,25 @@ def last_log(task: tes.Task) -> tes.TaskLog | None:
 def executor_logs(task: tes.Task) -> list[tes.ExecutorLog]:
     log = last_log(task)
     return (log.logs or []) if log else []
+
+
+def slurm_job(task: tes.Task) -> str:
+    """The Slurm job of the task's current attempt ("" before it has one)."""
+    log = last_log(task)
+    return str(((log.metadata if log else None) or {}).get("slurm_job_id") or "")
+
+
+@contextmanager
+def keeps_running(what: str, ident: str, cancel: str, url: str) -> Iterator[None]:
+    """Ctrl-C while following a task or run (polling, or reading its end): it goes on; exit 130
+    with the command that cancels it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        hint = "" if url == DEFAULT_URL else f" --url {shlex.quote(url)}"
+        err.print(f"\ninterrupted: {what} {ident} keeps running; cancel it with "
+                  f"[bold]{escape(cancel + hint)} {ident}[/bold]", soft_wrap=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def outcome(task: tes.Task) -> tuple[int, str]:

@@ -46,7 +46,7 @@ class Snapshot:
         return self.state in TERMINAL
 
 
-def _job(job: str) -> str:
+def _job_note(job: str) -> str:
     return f" slurm job {job}" if job else ""
 
 
@@ -56,11 +56,11 @@ def changes(before: Snapshot | None, now: Snapshot, clock: str) -> list[str]:
     lines = []
     if before is None or (before.state, before.job) != (now.state, now.job):
         subject = now.id if now.kind == "task" else f"run {now.id}"
-        lines.append(f"{clock} {subject} {now.state}{_job(now.job)}")
+        lines.append(f"{clock} {subject} {now.state}{_job_note(now.job)}")
     seen = {step.task_id: step for step in before.steps} if before else {}
     for step in now.steps:
         if seen.get(step.task_id) != step:
-            lines.append(f"{clock}   step {step.name} {step.task_id} {step.state}{_job(step.job)}")
+            lines.append(f"{clock}   step {step.name} {step.task_id} {step.state}{_job_note(step.job)}")
     return lines
 
 
@@ -69,7 +69,7 @@ def render(now: Snapshot, elapsed: float, rows: int = 1_000_000) -> RenderableTy
     tasks are in each state; then a table of the steps, in the order they were created. More steps
     than `rows`: the ones still going and the newest ended ones, so the view fits the terminal."""
     subject = f"task {now.id}" if now.kind == "task" else f"run {now.id}"
-    head = f"[bold]{escape(subject)}[/bold] {styled(now.state)}{escape(_job(now.job))}  [dim]{elapsed:.0f}s[/dim]"
+    head = f"[bold]{escape(subject)}[/bold] {styled(now.state)}{escape(_job_note(now.job))}  [dim]{elapsed:.0f}s[/dim]"
     if now.kind == "task":
         return head
     counts = Counter(step.state for step in now.steps)
@@ -80,18 +80,23 @@ def render(now: Snapshot, elapsed: float, rows: int = 1_000_000) -> RenderableTy
     for step in shown:
         table.add_row(escape(step.name), step.task_id, styled(step.state), step.job)
     parts: list[RenderableType] = [head]
-    if len(shown) < len(now.steps):
-        parts.append(f"[dim]{len(now.steps) - len(shown)} more ended steps: hpc-bridge run tasks {now.id}[/dim]")
+    hidden = Counter(step.state for step in now.steps) - Counter(step.state for step in shown)
+    if hidden:
+        parts.append(f"[dim]{hidden.total()} more ({', '.join(f'{n} {s}' for s, n in sorted(hidden.items()))}): "
+                     f"hpc-bridge run tasks {escape(now.id)}[/dim]")
     return Group(*parts, table) if now.steps else head
+
+
+# Which steps a short terminal shows first: running, then waiting, then the newest ended ones.
+_SHOW_FIRST = {"RUNNING": 0, "INITIALIZING": 0, "CANCELING": 0, "QUEUED": 1, "PAUSED": 1}
 
 
 def _fitted(steps: tuple[Step, ...], rows: int) -> list[Step]:
     if len(steps) <= rows:
         return list(steps)
-    going = {s.task_id for s in steps if s.state not in TERMINAL}
-    ended = [s.task_id for s in steps if s.task_id not in going]
-    keep = going | set(ended[len(ended) - max(rows - len(going), 0):])
-    return [s for s in steps if s.task_id in keep]
+    ranked = sorted(range(len(steps)), key=lambda i: (_SHOW_FIRST.get(steps[i].state, 2), -i))
+    keep = set(ranked[:rows])
+    return [step for i, step in enumerate(steps) if i in keep]
 
 
 def follow(poll: Callable[[], Snapshot], console: Console, interval: float = POLL_SECONDS) -> Snapshot:

@@ -59,6 +59,8 @@ class Metrics:
                                    ["outcome"], registry=r)
         self.staged_bytes = Counter("hpcbridge_staged_bytes", "Bytes staged: in, task inputs the daemon "
                                     "downloaded; out, the outputs of tasks that ended", ["direction"], registry=r)
+        for direction in ("in", "out"):  # both series from the start, at 0
+            self.staged_bytes.labels(direction)
         self.requests = Histogram("hpcbridge_http_request_duration_seconds", "API requests, by route",
                                   ["method", "route", "status"], buckets=REQUEST_BUCKETS, registry=r)
         self.squeue_ok: float | None = None  # monotonic times of the last squeue that answered, or failed

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,6 @@ from rich.table import Table
 from tes.models import datetime_json_handler
 
 from hpc_bridge.clicommon import (
-    EXIT_INTERRUPTED,
     EXIT_NOT_FINISHED,
     EXIT_SERVER,
     EXIT_USAGE,
@@ -29,22 +27,32 @@ from hpc_bridge.clicommon import (
     connect_wes,
     err,
     fail,
+    keeps_running,
     last_log,
     outcome,
+    slurm_job,
     stdout,
     styled,
     when,
 )
 from hpc_bridge.liveview import Snapshot, Step, follow
-from hpc_bridge.tes.client import DEFAULT_URL, BridgeClient
+from hpc_bridge.tes.client import BridgeClient
 from hpc_bridge.wes import CRATE_OUTPUT
 from hpc_bridge.wes.runner import WES, Client, Outputs, RunnerError, Submission
-
-STDERR_TAIL_LINES = 20
 
 
 def _run(run_id: str, tail: str = "") -> str:
     return f"{WES}/runs/{quote(run_id, safe='')}{tail}"
+
+
+def run_log(wes: Client, run_id: str) -> dict[str, Any]:
+    """The WES RunLog; one without its id and state is no answer of this API (KeyError, TypeError:
+    connect_wes ends the command with a message)."""
+    log: dict[str, Any] = wes.call("GET", _run(run_id)).json()
+    missing = {"run_id", "state"} - set(log)
+    if missing:
+        raise KeyError(", ".join(sorted(missing)))
+    return log
 
 
 def run_tasks(client: BridgeClient, run_id: str) -> list[tes.Task]:
@@ -57,14 +65,9 @@ def step_name(task: tes.Task) -> str:
     return (task.tags or {}).get("cwl_step") or task.name or task.id or ""
 
 
-def _job(task: tes.Task) -> str:
-    log = last_log(task)
-    return str(((log.metadata if log else None) or {}).get("slurm_job_id") or "")
-
-
 def snapshot(wes: Client, client: BridgeClient, run_id: str) -> Snapshot:
     state = wes.call("GET", _run(run_id, "/status")).json()["state"]
-    steps = tuple(Step(t.id or "", step_name(t), t.state or "UNKNOWN", _job(t)) for t in run_tasks(client, run_id))
+    steps = tuple(Step(t.id or "", step_name(t), t.state or "UNKNOWN", slurm_job(t)) for t in run_tasks(client, run_id))
     return Snapshot("run", run_id, state, steps=steps)
 
 
@@ -114,14 +117,8 @@ def run_submit(workflow: str, job: str | None, tag: tuple[tuple[str, str], ...],
     click.echo(run_id)
     if not wait:
         return
-    with connect_wes(url) as wes, connect(url) as client:
-        try:
-            final = follow(lambda: snapshot(wes, client, run_id), err)
-        except KeyboardInterrupt:
-            hint = "" if url == DEFAULT_URL else f" --url {shlex.quote(url)}"
-            err.print(f"\ninterrupted: run {run_id} keeps running; cancel it with "
-                      f"[bold]hpc-bridge run cancel{escape(hint)} {run_id}[/bold]", soft_wrap=True)
-            sys.exit(EXIT_INTERRUPTED)
+    with connect_wes(url) as wes, connect(url) as client, keeps_running("run", run_id, "hpc-bridge run cancel", url):
+        final = follow(lambda: snapshot(wes, client, run_id), err)
         code, why = run_outcome(final.state, run_tasks(client, run_id))
         if code:
             _explain_failure(wes, run_id)
@@ -130,14 +127,9 @@ def run_submit(workflow: str, job: str | None, tag: tuple[tuple[str, str], ...],
 
 
 def _explain_failure(wes: Client, run_id: str) -> None:
-    """The end of the engine's stderr and the run's system logs, on stderr."""
-    log = wes.call("GET", _run(run_id)).json()["run_log"]
-    lines = wes.call("GET", _run(run_id, "/stderr")).text.splitlines()[-STDERR_TAIL_LINES:]
-    if lines:
-        err.print(f"[dim]engine stderr (last {len(lines)} lines):[/dim]")
-        for line in lines:
-            err.print(f"  {escape(line)}", soft_wrap=True)
-    for line in log.get("system_logs") or []:
+    """The run's system logs on stderr: why it ended so, with the end of the engine's stderr (the
+    supervisor adds it when a run fails)."""
+    for line in run_log(wes, run_id).get("run_log", {}).get("system_logs") or []:
         err.print(f"[dim]system log:[/dim] {escape(line)}", soft_wrap=True)
 
 
@@ -152,7 +144,7 @@ def run_list(all_pages: bool, as_json: bool, url: str) -> None:
     with connect_wes(url) as wes:
         while True:
             page = wes.call("GET", f"{WES}/runs", params=params).json()
-            runs += page.get("runs") or []
+            runs += page["runs"]
             more = page.get("next_page_token") or ""
             if not (more and all_pages):
                 break
@@ -182,28 +174,28 @@ def run_list(all_pages: bool, as_json: bool, url: str) -> None:
 def run_status(run_id: str, as_json: bool, url: str) -> None:
     """Show a run: state, workflow, times, the engine's exit code, its steps by state, system logs."""
     with connect_wes(url) as wes, connect(url) as client:
-        log = wes.call("GET", _run(run_id)).json()
+        log = run_log(wes, run_id)
         tasks = run_tasks(client, run_id) if not as_json else []
     if as_json:
         click.echo(json.dumps(log, indent=2))
         return
-    run_log, request = log.get("run_log") or {}, log.get("request") or {}
+    engine, request = log.get("run_log") or {}, log.get("request") or {}
     counts = Counter(t.state or "UNKNOWN" for t in tasks)
-    exit_code = run_log.get("exit_code")
+    exit_code = engine.get("exit_code")
     info = Table.grid(padding=(0, 2))
     for key, value in (("id", escape(log["run_id"])), ("state", styled(log.get("state"))),
                        ("workflow", escape(request.get("workflow_url") or "")),
                        ("type", escape(f"{request.get('workflow_type', '')} "
                                        f"{request.get('workflow_type_version', '')}")),
-                       ("started", when(run_log.get("start_time"))), ("ended", when(run_log.get("end_time"))),
+                       ("started", when(engine.get("start_time"))), ("ended", when(engine.get("end_time"))),
                        ("engine exit code", "" if exit_code is None else str(exit_code)),
                        ("tasks", ", ".join(f"{n} {styled(s)}" for s, n in sorted(counts.items())))):
         info.add_row(f"[bold]{key}[/bold]", value)
     out = stdout()
     out.print(info)
-    if run_log.get("system_logs"):
+    if engine.get("system_logs"):
         out.print("[bold]system logs[/bold]")
-        for line in run_log["system_logs"]:
+        for line in engine["system_logs"]:
             out.print(f"  {escape(line)}", soft_wrap=True)
 
 
@@ -214,7 +206,7 @@ def run_status(run_id: str, as_json: bool, url: str) -> None:
 def run_tasks_command(run_id: str, as_json: bool, url: str) -> None:
     """List a run's TES tasks: step, task id, state, Slurm job, exit code, times."""
     with connect_wes(url) as wes, connect(url) as client:
-        wes.call("GET", _run(run_id, "/status"))  # an unknown run is an error, not an empty list
+        wes.call("GET", _run(run_id, "/status")).json()["state"]  # an unknown run is an error, not no tasks
         tasks = run_tasks(client, run_id)
     if as_json:
         click.echo(json.dumps([t.as_dict() for t in tasks], indent=2, default=datetime_json_handler))
@@ -226,7 +218,7 @@ def run_tasks_command(run_id: str, as_json: bool, url: str) -> None:
     for task in tasks:
         log = last_log(task) or tes.TaskLog()
         codes = [e.exit_code for e in log.logs or [] if e.exit_code is not None]
-        table.add_row(escape(step_name(task)), task.id, styled(task.state), _job(task),
+        table.add_row(escape(step_name(task)), task.id, styled(task.state), slurm_job(task),
                       str(codes[-1]) if codes else "", when(log.start_time), when(log.end_time))
     stdout().print(table)
 
@@ -264,10 +256,10 @@ def run_cancel(run_id: str, url: str) -> None:
 def run_outputs(run_id: str, outdir: Path | None, url: str) -> None:
     """Print a completed run's CWL output object (JSON), as the server has the files, or as copied to --outdir."""
     with connect_wes(url) as wes:
-        log = wes.call("GET", _run(run_id)).json()
+        log = run_log(wes, run_id)
         outputs = {k: v for k, v in (log.get("outputs") or {}).items() if k != CRATE_OUTPUT}
-        if log.get("state") != "COMPLETE" and not outputs:
-            fail(f"run {run_id} is {log.get('state')}: outputs come with COMPLETE", EXIT_SERVER)
+        if log["state"] != "COMPLETE" and not outputs:
+            fail(f"run {run_id} is {log['state']}: outputs come with COMPLETE", EXIT_SERVER)
         if outdir is not None:
             try:
                 outputs = Outputs(wes, run_id, str(outdir)).relocate(outputs)
@@ -290,6 +282,9 @@ def run_crate(run_id: str, output: Path | None, url: str) -> None:
         return
     path = output or Path(f"run-{run_id}-ro-crate.zip")
     partial = path.with_name(path.name + ".part")
-    partial.write_bytes(resp.content)
-    partial.replace(path)  # never a half-written crate under the final name
+    try:
+        partial.write_bytes(resp.content)
+        partial.replace(path)  # never a half-written crate under the final name
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}", EXIT_USAGE)
     err.print(f"{path} ({len(resp.content) / 1024:.1f} KiB): the Provenance Run Crate of run {run_id}")

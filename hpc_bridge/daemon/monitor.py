@@ -120,7 +120,9 @@ class Monitor:
             ctx.store.tasks.update(row.id, state=verdict.state, message=verdict.message, add_logs=added,
                                    **changes)
             if verdict.terminal and changes.get("outputs") and ctx.metrics is not None:
-                ctx.metrics.staged_bytes.labels("out").inc(sum(int(o["size_bytes"]) for o in changes["outputs"]))
+                # sizes the job itself wrote down: never below 0
+                ctx.metrics.staged_bytes.labels("out").inc(sum(max(0, int(o["size_bytes"]))
+                                                               for o in changes["outputs"]))
 
     def _handed_back(self, row: TaskRow) -> None:
         """A step before this task's ran long: the shared job will not start it. It is submitted

@@ -43,6 +43,7 @@ Stdlib only (Python 3.11+): it is copied to its fixed path and run by the system
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
@@ -622,26 +623,29 @@ def cancel(config: Config, task: TaskState, user: Any, service: Any) -> int:
     os.execve(config.scancel, [config.scancel, str(task.job_id)], user_env(user))
 
 
-def _empty_dir(work_root: str, rel: str, keep: str | None = None) -> None:
-    """As the user: delete everything inside work_root/rel but `keep` (and not the directory itself,
-    whose entry is in a directory the user cannot write). A directory that is gone is fine. The root
-    is the service's, so only the last component could be swapped, and it is opened with O_NOFOLLOW."""
+def _open_dir(name: str, dir_fd: int, where: str) -> int | None:
+    """A directory entry opened without following links (None: there is none)."""
     try:
-        fd = os.open(f"{work_root}/{rel}", _DIR_FLAGS)
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
-        return
-    try:
-        with os.scandir(fd) as entries:
-            names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
-        for name, is_dir in names:
-            if name == keep:
-                continue
-            if is_dir:
-                shutil.rmtree(name, dir_fd=fd)  # fd-based: never follows a symlink
-            else:
-                os.unlink(name, dir_fd=fd)
-    finally:
-        os.close(fd)
+        return None
+    except OSError as exc:  # ELOOP: a symlink; ENOTDIR: not a directory
+        raise Refused(f"{where}: cannot be opened without following links ({exc.strerror})") from None
+
+
+def _empty(fd: int, keep: str | None = None) -> None:
+    """As the directory's owner: delete everything in it but `keep`. Through the descriptor the
+    helper opened and checked, inherited by the child, never a path looked up again (a parent
+    swapped for a symlink in between would lead elsewhere). rmtree with dir_fd follows no link."""
+    with os.scandir(fd) as entries:
+        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+    for name, is_dir in names:
+        if name == keep:
+            continue
+        if is_dir:
+            shutil.rmtree(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -665,26 +669,28 @@ def clean(config: Config, task: TaskState, user: Any, service: Any, now: float |
         raise Refused("work areas are kept here (work_retention_hours is null)")
     _due(f"task {task.id}", task.end_time, hours, now)
     root_fd = open_work_root(config, service)
+    opened: list[int] = []
     try:
-        # The contents as the user (root never deletes by paths the user controls) ...
+        area = _open_dir(task.id, root_fd, f"{config.work_root}/{task.id}")
+        status_root = _open_dir(STATUS_DIR, root_fd, f"{config.work_root}/{STATUS_DIR}")
+        status = None if status_root is None else _open_dir(task.id, status_root,
+                                                            f"{config.work_root}/{STATUS_DIR}/{task.id}")
+        opened = [fd for fd in (area, status_root, status) if fd is not None]
+
+        # The contents as the user (root never deletes what the user could have planted) ...
         def empty_both() -> None:
-            _empty_dir(config.work_root, task.id)
-            _empty_dir(config.work_root, f"{STATUS_DIR}/{task.id}")
+            for fd in (area, status):
+                if fd is not None:
+                    _empty(fd)
 
         as_user(user, empty_both)
         # ... and the two directories, now empty, whose entries only root (or the daemon) may remove.
         _rmdir(task.id, root_fd)
-        try:
-            status_fd = os.open(STATUS_DIR, _DIR_FLAGS, dir_fd=root_fd)
-        except FileNotFoundError:
-            pass
-        else:
-            try:
-                _rmdir(task.id, status_fd)
-            finally:
-                os.close(status_fd)
+        if status_root is not None:
+            _rmdir(task.id, status_root)
     finally:
-        os.close(root_fd)
+        for fd in [*opened, root_fd]:
+            os.close(fd)
     print(f"removed the work area of task {task.id}")
     return 0
 
@@ -694,6 +700,10 @@ def _rmdir(name: str, dir_fd: int) -> None:
         os.rmdir(name, dir_fd=dir_fd)  # only ever removes an empty directory
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise Refused(f"{name}: still holds files its owner could not delete (or wrote since)") from None
+        raise
 
 
 def _open_runs_root(runs_root: str, run: RunState, service: Any) -> tuple[int, str]:
@@ -715,29 +725,31 @@ def _open_runs_root(runs_root: str, run: RunState, service: Any) -> tuple[int, s
 
 
 def clean_run(config: Config, run: RunState, user: Any, service: Any, now: float | None = None) -> int:
-    """An ended run's directory, removed by whoever owns it: the run's user once its engine started,
-    the service account before. The outputs inside go with it (the record keeps the output object)."""
+    """An ended run's directory, emptied by whoever owns it (the run's user once its engine started,
+    the service account before) and then removed; with run_retention_keep_outputs its outputs/
+    stays, and so does the directory (the record's output object still names it)."""
     hours, runs_root = config.run_retention_hours, config.runs_root
     if hours is None or not runs_root:
         raise Refused("run directories are kept here (run_retention_hours or runs_root is null)")
     _due(f"run {run.id}", run.end_time, hours, now)
     root_fd, run_dir = _open_runs_root(runs_root, run, service)
+    run_fd = None
     try:
-        try:
-            os.lstat(run.id, dir_fd=root_fd)
-        except FileNotFoundError:
+        run_fd = _open_dir(run.id, root_fd, run_dir)
+        if run_fd is None:
             print(f"run {run.id}: no directory to remove")
             return 0
-        run_fd = _open_child(run.id, root_fd, run_dir, _DIR_FLAGS)
         owner = os.fstat(run_fd).st_uid
-        os.close(run_fd)
         if owner not in (user.pw_uid, service.pw_uid):
             raise Refused(f"{run_dir}: owned by uid {owner}, neither the service account nor {user.pw_name}")
         keep = "outputs" if config.run_retention_keep_outputs else None
-        as_user(user if owner == user.pw_uid else service, lambda: _empty_dir(runs_root, run.id, keep))
+        fd = run_fd
+        as_user(user if owner == user.pw_uid else service, lambda: _empty(fd, keep))
         if keep is None:
             _rmdir(run.id, root_fd)
     finally:
+        if run_fd is not None:
+            os.close(run_fd)
         os.close(root_fd)
     print(f"{'emptied all but outputs/ of' if keep else 'removed'} the run directory of run {run.id}")
     return 0

@@ -11,6 +11,7 @@ from tes.utils import unmarshal
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PATH = "/ga4gh/tes/v1"
+WES_PATH = "/ga4gh/wes/v1"
 
 
 class BridgeClient(tes.HTTPClient):
@@ -18,11 +19,12 @@ class BridgeClient(tes.HTTPClient):
 
     py-tes retries a request on /v1 and / after a 404 and reports the *last* answer, so "task 'x'
     not found" would surface as a generic "URL not found"; one base URL keeps the server's own
-    message. The URL may be given with or without the API path (`serve` prints it with).
+    message. The URL may be given with or without the API path (`serve` prints it with), or with the
+    WES one (the form `hpc-bridge-cwl-runner` and `hpc-bridge run` also take).
     """
 
     def __attrs_post_init__(self) -> None:
-        self.urls = [self.url.removesuffix(API_PATH) + API_PATH]
+        self.urls = [self.url.rstrip("/").removesuffix(API_PATH).removesuffix(WES_PATH) + API_PATH]
 
     def find_tasks(self, *, all_pages: bool, view: str = "BASIC", state: str | None = None,
                    name_prefix: str | None = None, tags: dict[str, str] | None = None,

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 OUTPUTS = "outputs"  # where the engine puts a run's final outputs (cwl/engine.py: --outdir)
 
 
+class LeftToSite(Exception):
+    """The root helper refused for a reason time will not change: the directory stays, for the site."""
+
+
 def due(rows: list[RunRow], hours: float, now: datetime | None = None) -> list[RunRow]:
     """Ended runs whose end lies more than `hours` back and whose directory was not removed yet (pure)."""
     cutoff = (now or datetime.now(UTC)) - timedelta(hours=hours)
@@ -54,7 +58,12 @@ def retire(runs: RunStore, root: Path, hours: float, owners: set[int],
         if st is not None and row.run_as and remove_as_user is not None:
             try:
                 remove_as_user(row)
-            except Exception as exc:  # noqa: BLE001 - the helper's refusal, logged; tried again next sweep
+            except LeftToSite as exc:
+                log.warning("run %s: %s left for the site to remove: %s", row.id, path, exc)
+                runs.update(row.id, cleaned_at=now_iso())
+                runs.add_system_log(row.id, f"run directory not removed (wes.retention_hours): {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - logged; tried again at the next sweep
                 log.warning("run %s: removing %s as %s failed: %s", row.id, path, row.run_as, exc)
                 continue
             st = None  # gone

@@ -198,7 +198,7 @@ class Client:
     def data_roots(self) -> list[str]:
         try:
             storage = self.call("GET", "/ga4gh/tes/v1/service-info", timeout=30).json().get("storage", [])
-        except (RunnerError, ValueError):
+        except (RunnerError, ValueError, AttributeError):  # not an hpc-bridge: the submission says why
             return []
         return [os.path.realpath(p) for p in (_local(s) for s in storage if s.startswith("file:")) if p]
 

@@ -59,7 +59,7 @@ EXIT_STATES = {0: "COMPLETE", 3: "EXECUTOR_ERROR", 4: "SYSTEM_ERROR", 5: "CANCEL
 STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4096
 ENGINE_MODULE = ["-I", "-m", "hpc_bridge.cwl"]
-HELPER_TIMEOUT = 600  # seconds for the root helper to empty one run directory
+HELPER_REFUSED = 2  # the root helper's exit status for a refusal (runas/helper.py EXIT_REFUSED)
 # The engine's whole environment when the service starts it itself (the helper sets its own).
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -108,6 +108,7 @@ class Supervisor:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._retained_at = float("-inf")
+        self._retainer: threading.Thread | None = None
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -142,20 +143,36 @@ class Supervisor:
         if hours is None or root is None or now - self._retained_at < self._config.monitor.cleanup_interval:
             return
         self._retained_at = now
+        if self._retainer is not None and self._retainer.is_alive():
+            return  # the last sweep is still removing (a large directory, a slow helper)
         owners = {os.geteuid()}
         if self._config.slurm.submit_as:
             owners.add(pwd.getpwnam(self._config.slurm.submit_as).pw_uid)
-        retention.retire(self.runs, root, hours, owners,
-                         self._remove_as_user if self._config.run_as.enabled else None,
-                         keep_outputs=self._settings.retention_keep_outputs)
+        remove_as_user = self._remove_as_user if self._config.run_as.enabled else None
+
+        def sweep() -> None:  # in a thread of its own: engines are reaped and started meanwhile
+            try:
+                retention.retire(self.runs, root, hours, owners, remove_as_user,
+                                 keep_outputs=self._settings.retention_keep_outputs)
+            except Exception:
+                log.exception("WES retention sweep failed")
+
+        self._retainer = threading.Thread(target=sweep, name="wes-retention", daemon=True)
+        self._retainer.start()
 
     def _remove_as_user(self, row: RunRow) -> None:
-        """The root helper removes an ended per-user run's directory as its owner (the run's user)."""
+        """The root helper removes an ended per-user run's directory as its owner (the run's user).
+        A refusal that time will not change (its configuration keeps run directories, the user is no
+        longer allowed, a link in the directory's place) leaves it to the site; others are retried."""
         settings = self._config.run_as
         done = subprocess.run([str(settings.sudo), "-n", str(settings.helper), row.id], capture_output=True,
-                              text=True, timeout=HELPER_TIMEOUT, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            raise RuntimeError((done.stderr or done.stdout).strip() or f"exit status {done.returncode}")
+                              text=True, stdin=subprocess.DEVNULL)
+        if done.returncode == 0:
+            return
+        message = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
+        if done.returncode == HELPER_REFUSED and "ended less than" not in message:
+            raise retention.LeftToSite(message)
+        raise RuntimeError(message)
 
     @property
     def engines(self) -> dict[str, subprocess.Popen[bytes]]:

@@ -164,7 +164,7 @@ def test_a_failing_step_ends_the_wait_with_its_exit_code(server: ServerProcess, 
     run_id, final = result.stdout.splitlines()
     assert re.fullmatch(rf"{run_id} EXECUTOR_ERROR: step \S+ \([0-9a-f-]{{36}}\): executor \d+ exited with 5",
                         final), final
-    assert "engine stderr" in result.stderr
+    assert "end of the engine's stderr" in result.stderr and "broken" in result.stderr
 
 
 def test_submit_wait_shows_the_task_and_its_slurm_job_on_a_terminal(terminal: Terminal) -> None:

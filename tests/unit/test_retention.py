@@ -6,6 +6,9 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from hpc_bridge.store import Store
 from hpc_bridge.store.runs import RunRow, RunStore
@@ -79,3 +82,45 @@ def test_a_site_may_keep_the_outputs_of_ended_runs(tmp_path: Path) -> None:
     assert (tmp_path / "elsewhere" / "keep.txt").exists()  # a link is removed, never followed
     row = runs.get("old")
     assert row is not None and "emptied but for its outputs/" in row.system_logs[-1]
+
+
+def test_a_lasting_refusal_leaves_the_directory_to_the_site_once(tmp_path: Path) -> None:
+    runs, root = RunStore(Store(tmp_path / "db.sqlite")), tmp_path / "runs"
+    path = _run(runs, root, "mine", "COMPLETE", "2026-12-01T00:00:00.000Z")
+    runs.update("mine", run_as="alice")
+    asked: list[str] = []
+
+    def kept(row: RunRow) -> None:
+        asked.append(row.id)
+        raise retention.LeftToSite("submit-as: refused: run directories are kept here")
+
+    assert retention.retire(runs, root, 1, {os.geteuid()}, kept) == 0
+    assert retention.retire(runs, root, 1, {os.geteuid()}, kept) == 0
+    row = runs.get("mine")
+    assert asked == ["mine"] and path.exists() and row is not None and row.cleaned_at  # asked once
+    assert "not removed" in row.system_logs[-1] and "kept here" in row.system_logs[-1]
+
+
+@pytest.mark.parametrize(("code", "message", "raised"), [
+    (0, "removed the run directory", None),
+    (2, "submit-as: refused: run directories are kept here", retention.LeftToSite),
+    (2, "submit-as: refused: run x ended less than 24 h ago", RuntimeError),  # later it will be due
+    (3, "submit-as: internal error: OSError", RuntimeError),
+])
+def test_the_supervisor_asks_the_helper_through_sudo_with_the_run_id_only(
+        tmp_path: Path, code: int, message: str, raised: type[Exception] | None) -> None:
+    from hpc_bridge.runas import helper
+    from hpc_bridge.wes.supervisor import HELPER_REFUSED, Supervisor
+
+    assert HELPER_REFUSED == helper.EXIT_REFUSED
+    sudo = tmp_path / "sudo"
+    sudo.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\necho "{message}" >&2\nexit {code}\n')
+    sudo.chmod(0o755)
+    fake = SimpleNamespace(_config=SimpleNamespace(run_as=SimpleNamespace(sudo=sudo, helper=Path("/h/submit-as"))))
+    row = SimpleNamespace(id="0b6a3c2e-5d4f-4a7e-9c1b-2f3e4d5c6b7a")
+    if raised is None:
+        Supervisor._remove_as_user(fake, row)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(raised, match=message.split(": ")[-1]):
+            Supervisor._remove_as_user(fake, row)  # type: ignore[arg-type]
+    assert (tmp_path / "argv").read_text().split() == ["-n", "/h/submit-as", row.id]

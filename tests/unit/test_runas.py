@@ -554,20 +554,76 @@ def test_a_run_directory_of_another_user_is_refused_and_a_missing_one_is_fine(
     assert "no directory to remove" in capsys.readouterr().out
 
 
-def test_emptying_a_run_directory_may_keep_its_outputs(tmp_path: Path) -> None:
+def test_emptying_works_on_the_checked_descriptor_never_the_path_again(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / TASK
     (run_dir / "outputs" / "deep").mkdir(parents=True)
     (run_dir / "outputs" / "deep" / "out.txt").write_text("result")
     (run_dir / "tmp").mkdir()
     (run_dir / "stderr.log").write_text("log")
-    helper._empty_dir(str(tmp_path / "runs"), TASK, keep="outputs")
-    assert [p.name for p in run_dir.iterdir()] == ["outputs"]
-    assert (run_dir / "outputs" / "deep" / "out.txt").read_text() == "result"
-    helper._empty_dir(str(tmp_path / "runs"), TASK)
-    assert list(run_dir.iterdir()) == []
+    victim = tmp_path / "victims" / TASK  # a real directory of that name somewhere else
+    victim.mkdir(parents=True)
+    (victim / "precious.txt").write_text("someone else's")
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # between the check and the deletion the runs root is swapped for a link to elsewhere
+        (tmp_path / "runs").rename(tmp_path / "moved")
+        (tmp_path / "runs").symlink_to(victim.parent)  # runs/TASK, found again by path, is the victim
+        helper._empty(fd, keep="outputs")
+        assert (victim / "precious.txt").exists()
+        moved = tmp_path / "moved" / TASK
+        assert [p.name for p in moved.iterdir()] == ["outputs"]
+        assert (moved / "outputs" / "deep" / "out.txt").read_text() == "result"
+        helper._empty(fd)
+        assert list(moved.iterdir()) == [] and (victim / "precious.txt").exists()
+    finally:
+        os.close(fd)
     assert _cfg(run_retention_keep_outputs=True).run_retention_keep_outputs
     with pytest.raises(Refused, match="run_retention_keep_outputs must be true or false"):
         _cfg(run_retention_keep_outputs="yes")
+
+
+@as_root
+@pytest.mark.parametrize("keep_outputs", [False, True])
+def test_clean_run_empties_as_the_owner_and_removes_the_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_outputs: bool) -> None:
+    runs_root = tmp_path / "runs"
+    run_dir = runs_root / TASK
+    (run_dir / "outputs").mkdir(parents=True)
+    (run_dir / "outputs" / "o.txt").write_text("o")
+    (run_dir / "wf.cwl").write_text("w")
+    os.chmod(runs_root, 0o755)
+    for path in (run_dir, run_dir / "outputs", run_dir / "outputs" / "o.txt", run_dir / "wf.cwl"):
+        os.chown(path, 2000, 2000)  # alice's, as after the hand-over
+    as_whom: list[str] = []
+    monkeypatch.setattr(helper, "as_user", lambda entry, func: (as_whom.append(entry.pw_name), func())[1])
+    service = SimpleNamespace(pw_name="svc", pw_uid=ME, pw_gid=ME)
+    cfg = _cfg(runs_root=str(runs_root), run_retention_hours=0, run_retention_keep_outputs=keep_outputs)
+    assert helper.clean_run(cfg, _ended_run(runs_root), USERS["alice"], service) == 0
+    assert as_whom == ["alice"]
+    if keep_outputs:
+        assert [p.name for p in run_dir.iterdir()] == ["outputs"]
+    else:
+        assert not run_dir.exists()
+
+
+@as_root
+def test_clean_run_refuses_a_link_in_place_of_the_run_directory(tmp_path: Path) -> None:
+    runs_root = tmp_path / "runs"
+    runs_root.mkdir()
+    os.chmod(runs_root, 0o755)
+    (tmp_path / "elsewhere").mkdir()
+    (runs_root / TASK).symlink_to(tmp_path / "elsewhere")
+    cfg = _cfg(runs_root=str(runs_root), run_retention_hours=0)
+    with pytest.raises(Refused, match="without following links"):
+        helper.clean_run(cfg, _ended_run(runs_root), USERS["alice"], SimpleNamespace(pw_name="svc", pw_uid=ME,
+                                                                                        pw_gid=ME))
+    assert (tmp_path / "elsewhere").is_dir()
+
+
+def test_the_helpers_final_run_states_are_the_services() -> None:
+    from hpc_bridge.lifecycle import RUN_FINAL
+
+    assert helper.RUN_FINAL_STATES == RUN_FINAL
 
 
 def test_the_engine_action_needs_its_own_configuration_and_path(tmp_path: Path) -> None:

@@ -75,7 +75,16 @@ def test_a_short_terminal_keeps_the_steps_still_going() -> None:
     shown = text(render(run_snapshot("RUNNING", *steps), 1, rows=3))
     names = [line.split()[0] for line in shown.splitlines()[3:]]
     assert names == ["s8", "s9", "late"]
-    assert "8 more ended steps: hpc-bridge run tasks r1" in shown
+    assert "8 more (8 COMPLETE): hpc-bridge run tasks r1" in shown
+
+
+def test_more_live_steps_than_rows_never_overflow_and_running_ones_come_first() -> None:
+    steps = ([(f"q{i}", "QUEUED", "") for i in range(30)] + [(f"r{i}", "RUNNING", str(i)) for i in range(8)]
+             + [("done", "COMPLETE", "1")])
+    lines = text(render(run_snapshot("RUNNING", *steps), 1, rows=10)).splitlines()
+    assert len(lines) == 3 + 10
+    assert [line.split()[0] for line in lines[3:]] == ["q28", "q29", *(f"r{i}" for i in range(8))]
+    assert "29 more (1 COMPLETE, 28 QUEUED)" in lines[1]
 
 
 def polls(*snapshots: Snapshot) -> Any:
@@ -247,29 +256,40 @@ def test_ctrl_c_while_a_run_is_followed_leaves_it_running(bridge: Bridge, tmp_pa
     assert row is not None and row.state == "QUEUED"
 
 
-def test_a_server_that_is_not_hpc_bridge_gets_a_message_not_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("body", [b"<html>a web page</html>", b"[]", b"{}", b"null"])
+@pytest.mark.parametrize("command", [["run", "status", "r1"], ["run", "status", "r1", "--json"], ["run", "list"],
+                                     ["run", "cancel", "r1"], ["run", "tasks", "r1"], ["run", "outputs", "r1"],
+                                     ["status", "t1"]])
+def test_a_server_that_is_not_hpc_bridge_gets_a_message_not_a_traceback(body: bytes, command: list[str]) -> None:
     import http.server
     import threading
 
-    class Html(http.server.BaseHTTPRequestHandler):
+    class Other(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             self.send_response(200)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", "text/html" if body.startswith(b"<") else "application/json")
             self.end_headers()
-            self.wfile.write(b"<html>a web page</html>")
+            self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Html)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        result = CliRunner().invoke(main, ["run", "status", "r1", "--json", "--url",
-                                           f"http://127.0.0.1:{server.server_address[1]}"])
+        result = CliRunner().invoke(main, [*command, "--url", f"http://127.0.0.1:{server.server_address[1]}"])
     finally:
         server.shutdown()
-    assert result.exit_code == 1, result.output
-    assert "not JSON" in result.stderr and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), (result.exception, result.output)  # not a traceback
+    assert result.exit_code == 1 and "unexpected answer" in result.stderr, result.output
+
+
+def test_a_crate_that_cannot_be_written_is_a_usage_error(bridge: Bridge, tmp_path: Path) -> None:
+    done = add_run(bridge, tmp_path, state="COMPLETE", outputs={})
+    result = hpcb(bridge, "run", "crate", done, "-o", str(tmp_path / "missing" / "crate.zip"))
+    assert result.exit_code == EXIT_USAGE and "crate.zip" in result.stderr, result.output
 
 
 def test_a_slow_poll_spaces_out_the_next_ones(monkeypatch: pytest.MonkeyPatch) -> None:
