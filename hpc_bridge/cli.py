@@ -35,6 +35,7 @@ from hpc_bridge.clicommon import (
     keeps_running,
     last_log,
     outcome,
+    patient,
     slurm_job,
     stdout,
     styled,
@@ -335,7 +336,7 @@ def submit(args: tuple[str, ...], image: str | None, wait: bool, url: str, name:
         if not wait:
             return
         with keeps_running("task", task_id, "hpc-bridge cancel", url):
-            follow(lambda: _snapshot(client, task_id), err)
+            follow(patient(lambda: _snapshot(client, task_id)), err)
             task = client.get_task(task_id, view="FULL")
     for line in (last_log(task) or tes.TaskLog()).system_logs or []:
         err.print(f"[dim]system log:[/dim] {escape(line)}", soft_wrap=True)

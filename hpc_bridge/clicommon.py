@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import NoReturn
+from time import sleep
+from typing import NoReturn, TypeVar
 
 import click
 import requests
@@ -23,6 +24,7 @@ from hpc_bridge.tes.models import State
 from hpc_bridge.wes.runner import Client, RunnerError
 
 err = Console(stderr=True, highlight=False)
+T = TypeVar("T")
 
 EXIT_SERVER = 1
 EXIT_USAGE = 2
@@ -31,6 +33,7 @@ EXIT_USAGE = 2
 # with a command's own small exit codes.
 EXIT_NOT_FINISHED = 125
 EXIT_INTERRUPTED = 130
+POLL_TRIES = 5  # about 25 s of no answer while following, before giving up
 STATE_STYLES = {"COMPLETE": "green", "EXECUTOR_ERROR": "red", "SYSTEM_ERROR": "red", "CANCELED": "yellow",
                 "CANCELING": "yellow", "PREEMPTED": "yellow", "INITIALIZING": "cyan", "RUNNING": "cyan"}
 TOKEN_ENV = "HPC_BRIDGE_TOKEN"
@@ -126,6 +129,28 @@ def last_log(task: tes.Task) -> tes.TaskLog | None:
 def executor_logs(task: tes.Task) -> list[tes.ExecutorLog]:
     log = last_log(task)
     return (log.logs or []) if log else []
+
+
+def patient(poll: Callable[[], T], tries: int = POLL_TRIES) -> Callable[[], T]:
+    """`poll`, tried again while the server does not answer or answers 5xx (a restart of the
+    service while someone waits on a long run): after `tries` failures the last one stands."""
+
+    def attempt() -> T:
+        failed = 0
+        while True:
+            try:
+                return poll()
+            except (requests.RequestException, RunnerError) as exc:
+                response = getattr(exc, "response", None)
+                status = exc.status if isinstance(exc, RunnerError) else \
+                    (response.status_code if response is not None else None)
+                failed += 1
+                if (status is not None and status < 500) or failed == tries:
+                    raise
+                err.print(f"[dim]no answer from the server ({status or 'no connection'}); trying again[/dim]")
+                sleep(min(2 ** (failed - 1), 10))
+
+    return attempt
 
 
 def slurm_job(task: tes.Task) -> str:

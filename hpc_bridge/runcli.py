@@ -30,6 +30,7 @@ from hpc_bridge.clicommon import (
     keeps_running,
     last_log,
     outcome,
+    patient,
     slurm_job,
     stdout,
     styled,
@@ -118,7 +119,7 @@ def run_submit(workflow: str, job: str | None, tag: tuple[tuple[str, str], ...],
     if not wait:
         return
     with connect_wes(url) as wes, connect(url) as client, keeps_running("run", run_id, "hpc-bridge run cancel", url):
-        final = follow(lambda: snapshot(wes, client, run_id), err)
+        final = follow(patient(lambda: snapshot(wes, client, run_id)), err)
         code, why = run_outcome(final.state, run_tasks(client, run_id))
         if code:
             _explain_failure(wes, run_id)

@@ -223,7 +223,7 @@ class Submission:
         """Raises RunnerError (status None) for what is wrong on this side: a missing file, a job
         that is not YAML or not an object."""
         if not os.path.isfile(self.tool):
-            raise RunnerError(f"{self.tool}: no such file")
+            raise RunnerError(f"{self.tool}: {'not a file' if os.path.exists(self.tool) else 'no such file'}")
         self.files = workflow_files(self.tool)
         job: Any = {}
         if self.job_path:

@@ -307,3 +307,32 @@ def test_a_slow_poll_spaces_out_the_next_ones(monkeypatch: pytest.MonkeyPatch) -
     seen = iter([run_snapshot("RUNNING"), run_snapshot("COMPLETE")])
     follow(lambda: slow(next(seen))(), Console(file=io.StringIO()))
     assert slept == [6.0]
+
+
+def test_following_rides_out_a_server_restart_but_not_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    from hpc_bridge import clicommon
+    from hpc_bridge.wes.runner import RunnerError
+
+    slept: list[float] = []
+    monkeypatch.setattr(clicommon, "sleep", slept.append)
+
+    def flaky(*failures: Exception) -> Any:
+        pending = list(failures)
+
+        def poll() -> str:
+            if pending:
+                raise pending.pop(0)
+            return "answer"
+        return poll
+
+    down = requests.ConnectionError("refused")
+    assert clicommon.patient(flaky(down, RunnerError("503", status=503)))() == "answer"
+    assert slept == [1, 2]
+    with pytest.raises(RunnerError):  # a 404 is an answer: no retry
+        clicommon.patient(flaky(RunnerError("gone", status=404)))()
+    assert slept == [1, 2]
+    with pytest.raises(requests.ConnectionError):
+        clicommon.patient(flaky(*[down] * 5))()
+    assert slept == [1, 2, 1, 2, 4, 8]
