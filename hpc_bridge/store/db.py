@@ -18,7 +18,7 @@ import sqlite_utils
 
 from hpc_bridge.store.tasks import TaskStore
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -110,16 +110,24 @@ def _v7(db: sqlite_utils.Database) -> None:
 
 def _v8(db: sqlite_utils.Database) -> None:
     """What each `drs://` input of a task was resolved to when it was created (input index -> the
-    access URL, size, checksums): the daemon reads that, not the DRS server again. And the
-    controlled-access datasets a run's Passport visas granted at its submission (its tasks'
-    credential carries no visas), and when a run's directory was removed (wes.retention_hours)."""
+    access URL, size, checksums): the daemon reads that, not the DRS server again."""
     db.table("tasks").add_column("resolved", str, not_null_default="{}")
-    db.table("runs").add_column("grants", str, not_null_default="[]")
-    db.table("runs").add_column("cleaned_at", str)  # when retention removed the run's directory
+
+
+def _v9(db: sqlite_utils.Database) -> None:
+    """The controlled-access datasets a run's Passport visas granted at its submission (its tasks'
+    credential carries no visas), and when a run's directory was removed (wes.retention_hours).
+    Each only where missing: for a while during development v8 added them too, so a database at v8
+    may have both, one or neither."""
+    runs = db.table("runs")
+    if "grants" not in runs.columns_dict:
+        runs.add_column("grants", str, not_null_default="[]")
+    if "cleaned_at" not in runs.columns_dict:
+        runs.add_column("cleaned_at", str)
 
 
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
-    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8}
+    1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5, 6: _v6, 7: _v7, 8: _v8, 9: _v9}
 
 
 DB_MODE = 0o600
