@@ -24,7 +24,7 @@ from pydantic import (
 from hpc_bridge.auth.settings import AuthSettings
 from hpc_bridge.runas.settings import RunAsSettings, existing_user
 from hpc_bridge.slurm.timelimit import minutes
-from hpc_bridge.staging.paths import resolve_inside
+from hpc_bridge.staging.paths import plain_path, resolve_inside
 from hpc_bridge.wes.settings import MiB, WesSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -347,12 +347,6 @@ class PassportArea(_Strict):
 
     path: Path
     dataset: str
-
-
-def plain_path(value: Path) -> Path:
-    if not re.fullmatch(r"/[A-Za-z0-9_./-]*", str(value)):
-        raise ValueError("must be an absolute path of letters, digits and _ . / - only")
-    return value
 
 
 class StorageSettings(_Strict):

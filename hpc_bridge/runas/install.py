@@ -30,6 +30,7 @@ from typing import Any
 from hpc_bridge.config import ConfigError, SiteConfig, load_config
 from hpc_bridge.runas.helper import parse_config
 from hpc_bridge.runas.settings import DEFAULT_HELPER_CONFIG
+from hpc_bridge.staging.paths import PLAIN_PATH
 
 SUDOERS_TASK_ID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 DEFAULT_SUDOERS = Path("/etc/sudoers.d/hpc-bridge-submit-as")
@@ -108,7 +109,7 @@ def helper_config(config: SiteConfig) -> dict[str, Any]:
 
 
 def helper_source(config_path: Path) -> str:
-    if not re.fullmatch(r"/[A-Za-z0-9_./-]+", str(config_path)):
+    if not PLAIN_PATH.fullmatch(str(config_path)):
         raise ConfigError(f"helper config path {config_path} must be a plain absolute path")
     source = resources.files("hpc_bridge.runas").joinpath("helper.py").read_text()
     source, count = _CONFIG_LINE.subn(f'CONFIG_PATH = "{config_path}"', source, count=1)

@@ -1,4 +1,5 @@
-"""Containment checks on host paths: after resolving symlinks and `..`, by path components.
+"""Host paths: plain enough to be written unquoted, and containment checks, made after resolving
+symlinks and `..`, by path components.
 
 A string-prefix test would let `/data-evil` pass for `/data`, and a symlink inside a root would
 lead anywhere; `realpath` + `commonpath` has neither hole.
@@ -7,8 +8,20 @@ lead anywhere; `realpath` + `commonpath` has neither hole.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
+
+# Paths that end up on #SBATCH lines, in Apptainer's bind lists or compiled into the root helper,
+# none of which can quote: absolute, plain characters only.
+PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./-]+")
+
+
+def plain_path(value: Path) -> Path:
+    """A pydantic validator's body: the path, or ValueError."""
+    if not PLAIN_PATH.fullmatch(str(value)):
+        raise ValueError("must be an absolute path of letters, digits and _ . / - only")
+    return value
 
 
 def within(path: str, root: str) -> bool:

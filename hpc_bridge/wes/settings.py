@@ -8,12 +8,13 @@ outputs); TES tasks read and write there, so it must lie inside a storage data r
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hpc_bridge.staging.paths import plain_path
 
 MiB = 1024**2
 GiB = 1024**3
@@ -55,9 +56,7 @@ class WesSettings(BaseModel):
     @classmethod
     def _plain_runs_root(cls, value: Path | None) -> Path | None:
         """Run directories become bind paths and file:// inputs of TES tasks: plain characters."""
-        if value is not None and not re.fullmatch(r"/[A-Za-z0-9_./-]+", str(value)):
-            raise ValueError("must be an absolute path of letters, digits and _ . / - only")
-        return value
+        return None if value is None else plain_path(value)
 
     def root(self, data_roots: Sequence[Path]) -> Path | None:
         """The effective runs root, or None when WES has nowhere to put runs (no data root)."""

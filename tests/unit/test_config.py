@@ -48,10 +48,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
-def test_work_root_must_be_plain(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("section", "value"), [("storage: {work_root: /scratch/my work}", "storage.work_root"),
+                                              ("storage: {work_root: /}", "storage.work_root"),
+                                              ("crypt4gh: {private_tmp: '/tmp/$x'}", "crypt4gh.private_tmp")])
+def test_work_root_must_be_plain(tmp_path: Path, section: str, value: str) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("auth: {mode: none}\nstorage: {work_root: /scratch/my work}\n")
-    with pytest.raises(ConfigError, match="storage.work_root"):
+    path.write_text(f"auth: {{mode: none}}\n{section}\n")
+    with pytest.raises(ConfigError, match=value):
         load_config(path)
 
 
