@@ -103,6 +103,8 @@ class Resolver:
                                                       "timeout": min(http_settings.timeout, settings.timeout)})
 
     def resolve(self, uri: str, token: str | None) -> Resolved:
+        if not self._settings.enabled:
+            raise DrsError("drs:// inputs are not enabled here (storage.drs)")
         ref = parse(uri, self._settings)
         headers = {}
         if token and ref.host.forward_token:

@@ -58,15 +58,21 @@ def parse_view(value: str | None, default: View = View.MINIMAL) -> View:
         raise BadRequest(f"view: must be one of {', '.join(v.value for v in View)}") from None
 
 
+
+def _drs_inputs(task: Task) -> list[tuple[int, str]]:
+    """(index, URL) of the task's `drs://` inputs."""
+    return [(i, item.url) for i, item in enumerate(task.inputs or [])
+            if item.content is None and item.url and drs.is_drs(item.url)]
+
 class TaskService:
     def __init__(self, store: Store, config: SiteConfig, on_change: Callable[[], None] = lambda: None) -> None:
         self._store = store
         self._config = config
         self._on_change = on_change
-        self.schemes = Schemes(config, RunStore(store).owner_of)
+        self._runs = RunStore(store)
+        self.schemes = Schemes(config, self._runs.owner_of)
         self._drs = drs.Resolver(config.storage.drs, config.storage.http)
         self._passports = Passports(config.auth)
-        self._runs = RunStore(store)
 
     def create(self, body: Any, owner: str, *, run_as: str | None = None, run_id: str | None = None,
                token: str | None = None, identity: Identity | None = None) -> str:
@@ -137,14 +143,13 @@ class TaskService:
     def _drs_datasets(self, task: Task) -> dict[str, str]:
         """Controlled-access datasets of the DRS servers the task's inputs name -> the input."""
         needed: dict[str, str] = {}
-        for i, item in enumerate(task.inputs or []):
-            if item.content is None and item.url and drs.is_drs(item.url):
-                try:
-                    dataset = drs.parse(item.url, self._config.storage.drs).host.dataset
-                except drs.DrsError:
-                    continue  # refused, naming it, when it is resolved
-                if dataset is not None:
-                    needed.setdefault(dataset, f"inputs[{i}].url")
+        for i, url in _drs_inputs(task):
+            try:
+                dataset = drs.parse(url, self._config.storage.drs).host.dataset
+            except drs.DrsError:
+                continue  # refused, naming it, when it is resolved
+            if dataset is not None:
+                needed.setdefault(dataset, f"inputs[{i}].url")
         return needed
 
     def _area_datasets(self, plan: JobPlan) -> dict[str, str]:
@@ -165,11 +170,8 @@ class TaskService:
     def resolve_drs(self, task: Task, token: str | None) -> dict[int, drs.Resolved]:
         """Each `drs://` input, looked up now: an id that cannot be read here is a 400 naming it."""
         resolved: dict[int, drs.Resolved] = {}
-        ids = [(i, item.url) for i, item in enumerate(task.inputs or [])
-               if item.content is None and item.url and drs.is_drs(item.url)]
+        ids = _drs_inputs(task)
         settings = self._config.storage.drs
-        if ids and not settings.enabled:
-            raise BadRequest(f"inputs[{ids[0][0]}].url: drs:// inputs are not enabled here (storage.drs)")
         if len({url for _, url in ids}) > settings.max_ids:
             raise BadRequest(f"inputs: more than {settings.max_ids} DRS ids in one task (storage.drs.max_ids)")
         seen: dict[str, drs.Resolved] = {}  # an id named twice is looked up once

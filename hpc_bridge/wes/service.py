@@ -492,8 +492,6 @@ class RunService:
         Returns the controlled-access datasets it belongs to."""
         if cls != "File":
             raise BadRequest(f"{field}: a DRS id names a File here, not a {cls}")
-        if not self._config.storage.drs.enabled:
-            raise BadRequest(f"{field}: drs:// inputs are not enabled here (storage.drs)")
         try:
             found = self._drs.resolve(location, None)
         except drs.DrsError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpc_bridge.auth.passport import _grant, area_datasets
-from hpc_bridge.config import DrsSettings, PassportArea
+from hpc_bridge.config import DrsSettings, HttpInputSettings, PassportArea
 from hpc_bridge.staging import drs
 from hpc_bridge.wes import trs
 
@@ -40,6 +40,12 @@ def test_drs_ids_name_an_allowed_host_and_an_object(uri: str, host: str, object_
 def test_bad_drs_ids_are_refused(uri: str, message: str) -> None:
     with pytest.raises(drs.DrsError, match=message):
         drs.parse(uri, SETTINGS)
+
+
+def test_a_site_without_drs_looks_nothing_up() -> None:
+    off = SETTINGS.model_copy(update={"enabled": False})
+    with pytest.raises(drs.DrsError, match=r"^drs:// inputs are not enabled here \(storage.drs\)$"):
+        drs.Resolver(off, HttpInputSettings()).resolve("drs://drs.example.org/obj", None)
 
 
 def test_a_download_is_checked_by_size_then_by_the_strongest_checksum(tmp_path: Path) -> None:
@@ -95,8 +101,6 @@ def test_only_asserted_unconditional_controlled_access_grants_count(tmp_path: Pa
 
 
 def test_the_bearer_token_goes_only_to_hosts_the_site_marks(cert_files, monkeypatch) -> None:  # noqa: ANN001, F811
-    from hpc_bridge.config import HttpInputSettings
-
     from ..ga4gh_servers import DrsEntry, DrsServer
     from .test_http_download import LOOPBACK
 

@@ -119,6 +119,14 @@ def test_invalid_tasks_get_400_naming_the_field(client: FlaskClient, store: Stor
     assert store.tasks.list(TaskFilter(), before_seq=None, limit=10) == []  # nothing half-created
 
 
+def test_drs_inputs_where_the_site_offers_none_get_400(client: FlaskClient, store: Store) -> None:
+    body = simple(inputs=[{"url": "drs://drs.example.org/obj", "path": "/in/obj"}])
+    resp = client.post(f"{BASE}/tasks", json=body)
+    assert resp.status_code == 400
+    assert resp.get_json()["msg"] == "inputs[0].url: drs:// inputs are not enabled here (storage.drs)"
+    assert store.tasks.list(TaskFilter(), before_seq=None, limit=10) == []
+
+
 def test_lone_surrogates_are_400(client: FlaskClient) -> None:
     body = '{"executors": [{"image": "busybox", "command": ["echo", "\\ud800"]}]}'
     resp = client.post(f"{BASE}/tasks", data=body, content_type="application/json")
