@@ -120,6 +120,10 @@ class RunAsSettings(BaseModel):
     def enabled(self) -> bool:
         return self.mode != "service"
 
+    def helper_argv(self, ident: str) -> list[str]:
+        """The root helper through sudo, for one task or run id: all the sudo rule allows."""
+        return [str(self.sudo), "-n", str(self.helper), ident]
+
     @property
     def policy(self) -> Policy:
         """The target checks, as the helper's configuration holds them (mapping modes only)."""

@@ -164,9 +164,8 @@ class Supervisor:
         """The root helper removes an ended per-user run's directory as its owner (the run's user).
         A refusal that time will not change (its configuration keeps run directories, the user is no
         longer allowed, a link in the directory's place) leaves it to the site; others are retried."""
-        settings = self._config.run_as
-        done = subprocess.run([str(settings.sudo), "-n", str(settings.helper), row.id], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL)
+        done = subprocess.run(self._config.run_as.helper_argv(row.id), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
         if done.returncode == 0:
             return
         message = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
@@ -238,8 +237,7 @@ class Supervisor:
         account: through the root helper in the per-user modes (it hands the run directory over
         and drops privileges), as the job user when the service runs as root."""
         if row.run_as is not None:
-            settings = self._config.run_as
-            return EngineCommand([str(settings.sudo), "-n", str(settings.helper), row.id])
+            return EngineCommand(self._config.run_as.helper_argv(row.id))
         refused = engine_launch_refusal(self._config, None)
         user = self._config.slurm.submit_as
         if refused or not user:

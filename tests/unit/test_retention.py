@@ -110,13 +110,14 @@ def test_a_lasting_refusal_leaves_the_directory_to_the_site_once(tmp_path: Path)
 def test_the_supervisor_asks_the_helper_through_sudo_with_the_run_id_only(
         tmp_path: Path, code: int, message: str, raised: type[Exception] | None) -> None:
     from hpc_bridge.runas import helper
+    from hpc_bridge.runas.settings import RunAsSettings
     from hpc_bridge.wes.supervisor import HELPER_REFUSED, Supervisor
 
     assert HELPER_REFUSED == helper.EXIT_REFUSED
     sudo = tmp_path / "sudo"
     sudo.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\necho "{message}" >&2\nexit {code}\n')
     sudo.chmod(0o755)
-    fake = SimpleNamespace(_config=SimpleNamespace(run_as=SimpleNamespace(sudo=sudo, helper=Path("/h/submit-as"))))
+    fake = SimpleNamespace(_config=SimpleNamespace(run_as=RunAsSettings(sudo=sudo, helper=Path("/h/submit-as"))))
     row = SimpleNamespace(id="0b6a3c2e-5d4f-4a7e-9c1b-2f3e4d5c6b7a")
     if raised is None:
         Supervisor._remove_as_user(fake, row)  # type: ignore[arg-type]
